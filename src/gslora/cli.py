@@ -1,0 +1,299 @@
+"""The ``gslora`` command line: parses arguments into config objects and calls the library.
+
+Exit codes: 0 success, 2 bad input (the message names the problem and the fix), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+from gslora.errors import GSLoRAError
+
+log = logging.getLogger("gslora")
+
+
+def _progress_factory(enabled: bool):
+    from tqdm.auto import tqdm
+
+    def factory(total: int, desc: str) -> AbstractContextManager:
+        return tqdm(total=total, desc=desc, unit="step", leave=False, disable=not enabled, dynamic_ncols=True)
+
+    return factory
+
+
+def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``tree[a][b] = value`` for ``dotted = "a.b"`` when ``value`` is given."""
+    if value is None:
+        return
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        tree = tree.setdefault(key, {})
+    tree[leaf] = value
+
+
+def _split_classes(text: str) -> list[str]:
+    return [c.strip() for c in text.split(",") if c.strip()]
+
+
+def _load_config(path: str | None) -> dict[str, Any]:
+    from gslora.config import load_yaml
+
+    return load_yaml(path) if path else {}
+
+
+# -- pretrain -------------------------------------------------------------------------------------
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from gslora.config import DataConfig, ModelConfig, TrainConfig, from_dict
+    from gslora.data import load_dataset
+    from gslora.engine import pretrain
+    from gslora.models import save_checkpoint
+
+    tree = _load_config(args.config)
+    unknown = set(tree) - {"model", "data", "train", "out"}
+    if unknown:
+        raise GSLoRAError(f"unknown key(s) {', '.join(sorted(unknown))} in {args.config}; valid: data, model, out, "
+                          "train")
+    for dotted, value in (("data.dataset", args.data), ("model.family", args.family), ("model.name", args.name),
+                          ("model.depth", args.depth), ("model.width", args.width), ("model.heads", args.heads),
+                          ("model.patch_size", args.patch_size), ("model.image_size", args.image_size),
+                          ("model.pretrained", args.pretrained or None), ("model.weights", args.weights),
+                          ("train.epochs", args.epochs), ("train.lr", args.lr), ("train.batch_size", args.batch_size),
+                          ("train.augment", args.augment), ("train.device", args.device), ("out", args.out)):
+        _set(tree, dotted, value)
+    out = tree.pop("out", None)
+    if not out:
+        raise GSLoRAError("no output directory: pass --out DIR (or 'out:' in the config file)")
+    if Path(out).exists() and any(Path(out).iterdir()) and not args.overwrite:
+        raise GSLoRAError(f"{out!r} already exists; pass --overwrite to replace it or choose another --out")
+    data_cfg = from_dict(DataConfig, tree.get("data"), "data")
+    dataset = load_dataset(data_cfg)
+    model_tree = {"num_classes": dataset.num_classes, "in_chans": dataset.image_shape[0],
+                  "image_size": dataset.image_shape[1], **tree.get("model", {})}
+    model_cfg = from_dict(ModelConfig, model_tree, "model")
+    train_cfg = from_dict(TrainConfig, {"lr": 1e-3, "batch_size": 128, "warmup_epochs": 1, **tree.get("train", {})},
+                          "train")
+    if model_cfg.num_classes != dataset.num_classes:
+        raise GSLoRAError(f"model.num_classes={model_cfg.num_classes} but {dataset.name} has {dataset.num_classes} "
+                          "classes; drop model.num_classes to take it from the data")
+    model, info = pretrain(model_cfg, dataset, train_cfg, progress=_progress_factory(not args.quiet))
+    digest = save_checkpoint(model, out, classes=dataset.classes, replace=args.overwrite,
+                             extra={"pretrain": {"seconds": info["seconds"], "test_acc": info["test_acc"],
+                                                 "dataset": dataset.name, "train": vars_of(train_cfg)}})
+    print(f"pre-trained {model_cfg.family} model on {dataset.name}: test accuracy {info['test_acc']:.2f}% in "
+          f"{info['seconds']:.0f}s")
+    print(f"checkpoint: {out} (sha256 {digest[:16]})")
+    return 0
+
+
+def vars_of(obj: Any) -> dict[str, Any]:
+    from gslora.config import to_dict
+
+    return to_dict(obj)
+
+
+# -- forget ---------------------------------------------------------------------------------------
+
+def _read_requests(path: str) -> list[list[str | int]]:
+    from gslora.config import load_yaml
+
+    try:
+        data = load_yaml(path)
+    except GSLoRAError:
+        import yaml
+
+        data = {"requests": yaml.safe_load(Path(path).read_text())} if Path(path).is_file() else None
+        if data is None:
+            raise
+    requests = data.get("requests") if isinstance(data, dict) else None
+    if not isinstance(requests, list) or not requests:
+        raise GSLoRAError(f"{path} must hold 'requests:', a list of requests, each a list of class names or ids")
+    return requests
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    from gslora.config import from_dict
+    from gslora.engine import ForgetConfig, resume_config, run_forgetting
+    from gslora.report import markdown_table
+
+    if bool(args.out) == bool(args.run):
+        raise GSLoRAError("pass exactly one of --out DIR (start a run) or --run DIR (add requests to a run)")
+    tree = _load_config(args.config)
+    if args.classes:
+        _set(tree, "sequence.requests", [_split_classes(args.classes)])
+    elif args.requests:
+        _set(tree, "sequence.requests", _read_requests(args.requests))
+    for dotted, value in (("checkpoint", args.checkpoint), ("data.dataset", args.data),
+                          ("sequence.num_requests", args.num_requests),
+                          ("sequence.classes_per_request", args.classes_per_request),
+                          ("sequence.ratio", args.ratio), ("sequence.shots", args.shots),
+                          ("train.epochs", args.epochs), ("train.lr", args.lr), ("train.batch_size", args.batch_size),
+                          ("train.device", args.device)):
+        _set(tree, dotted, value)
+    method = dict(tree.get("method", {}))
+    if args.method and method.get("name", args.method) != args.method:
+        method = {}  # another method: the file's hyper-parameters were for the one it named
+    for key, value in (("name", args.method), ("beta", args.beta), ("bnd", args.bnd), ("alpha", args.alpha),
+                       ("rank", args.rank)):
+        _set(method, key, value)
+    if method:
+        tree["method"] = method
+    if args.run:
+        if args.checkpoint:
+            raise GSLoRAError("--checkpoint cannot change the model of an existing run; --run continues from the "
+                              "run's latest model")
+        if not (args.classes or args.requests or "sequence" in tree):
+            raise GSLoRAError("--run needs the next request: pass --classes A,B or --requests FILE")
+        config = resume_config(args.run, tree)
+        run_dir, resume = args.run, True
+    else:
+        tree["method"] = {"name": "gs_lora", **tree.get("method", {})}
+        config = from_dict(ForgetConfig, tree)
+        run_dir, resume = args.out, False
+    manifest = run_forgetting(config, run_dir, resume=resume, progress=_progress_factory(not args.quiet))
+    print(markdown_table(manifest))
+    print(f"run directory: {run_dir} (latest model: {Path(run_dir) / manifest['latest_checkpoint']})")
+    return 0
+
+
+# -- evaluate -------------------------------------------------------------------------------------
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from gslora.config import DataConfig, from_dict
+    from gslora.data import load_dataset, resolve_classes
+    from gslora.engine import per_class_accuracy, predict
+    from gslora.engine.loop import resolve_device
+    from gslora.metrics import accuracy
+    from gslora.models import load_checkpoint, read_checkpoint_meta
+
+    tree = _load_config(args.config)
+    _set(tree, "data.dataset", args.data)
+    checkpoint = args.checkpoint or tree.get("checkpoint")
+    if not checkpoint:
+        raise GSLoRAError("pass --checkpoint DIR (a gslora checkpoint or a run's requests/NNN/model)")
+    _, meta = read_checkpoint_meta(checkpoint)
+    dataset = load_dataset(from_dict(DataConfig, tree.get("data"), "data"))
+    if meta.get("classes") and meta["classes"] != dataset.classes:
+        raise GSLoRAError(f"checkpoint {checkpoint!r} was trained on other classes than {dataset.name}; pass the "
+                          "data set it was trained on")
+    model, _ = load_checkpoint(checkpoint)
+    device = resolve_device(args.device or "auto")
+    predictions = predict(model.to(device), dataset.test, device=device)
+    labels = dataset.test.labels
+    per_class = per_class_accuracy(predictions, labels, dataset.num_classes)
+    result: dict[str, Any] = {"checkpoint": str(checkpoint), "dataset": dataset.name,
+                              "accuracy": accuracy(predictions, labels, range(dataset.num_classes)),
+                              "per_class": dict(zip(dataset.classes, per_class))}
+    if args.classes:
+        ids = resolve_classes(_split_classes(args.classes), dataset.classes)
+        rest = [c for c in range(dataset.num_classes) if c not in ids]
+        result["selected"] = {"classes": [dataset.classes[c] for c in ids],
+                              "accuracy": accuracy(predictions, labels, ids),
+                              "accuracy_other": accuracy(predictions, labels, rest) if rest else None}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{dataset.name}: top-1 accuracy {result['accuracy']:.2f}% on {len(labels)} test images")
+    print("| class | accuracy |\n|---|---|")
+    for name, acc in result["per_class"].items():
+        print(f"| {name} | {'-' if acc is None else f'{acc:.2f}'} |")
+    if "selected" in result:
+        sel = result["selected"]
+        other = sel["accuracy_other"]
+        print(f"selected classes ({', '.join(sel['classes'])}): {sel['accuracy']:.2f}%; other classes: "
+              f"{'-' if other is None else f'{other:.2f}%'}")
+    return 0
+
+
+# -- parser ---------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gslora", description="Continual forgetting for vision transformers.")
+    parser.add_argument("--version", action="version", version=_version())
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("pretrain", parents=[common], help="train a base ViT on all classes of a data set; save a checkpoint")
+    p.add_argument("--config", help="YAML file with model:, data:, train: and out: sections")
+    p.add_argument("--data", help="fashion-mnist, an .npz file or an ImageFolder directory")
+    p.add_argument("--family", choices=["timm", "torchvision", "hf"])
+    p.add_argument("--name", help="model name of the family (default: a ViT of the shape below)")
+    p.add_argument("--depth", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--heads", type=int)
+    p.add_argument("--patch-size", type=int)
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--pretrained", action="store_true", help="start from the family's pretrained weights (network)")
+    p.add_argument("--weights", help="start from a local .safetensors or .pth state dict")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--device")
+    p.add_argument("--out", help="checkpoint directory to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(func=cmd_pretrain)
+
+    f = sub.add_parser("forget", parents=[common], help="apply erasure requests to a model; writes or extends a run directory")
+    f.add_argument("--config", help="YAML file with checkpoint:, data:, sequence:, method:, train:")
+    f.add_argument("--checkpoint", help="base model (a directory written by `gslora pretrain`)")
+    f.add_argument("--data", help="fashion-mnist, an .npz file or an ImageFolder directory")
+    group = f.add_mutually_exclusive_group()
+    group.add_argument("--classes", help="one request: comma-separated class names or ids")
+    group.add_argument("--requests", help="YAML file with a list of requests, each a list of classes")
+    f.add_argument("--num-requests", type=int, help="requests taken from the seeded class order")
+    f.add_argument("--classes-per-request", type=int)
+    f.add_argument("--ratio", type=float, help="fraction of each class's training images per request")
+    f.add_argument("--shots", type=int, help="training images per class per request (few-shot)")
+    f.add_argument("--method", help="registered method name (default gs_lora)")
+    f.add_argument("--beta", type=float)
+    f.add_argument("--bnd", type=float)
+    f.add_argument("--alpha", type=float)
+    f.add_argument("--rank", type=int)
+    f.add_argument("--epochs", type=int)
+    f.add_argument("--lr", type=float)
+    f.add_argument("--batch-size", type=int)
+    f.add_argument("--device")
+    f.add_argument("--out", help="new run directory")
+    f.add_argument("--run", help="existing run directory: apply the requests on top of its latest model")
+    f.set_defaults(func=cmd_forget)
+
+    e = sub.add_parser("evaluate", parents=[common], help="test accuracy of a checkpoint, per class")
+    e.add_argument("--config", help="YAML file with checkpoint: and data:")
+    e.add_argument("--checkpoint")
+    e.add_argument("--data")
+    e.add_argument("--classes", help="also report accuracy on these classes and on the others")
+    e.add_argument("--device")
+    e.add_argument("--json", action="store_true", help="print JSON")
+    e.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def _version() -> str:
+    from gslora import __version__
+
+    return f"gslora {__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return args.func(args)
+    except GSLoRAError as exc:
+        print(f"gslora {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""Validated configuration dataclasses and YAML I/O.
+
+Every section is a dataclass validated in ``__post_init__``; loading a YAML file with a key that no
+field has is an error naming the key and the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from gslora.errors import GSLoRAError
+
+C = TypeVar("C")
+
+MODEL_FAMILIES = ("timm", "torchvision", "hf")
+
+
+def require(ok: bool, field_name: str, value: Any, rule: str) -> None:
+    if not ok:
+        raise GSLoRAError(f"{field_name}={value!r}: {rule}")
+
+
+@dataclass
+class ModelConfig:
+    """Which transformer to build.
+
+    Args:
+        family: ``timm``, ``torchvision`` or ``hf`` (Hugging Face transformers).
+        name: a model name of that family (``vit_tiny_patch16_224``, ``vit_b_16``, a hub id); ``None``
+            builds a ViT from the shape fields below.
+        num_classes: size of the classification head.
+        depth, width, heads, patch_size, mlp_ratio: the ViT shape when ``name`` is ``None``.
+        image_size, in_chans: the input the model expects; images are resized and their channels
+            repeated or averaged to match.
+        pretrained: download the family's pretrained weights (needs network).
+        weights: a local ``.safetensors`` or ``.pth`` file with the model's state dict.
+        mean, std: input normalisation applied inside the model.
+    """
+
+    family: str = "timm"
+    name: str | None = None
+    num_classes: int = 10
+    depth: int = 4
+    width: int = 128
+    heads: int = 4
+    patch_size: int = 7
+    mlp_ratio: float = 4.0
+    image_size: int = 28
+    in_chans: int = 1
+    pretrained: bool = False
+    weights: str | None = None
+    mean: float = 0.5
+    std: float = 0.5
+
+    def __post_init__(self) -> None:
+        require(self.family in MODEL_FAMILIES, "model.family", self.family, f"must be one of {MODEL_FAMILIES}")
+        for name in ("num_classes", "depth", "width", "heads", "patch_size", "image_size", "in_chans"):
+            require(getattr(self, name) >= 1, f"model.{name}", getattr(self, name), "must be >= 1")
+        require(self.width % self.heads == 0, "model.width", self.width, f"must be divisible by heads={self.heads}")
+        require(self.std > 0, "model.std", self.std, "must be > 0")
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from.
+
+    Args:
+        dataset: ``fashion-mnist`` (Debian's dataset-fashion-mnist), a ``.npz`` file with
+            ``x_train, y_train, x_test, y_test, classes``, or an ImageFolder directory holding
+            ``train/`` and ``test/`` (or ``val/``) sub-directories of one folder per class.
+        root: where the Fashion-MNIST IDX files are.
+        image_size: ImageFolder images are resized to this square size when loaded.
+    """
+
+    dataset: str = "fashion-mnist"
+    root: str = "/usr/share/datasets/fashion-mnist"
+    image_size: int = 64
+
+    def __post_init__(self) -> None:
+        require(bool(self.dataset), "data.dataset", self.dataset, "must name a data set or a path")
+        require(self.image_size >= 8, "data.image_size", self.image_size, "must be >= 8")
+
+
+@dataclass
+class SequenceConfig:
+    """The erasure requests and the data each one trains on.
+
+    Args:
+        requests: explicit requests, each a list of class names or ids, applied in order. When
+            empty, ``num_requests`` requests of ``classes_per_request`` classes are taken from the
+            end of a class order shuffled with ``order_seed`` (the reference protocol).
+        ratio: fraction of each class's training images used per request (reference: 0.1).
+        shots: if set, exactly this many training images per class instead of ``ratio``.
+        subset_seed: seed of the per-request subset draw.
+    """
+
+    requests: list[list[str | int]] = field(default_factory=list)
+    num_requests: int = 4
+    classes_per_request: int = 2
+    order_seed: int = 1337
+    ratio: float = 0.1
+    shots: int | None = None
+    subset_seed: int = 1337
+
+    def __post_init__(self) -> None:
+        require(self.num_requests >= 1, "sequence.num_requests", self.num_requests, "must be >= 1")
+        require(self.classes_per_request >= 1, "sequence.classes_per_request", self.classes_per_request,
+                 "must be >= 1")
+        require(0 < self.ratio <= 1, "sequence.ratio", self.ratio, "must be in (0, 1]")
+        require(self.shots is None or self.shots >= 1, "sequence.shots", self.shots, "must be >= 1")
+        for i, request in enumerate(self.requests):
+            require(isinstance(request, list) and len(request) > 0, f"sequence.requests[{i}]", request,
+                     "must be a non-empty list of class names or ids")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by pre-training and forgetting.
+
+    Args:
+        epochs: passes over the retained (or, for pre-training, the whole) training subset.
+        batch_size: images per batch; forgetting uses one retain and one forget batch per step.
+        lr, weight_decay, min_lr: AdamW with a cosine schedule from ``lr`` to ``min_lr``.
+        warmup_epochs: linear learning-rate warm-up (pre-training).
+        augment: random crop (4-pixel padding) and horizontal flip on training batches.
+        seed: seed of initialisation and batch order.
+        device: ``cpu``, ``cuda`` or ``auto``.
+        max_grad_norm: gradient clipping (0 disables it).
+    """
+
+    epochs: int = 10
+    batch_size: int = 48
+    lr: float = 1e-2
+    weight_decay: float = 0.05
+    min_lr: float = 1e-5
+    warmup_epochs: int = 0
+    augment: bool = False
+    seed: int = 1337
+    device: str = "auto"
+    max_grad_norm: float = 0.0
+
+    def __post_init__(self) -> None:
+        require(self.epochs >= 1, "train.epochs", self.epochs, "must be >= 1")
+        require(self.batch_size >= 1, "train.batch_size", self.batch_size, "must be >= 1")
+        require(self.lr > 0 and math.isfinite(self.lr), "train.lr", self.lr, "must be a positive number")
+        require(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "must be >= 0")
+        require(0 <= self.warmup_epochs < self.epochs, "train.warmup_epochs", self.warmup_epochs,
+                 "must be >= 0 and < epochs")
+        require(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "train.device",
+                 self.device, "must be auto, cpu, cuda or cuda:N")
+
+
+def from_dict(cls: type[C], data: dict[str, Any] | None, where: str = "") -> C:
+    """Build dataclass ``cls`` from a mapping, recursing into nested dataclass fields.
+
+    Raises:
+        GSLoRAError: a key is not a field of ``cls`` or the mapping is not a mapping.
+    """
+    data = {} if data is None else data
+    prefix = f"{where}." if where else ""
+    if not isinstance(data, dict):
+        raise GSLoRAError(f"{where or 'config'} must be a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise GSLoRAError(f"unknown key(s) {', '.join(prefix + k for k in unknown)}; valid keys: "
+                          f"{', '.join(sorted(fields))}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = from_dict(hint, value, prefix + key)
+        else:
+            kwargs[key] = _coerce(value, hint, prefix + key)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Accept YAML scalars for typed fields: ints for floats, and reject obvious type mismatches."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], where) if len(args) == 1 else value
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML reads "1e-4" as a string
+        except ValueError:
+            pass
+    if hint in (int, float, str, bool) and not isinstance(value, hint):
+        raise GSLoRAError(f"{where}={value!r}: must be of type {hint.__name__}")
+    return value
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A plain-data copy of a dataclass, for JSON and YAML."""
+    return dataclasses.asdict(obj)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a missing or malformed file is a GSLoRAError."""
+    path = Path(path)
+    if not path.is_file():
+        raise GSLoRAError(f"config file {str(path)!r} does not exist; pass the path of a YAML file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise GSLoRAError(f"config file {str(path)!r} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise GSLoRAError(f"config file {str(path)!r} must hold a mapping at the top level")
+    return data

@@ -1,0 +1,19 @@
+"""Data sets, class orders, erasure-request sequences and per-request subsets."""
+
+from gslora.data.datasets import Dataset, ImageSet, load_dataset, load_fashion_mnist, load_image_folder, load_npz
+from gslora.data.tasks import (
+    Request,
+    RequestData,
+    build_requests,
+    class_mask,
+    class_order,
+    request_data,
+    resolve_classes,
+    sample_per_class,
+)
+
+__all__ = [
+    "Dataset", "ImageSet", "Request", "RequestData", "build_requests", "class_mask", "class_order",
+    "load_dataset", "load_fashion_mnist", "load_image_folder", "load_npz", "request_data",
+    "resolve_classes", "sample_per_class",
+]

@@ -1,0 +1,179 @@
+"""Image data sets held in memory as uint8 tensors: Fashion-MNIST, ``.npz`` files and ImageFolders."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gslora.config import DataConfig
+from gslora.errors import GSLoRAError
+
+log = logging.getLogger(__name__)
+
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Images and integer labels of one split.
+
+    Attributes:
+        images: uint8 tensor (N, C, H, W).
+        labels: int64 tensor (N,), values index ``classes``.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: torch.Tensor) -> ImageSet:
+        return ImageSet(self.images[indices], self.labels[indices])
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A train and a test split over one list of class names."""
+
+    name: str
+    train: ImageSet
+    test: ImageSet
+    classes: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
+
+
+def load_dataset(config: DataConfig) -> Dataset:
+    """Load the data set that ``config.dataset`` names.
+
+    Raises:
+        GSLoRAError: the data set is missing, unreadable or malformed.
+    """
+    if config.dataset.lower() in ("fashion-mnist", "fashion_mnist", "fmnist"):
+        return load_fashion_mnist(config.root)
+    path = Path(config.dataset)
+    if not path.exists():
+        raise GSLoRAError(f"data path {str(path)!r} does not exist; pass 'fashion-mnist', an .npz file or an "
+                          "ImageFolder directory")
+    if path.is_file():
+        if path.suffix != ".npz":
+            raise GSLoRAError(f"data file {str(path)!r} is not an .npz file; pass an .npz with "
+                              "x_train, y_train, x_test, y_test, classes or an ImageFolder directory")
+        return load_npz(path)
+    return load_image_folder(path, image_size=config.image_size)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise GSLoRAError(f"{path} is not a uint8 IDX file")
+    shape = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def load_fashion_mnist(root: str | Path = "/usr/share/datasets/fashion-mnist") -> Dataset:
+    """Fashion-MNIST from the gzipped IDX files of Debian's ``dataset-fashion-mnist`` package."""
+    root = Path(root)
+    missing = [name for pair in FASHION_MNIST_FILES.values() for name in pair if not (root / name).is_file()]
+    if missing:
+        raise GSLoRAError(f"Fashion-MNIST not found in {root} (missing {', '.join(missing)}); install Debian's "
+                          "package with `apt-get install dataset-fashion-mnist` or set data.root")
+    splits = {}
+    for split, (images_file, labels_file) in FASHION_MNIST_FILES.items():
+        images = torch.from_numpy(_read_idx(root / images_file).copy()).unsqueeze(1)
+        labels = torch.from_numpy(_read_idx(root / labels_file).astype(np.int64))
+        splits[split] = ImageSet(images, labels)
+    return Dataset("fashion-mnist", splits["train"], splits["test"], list(FASHION_MNIST_CLASSES))
+
+
+def _to_nchw(x: np.ndarray, path: Path, key: str) -> torch.Tensor:
+    if x.dtype != np.uint8:
+        raise GSLoRAError(f"{path}: {key} must be uint8 images, got {x.dtype}")
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[-1] in (1, 3):
+        x = x.transpose(0, 3, 1, 2)
+    else:
+        raise GSLoRAError(f"{path}: {key} must have shape (N, H, W) or (N, H, W, C), got {x.shape}")
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def load_npz(path: str | Path) -> Dataset:
+    """A data set stored as ``x_train, y_train, x_test, y_test, classes`` (the ../shared/data format)."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = {"x_train", "y_train", "x_test", "y_test", "classes"} - set(npz.files)
+            if missing:
+                raise GSLoRAError(f"{path} lacks {', '.join(sorted(missing))}; an .npz data set needs x_train, "
+                                  "y_train, x_test, y_test and classes")
+            arrays = {k: npz[k] for k in ("x_train", "y_train", "x_test", "y_test", "classes")}
+    except (OSError, ValueError) as exc:
+        raise GSLoRAError(f"cannot read {path} as .npz: {exc}") from exc
+    classes = [str(c) for c in arrays["classes"].tolist()]
+    splits = {}
+    for split in ("train", "test"):
+        labels = torch.from_numpy(arrays[f"y_{split}"].astype(np.int64))
+        if labels.numel() and (labels.min() < 0 or labels.max() >= len(classes)):
+            raise GSLoRAError(f"{path}: y_{split} has labels outside 0..{len(classes) - 1}")
+        splits[split] = ImageSet(_to_nchw(arrays[f"x_{split}"], path, f"x_{split}"), labels)
+    return Dataset(path.stem, splits["train"], splits["test"], classes)
+
+
+def load_image_folder(root: str | Path, *, image_size: int = 64) -> Dataset:
+    """An ImageFolder tree ``root/{train,test}/<class>/<image>``; images are resized to ``image_size``.
+
+    ``val/`` is accepted in place of ``test/``. Both splits must have the same class folders.
+    """
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms import v2
+
+    root = Path(root)
+    test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
+    if not (root / "train").is_dir() or test_dir is None:
+        raise GSLoRAError(f"{root} is not an ImageFolder data set: it needs train/ and test/ (or val/) "
+                          "sub-directories with one folder of images per class")
+    transform = v2.Compose([v2.PILToTensor(), v2.Resize((image_size, image_size), antialias=True)])
+    splits, classes = {}, None
+    for split, directory in (("train", root / "train"), ("test", test_dir)):
+        try:
+            folder = ImageFolder(str(directory), transform=transform, loader=_rgb_loader)
+        except (FileNotFoundError, OSError) as exc:
+            raise GSLoRAError(f"cannot read ImageFolder {directory}: {exc}") from exc
+        if classes is not None and folder.classes != classes:
+            raise GSLoRAError(f"{directory} has other class folders than {root / 'train'}; both splits need the "
+                              "same classes")
+        classes = folder.classes
+        log.info("loading %d images from %s", len(folder), directory)
+        images = torch.stack([folder[i][0] for i in range(len(folder))])
+        splits[split] = ImageSet(images, torch.tensor(folder.targets, dtype=torch.int64))
+    return Dataset(root.name, splits["train"], splits["test"], list(classes or []))
+
+
+def _rgb_loader(path: str):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.convert("RGB")

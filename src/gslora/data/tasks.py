@@ -1,0 +1,146 @@
+"""Class order, erasure-request sequences and the per-request training subsets."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from gslora.config import SequenceConfig
+from gslora.data.datasets import Dataset
+from gslora.errors import GSLoRAError
+
+
+@dataclass(frozen=True)
+class Request:
+    """One erasure request and the class sets it is measured on.
+
+    Attributes:
+        index: position in the run's sequence (0-based).
+        forget: class ids to forget now.
+        retain: class ids still to be recognised after this request.
+        old: class ids forgotten by earlier requests.
+    """
+
+    index: int
+    forget: tuple[int, ...]
+    retain: tuple[int, ...]
+    old: tuple[int, ...]
+
+
+def class_order(num_classes: int, seed: int) -> list[int]:
+    """The reference's seeded order: ``random.seed(seed); random.shuffle(range(n))``."""
+    order = list(range(num_classes))
+    random.Random(seed).shuffle(order)
+    return order
+
+
+def resolve_classes(tokens: Sequence[str | int], classes: Sequence[str]) -> list[int]:
+    """Turn class names or ids into ids; names match case-insensitively.
+
+    Raises:
+        GSLoRAError: a token is neither a class name nor a valid id, or a class is named twice.
+    """
+    by_name = {name.lower(): i for i, name in enumerate(classes)}
+    ids = []
+    for token in tokens:
+        text = str(token).strip()
+        if text.lower() in by_name:
+            ids.append(by_name[text.lower()])
+        elif text.lstrip("-").isdigit() and 0 <= int(text) < len(classes):
+            ids.append(int(text))
+        else:
+            shown = ", ".join(classes[:12]) + (", ..." if len(classes) > 12 else "")
+            raise GSLoRAError(f"unknown class {token!r}; use a name ({shown}) or an id in 0..{len(classes) - 1}")
+    if len(set(ids)) != len(ids):
+        raise GSLoRAError(f"classes {list(tokens)} name the same class twice")
+    return ids
+
+
+def build_requests(config: SequenceConfig, classes: Sequence[str], *,
+                   forgotten: Sequence[int] = (), start_index: int = 0) -> list[Request]:
+    """The requests of ``config``, applied after the classes in ``forgotten`` are already gone.
+
+    Explicit ``config.requests`` are used as given; otherwise the reference protocol: the last
+    ``classes_per_request`` classes of the seeded order that are still known, request after request.
+
+    Raises:
+        GSLoRAError: a class is unknown, already forgotten, repeated, or nothing would be retained.
+    """
+    gone = list(forgotten)
+    if config.requests:
+        groups = [resolve_classes(r, classes) for r in config.requests]
+    else:
+        order = [c for c in class_order(len(classes), config.order_seed) if c not in gone]
+        k = config.classes_per_request
+        if k * config.num_requests >= len(order):
+            raise GSLoRAError(f"{config.num_requests} requests of {k} classes would forget all {len(order)} known "
+                              "classes; lower sequence.num_requests or sequence.classes_per_request")
+        groups = [order[len(order) - k * (t + 1): len(order) - k * t] for t in range(config.num_requests)]
+    requests = []
+    for t, group in enumerate(groups):
+        again = [classes[c] for c in group if c in gone]
+        if again:
+            raise GSLoRAError(f"class(es) {', '.join(again)} were already forgotten in this run; a class can be "
+                              "forgotten only once")
+        retain = tuple(c for c in range(len(classes)) if c not in gone and c not in group)
+        if not retain:
+            raise GSLoRAError(f"request {start_index + t} would leave no class to retain; keep at least one class")
+        requests.append(Request(start_index + t, tuple(group), retain, tuple(gone)))
+        gone.extend(group)
+    return requests
+
+
+def sample_per_class(labels: torch.Tensor, class_ids: Sequence[int], *, ratio: float = 1.0,
+                     shots: int | None = None, seed: int = 0) -> torch.Tensor:
+    """Indices of a seeded per-class sample: ``shots`` images per class, or ``ratio`` of each class.
+
+    With ``ratio`` each class keeps ``max(1, round(ratio * n_c))`` images. A class with fewer than
+    ``shots`` images keeps all it has.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    picked = []
+    for c in class_ids:
+        members = torch.nonzero(labels == c).flatten()
+        if len(members) == 0:
+            continue
+        n = min(shots, len(members)) if shots is not None else max(1, round(ratio * len(members)))
+        picked.append(members[torch.randperm(len(members), generator=generator)[:n]])
+    if not picked:
+        return torch.empty(0, dtype=torch.long)
+    return torch.sort(torch.cat(picked)).values
+
+
+def class_mask(labels: torch.Tensor, class_ids: Sequence[int]) -> torch.Tensor:
+    """Boolean mask of the samples whose label is in ``class_ids``."""
+    return torch.isin(labels, torch.as_tensor(list(class_ids), dtype=labels.dtype))
+
+
+@dataclass(frozen=True)
+class RequestData:
+    """Training subsets of one request (indices into the training split)."""
+
+    forget_indices: torch.Tensor
+    retain_indices: torch.Tensor
+
+
+def request_data(dataset: Dataset, request: Request, config: SequenceConfig) -> RequestData:
+    """Draw the request's forget and retain training subsets.
+
+    Raises:
+        GSLoRAError: the forget or the retain subset holds no image.
+    """
+    seed = config.subset_seed + 1000 * request.index
+    kwargs = {"ratio": config.ratio, "shots": config.shots}
+    forget = sample_per_class(dataset.train.labels, request.forget, seed=seed, **kwargs)
+    retain = sample_per_class(dataset.train.labels, request.retain, seed=seed + 1, **kwargs)
+    names = ", ".join(dataset.classes[c] for c in request.forget)
+    if len(forget) == 0:
+        raise GSLoRAError(f"request {request.index}: the forget classes ({names}) have no training images; "
+                          "forgetting needs at least one image of each class to forget")
+    if len(retain) == 0:
+        raise GSLoRAError(f"request {request.index}: the retained classes have no training images; add training "
+                          "images of the classes to keep")
+    return RequestData(forget, retain)

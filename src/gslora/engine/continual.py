@@ -1,0 +1,290 @@
+"""Continual forgetting: apply erasure requests one after another and keep a run directory.
+
+A run directory holds::
+
+    manifest.json                  base checkpoint hash, configs, every request (classes, time,
+                                   adapter, merged checkpoint and its hash, metrics)
+    base_predictions.safetensors   the original model's test predictions (for dAcc_f vs the original)
+    requests/NNN/adapter/          the request's LoRA adapter in peft format
+    requests/NNN/model/            the merged model after the request (a gslora checkpoint)
+    metrics.json, report.md, accuracy.png, group_norms.png
+
+Everything is validated before anything is written; each request is committed atomically (its files
+first, then the manifest), so an error leaves the run as it was after the last finished request.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+import gslora
+from gslora.config import DataConfig, SequenceConfig, TrainConfig, from_dict, to_dict
+from gslora.data import Dataset, Request, build_requests, load_dataset, request_data
+from gslora.engine.evaluate import predict
+from gslora.engine.loop import ProgressFactory, no_progress, resolve_device, train_request
+from gslora.errors import GSLoRAError
+from gslora.io import atomic_directory, atomic_write_json, sha256_file
+from gslora.methods import METHODS, Method, TaskContext
+from gslora.metrics import accuracy, request_metrics
+from gslora.models import VisionClassifier, load_checkpoint, read_checkpoint_meta, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+BASE_PREDICTIONS = "base_predictions.safetensors"
+
+
+@dataclass
+class ForgetConfig:
+    """Everything a forgetting run needs.
+
+    Args:
+        checkpoint: the base model: a gslora checkpoint directory (``gslora pretrain`` writes one).
+        data: the data set (its classes must be the checkpoint's).
+        sequence: the requests and their per-request training subsets.
+        method: ``name`` of a registered method plus its hyper-parameters.
+        train: optimisation settings of each request.
+        eval_batch_size: batch size of evaluation.
+    """
+
+    checkpoint: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    sequence: SequenceConfig = field(default_factory=SequenceConfig)
+    method: dict[str, Any] = field(default_factory=lambda: {"name": "gs_lora"})
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval_batch_size: int = 512
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.method, dict) or "name" not in self.method:
+            raise GSLoRAError("method must be a mapping with a 'name' (for example {name: gs_lora})")
+        build_method(self.method)  # validates the name and the hyper-parameters now
+
+
+def build_method(spec: dict[str, Any]) -> Method:
+    """Instantiate the registered method ``spec["name"]`` with the other keys as its config."""
+    cls = METHODS.get(spec["name"])
+    return cls(from_dict(cls.config_class, {k: v for k, v in spec.items() if k != "name"}, "method"))
+
+
+def hardware() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = f"{names[0]} x{len(names)}" if names else cpu
+    except OSError:
+        pass
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{cpu}{gpu}, torch {torch.__version__}"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _check_classes(dataset: Dataset, meta: dict[str, Any], checkpoint: str) -> None:
+    classes = meta.get("classes")
+    num_classes = meta.get("model", {}).get("num_classes")
+    if num_classes != dataset.num_classes or (classes and list(classes) != dataset.classes):
+        raise GSLoRAError(f"checkpoint {checkpoint!r} was trained on {num_classes} classes {classes[:5] if classes else ''}"
+                          f" but data set {dataset.name!r} has {dataset.num_classes} classes {dataset.classes[:5]}; "
+                          "use the data set the model was trained on")
+
+
+@dataclass
+class _RunState:
+    run_dir: Path
+    manifest: dict[str, Any]
+    model: VisionClassifier
+    dataset: Dataset
+    base_predictions: torch.Tensor
+    forgotten: list[int]
+    is_new: bool
+
+
+def _new_state(config: ForgetConfig, run_dir: Path) -> _RunState:
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise GSLoRAError(f"run directory {str(run_dir)!r} already exists; pass --run {run_dir} to add requests to "
+                          "it, or choose a new --out")
+    if not config.checkpoint:
+        raise GSLoRAError("no base model: set checkpoint (a directory written by `gslora pretrain`)")
+    weights, meta = read_checkpoint_meta(config.checkpoint)
+    dataset = load_dataset(config.data)
+    _check_classes(dataset, meta, config.checkpoint)
+    model, _ = load_checkpoint(config.checkpoint)
+    manifest = {
+        "gslora_version": gslora.__version__,
+        "created": _now(),
+        "base": {"checkpoint": str(Path(config.checkpoint).resolve()), "sha256": sha256_file(weights)},
+        "dataset": {"name": dataset.name, "classes": dataset.classes, "train_images": len(dataset.train),
+                    "test_images": len(dataset.test)},
+        "config": _config_dict(config),
+        "hardware": hardware(),
+        "requests": [],
+        "latest_checkpoint": None,
+    }
+    device = resolve_device(config.train.device)
+    base_predictions = predict(model.to(device), dataset.test, device=device, batch_size=config.eval_batch_size)
+    return _RunState(run_dir, manifest, model, dataset, base_predictions, [], True)
+
+
+def _config_dict(config: ForgetConfig) -> dict[str, Any]:
+    out = to_dict(config)
+    out["sequence"]["requests"] = []  # requests are recorded one by one in the manifest
+    return out
+
+
+def read_manifest(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / MANIFEST
+    if not path.is_file():
+        raise GSLoRAError(f"{str(run_dir)!r} is not a gslora run directory (no {MANIFEST}); start a run with "
+                          "`gslora forget --out DIR ...`")
+    return json.loads(path.read_text())
+
+
+def _resume_state(run_dir: Path, config: ForgetConfig) -> _RunState:
+    manifest = read_manifest(run_dir)
+    dataset = load_dataset(config.data)
+    if dataset.classes != manifest["dataset"]["classes"]:
+        raise GSLoRAError(f"data set {dataset.name!r} does not have the classes of run {str(run_dir)!r}; pass the "
+                          "run's data set")
+    latest = manifest["latest_checkpoint"]
+    model, _ = load_checkpoint(run_dir / latest) if latest else load_checkpoint(manifest["base"]["checkpoint"])
+    base_predictions = load_file(str(run_dir / BASE_PREDICTIONS))["predictions"]
+    forgotten = [c for r in manifest["requests"] for c in r["forget_classes"]]
+    return _RunState(run_dir, manifest, model, dataset, base_predictions, forgotten, False)
+
+
+def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> ForgetConfig:
+    """The config a run was started with, with ``overrides`` (nested mapping) applied."""
+    base = read_manifest(run_dir)["config"]
+    for key, value in (overrides or {}).items():
+        other_method = key == "method" and value.get("name", base[key]["name"]) != base[key]["name"]
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and not other_method:
+            base[key] = {**base[key], **value}
+        else:
+            base[key] = value
+    return from_dict(ForgetConfig, base)
+
+
+def run_forgetting(config: ForgetConfig, run_dir: str | Path, *, resume: bool = False,
+                   progress: ProgressFactory = no_progress) -> dict[str, Any]:
+    """Apply the requests of ``config`` and return the run's manifest.
+
+    Args:
+        config: model, data, requests, method and training settings.
+        run_dir: the run directory; a new one unless ``resume``.
+        resume: add the requests to the run in ``run_dir``, on top of its latest model.
+        progress: progress-bar factory (the CLI passes tqdm); silent by default.
+
+    Raises:
+        GSLoRAError: bad input (unknown or already forgotten class, empty subset, checkpoint that
+            does not fit, unreadable data, non-finite loss); nothing is written for the failed request.
+    """
+    run_dir = Path(run_dir)
+    state = _resume_state(run_dir, config) if resume else _new_state(config, run_dir)
+    requests = build_requests(config.sequence, state.dataset.classes, forgotten=state.forgotten,
+                              start_index=len(state.manifest["requests"]))
+    subsets = [request_data(state.dataset, r, config.sequence) for r in requests]  # validate all first
+    device = resolve_device(config.train.device)
+    model = state.model.to(device)
+    predictions = predict(model, state.dataset.test, device=device, batch_size=config.eval_batch_size) \
+        if not state.is_new else state.base_predictions
+    for request, subset in zip(requests, subsets):
+        model, predictions = _apply_request(state, config, request, subset, model, predictions, device, progress)
+    return state.manifest
+
+
+def _apply_request(state: _RunState, config: ForgetConfig, request: Request, subset, model: VisionClassifier,
+                   before: torch.Tensor, device: torch.device, progress: ProgressFactory):
+    dataset, labels = state.dataset, state.dataset.test.labels
+    forget, retain = dataset.train.subset(subset.forget_indices), dataset.train.subset(subset.retain_indices)
+    names = [dataset.classes[c] for c in request.forget]
+    log.info("request %d: forgetting %s (%d forget / %d retain training images)", request.index, ", ".join(names),
+             len(forget), len(retain))
+    task = TaskContext(request, config.train.epochs, -(-len(retain) // config.train.batch_size))
+    method = build_method(config.method)
+    torch.manual_seed(config.train.seed + request.index)
+    started, start = _now(), time.perf_counter()
+    method.setup_task(model, task)
+    history = train_request(method, task, forget, retain, config.train, device=device, progress=progress)
+    stage = Path(tempfile.mkdtemp(dir=state.run_dir.resolve().parent, prefix=f".{state.run_dir.name}.request."))
+    try:
+        artifacts = method.save_artifacts(stage)
+        edited = method.end_task(task)
+        seconds = time.perf_counter() - start
+        digest = save_checkpoint(edited.cpu(), stage / "model", classes=dataset.classes,
+                                 extra={"run_request": request.index})
+        edited = edited.to(device)
+        after = predict(edited, dataset.test, device=device, batch_size=config.eval_batch_size)
+        metrics = request_metrics(
+            acc_f=accuracy(after, labels, request.forget), acc_r=accuracy(after, labels, request.retain),
+            acc_o=accuracy(after, labels, request.old) if request.old else None,
+            acc_f_before=accuracy(before, labels, request.forget),
+            acc_r_before=accuracy(before, labels, request.retain),
+            acc_f_original=accuracy(state.base_predictions, labels, request.forget))
+        prefix = f"requests/{request.index:03d}"
+        record = {
+            "index": request.index,
+            "forget_classes": list(request.forget),
+            "forget_class_names": names,
+            "retain_classes": list(request.retain),
+            "old_classes": list(request.old),
+            "started": started,
+            "seconds": seconds,
+            "train_images": {"forget": len(forget), "retain": len(retain)},
+            "method": copy.deepcopy(config.method),
+            "train": to_dict(config.train),
+            **{k: f"{prefix}/{v}" for k, v in artifacts.items()},
+            "checkpoint": f"{prefix}/model",
+            "checkpoint_sha256": digest,
+            "metrics": metrics,
+            **method.diagnostics(),
+            "history": history,
+        }
+        _commit(state, stage, request.index, record)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    state.forgotten.extend(request.forget)
+    log.info("request %d done in %.1fs: acc_f %.2f acc_r %.2f H %.2f", request.index, seconds, metrics["acc_f"],
+             metrics["acc_r"], metrics["h_mean"])
+    return edited, after
+
+
+def _commit(state: _RunState, stage: Path, index: int, record: dict[str, Any]) -> None:
+    """Move a finished request into the run directory, then rewrite the manifest and the report."""
+    from gslora.report import write_report
+
+    manifest = state.manifest
+    manifest["requests"].append(record)
+    manifest["latest_checkpoint"] = record["checkpoint"]
+    target_name = f"requests/{index:03d}"
+    if state.is_new:
+        with atomic_directory(state.run_dir, replace=state.run_dir.exists()) as tmp:
+            save_file({"predictions": state.base_predictions.contiguous()}, str(tmp / BASE_PREDICTIONS))
+            (tmp / "requests").mkdir()
+            os.replace(stage, tmp / target_name)
+            atomic_write_json(tmp / MANIFEST, manifest)
+            write_report(manifest, tmp)
+        state.is_new = False
+        return
+    target = state.run_dir / target_name
+    if target.exists():  # left over by an interrupted commit: not in the manifest, so not part of the run
+        shutil.rmtree(target)
+    os.replace(stage, target)
+    atomic_write_json(state.run_dir / MANIFEST, manifest)
+    write_report(manifest, state.run_dir)

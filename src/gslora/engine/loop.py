@@ -1,0 +1,133 @@
+"""The one training loop of forgetting requests, and the shared optimiser, schedule and batching."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from gslora.config import TrainConfig
+from gslora.data import ImageSet
+from gslora.errors import NonFiniteLossError
+from gslora.methods import Method, TaskContext
+
+log = logging.getLogger(__name__)
+
+
+class ProgressBar(Protocol):
+    def update(self, n: int = 1) -> Any: ...
+    def set_postfix(self, values: dict[str, Any]) -> Any: ...
+
+
+ProgressFactory = Callable[[int, str], AbstractContextManager[ProgressBar]]
+
+
+class _NoProgress:
+    def update(self, n: int = 1) -> None: ...
+    def set_postfix(self, values: dict[str, Any]) -> None: ...
+
+
+def no_progress(total: int, desc: str) -> AbstractContextManager[ProgressBar]:
+    return nullcontext(_NoProgress())
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def cosine_lr(epoch: int, config: TrainConfig) -> float:
+    """Per-epoch lr: linear warm-up, then cosine from ``lr`` to ``min_lr`` (the reference's timm schedule)."""
+    if epoch < config.warmup_epochs:
+        return config.lr * (epoch + 1) / (config.warmup_epochs + 1)
+    progress = (epoch - config.warmup_epochs) / max(1, config.epochs - config.warmup_epochs)
+    return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (biases and norms exempt, as timm does)."""
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr)
+
+
+def batches(data: ImageSet, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One shuffled pass over ``data`` in batches."""
+    order = torch.randperm(len(data), generator=generator)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        yield data.images[idx], data.labels[idx]
+
+
+def cycle(data: ImageSet, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless shuffled batches: the forget loader is re-created when exhausted, as in the reference."""
+    while True:
+        yield from batches(data, batch_size, generator)
+
+
+def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop with ``pad`` pixels of zero padding and random horizontal flip, per image."""
+    n, _, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    flip = torch.rand(n, generator=generator) < 0.5
+    out = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    out[flip] = out[flip].flip(-1)
+    return out
+
+
+def check_finite(terms: dict[str, torch.Tensor], *, epoch: int, step: int) -> None:
+    loss = terms["loss"]
+    if not torch.isfinite(loss):
+        shown = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+        raise NonFiniteLossError(f"the loss became non-finite at epoch {epoch}, step {step} ({shown}); lower "
+                                 "train.lr or the loss weights (method.beta, method.bnd)")
+
+
+def train_request(method: Method, task: TaskContext, forget: ImageSet, retain: ImageSet, config: TrainConfig, *,
+                  device: torch.device, progress: ProgressFactory = no_progress) -> list[dict[str, float]]:
+    """Optimise ``method`` on one request; returns the mean of every loss term per epoch.
+
+    One epoch is one pass over the retain subset; each step pairs a retain batch with the next batch
+    of the cycled forget subset (the reference's schedule).
+    """
+    params = method.trainable_parameters()
+    optimizer = make_optimizer(params, config)
+    generator = torch.Generator().manual_seed(config.seed + task.request.index)
+    forget_batches = cycle(forget, config.batch_size, generator)
+    model = method.model
+    history = []
+    with progress(config.epochs * task.steps_per_epoch, f"request {task.request.index}") as bar:
+        for epoch in range(config.epochs):
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(epoch, config)
+            model.train()
+            sums: dict[str, float] = {}
+            for step, (x_r, y_r) in enumerate(batches(retain, config.batch_size, generator)):
+                x_f, y_f = next(forget_batches)
+                if config.augment:
+                    x_r, x_f = augment(x_r, generator), augment(x_f, generator)
+                terms = method.training_step((x_f.to(device), y_f.to(device)), (x_r.to(device), y_r.to(device)),
+                                             epoch=epoch)
+                check_finite(terms, epoch=epoch, step=step)
+                optimizer.zero_grad(set_to_none=True)
+                terms["loss"].backward()
+                if config.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                optimizer.step()
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + v.item()
+                bar.update(1)
+            means = {k: v / task.steps_per_epoch for k, v in sums.items()}
+            history.append({"epoch": epoch, "lr": cosine_lr(epoch, config), **means})
+            bar.set_postfix({k: f"{v:.3g}" for k, v in means.items() if k != "epoch"})
+            log.debug("request %d epoch %d: %s", task.request.index, epoch, means)
+    return history

@@ -1,0 +1,144 @@
+"""Build vision transformers of three families behind one interface, without network by default.
+
+``VisionClassifier`` wraps a timm, torchvision or Hugging Face ViT: it takes uint8 (or float)
+images of any size and channel count, adapts them to what the network expects, and returns logits
+(``forward``) or the embedding the head reads (``embed``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gslora.config import ModelConfig
+from gslora.errors import GSLoRAError
+from gslora.registry import Registry
+
+log = logging.getLogger(__name__)
+
+FAMILIES: Registry = Registry("model family")
+
+
+class VisionClassifier(nn.Module):
+    """A ViT classifier with input adaptation.
+
+    Args:
+        net: the family's model (timm ``VisionTransformer``, torchvision ``VisionTransformer``,
+            transformers ``ViTForImageClassification``).
+        config: the config it was built from.
+        in_chans: channels the network's patch embedding takes.
+    """
+
+    def __init__(self, net: nn.Module, config: ModelConfig, *, in_chans: int) -> None:
+        super().__init__()
+        self.net = net
+        self.config = config
+        self.in_chans = in_chans
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 or float (N, C, H, W) -> normalised float at the model's size and channel count."""
+        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        if x.shape[1] != self.in_chans:  # grey <-> colour: average the channels, then repeat them
+            x = x.mean(dim=1, keepdim=True).expand(-1, self.in_chans, -1, -1)
+        size = self.config.image_size
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        return (x - self.config.mean) / self.config.std
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self._logits(self.prepare(images))
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """The (N, D) feature vector the classification head reads."""
+        return self._embed(self.prepare(images))
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        family = self.config.family
+        if family == "hf":
+            return self.net(pixel_values=x).logits
+        return self.net(x)
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        family = self.config.family
+        if family == "timm":
+            return self.net.forward_head(self.net.forward_features(x), pre_logits=True)
+        if family == "torchvision":
+            tokens = self.net._process_input(x)
+            cls = self.net.class_token.expand(tokens.shape[0], -1, -1)
+            return self.net.encoder(torch.cat([cls, tokens], dim=1))[:, 0]
+        return self.net.vit(pixel_values=x).last_hidden_state[:, 0]
+
+
+def build_model(config: ModelConfig) -> VisionClassifier:
+    """Build the model ``config`` describes and load ``config.weights`` if set.
+
+    Raises:
+        GSLoRAError: unknown family or name, or weights that do not fit the model.
+    """
+    net, in_chans = FAMILIES.get(config.family)(config)
+    model = VisionClassifier(net, config, in_chans=in_chans)
+    if config.weights:
+        from gslora.models.checkpoint import load_weights
+
+        load_weights(model, config.weights)
+    return model
+
+
+@FAMILIES.register("timm")
+def build_timm(config: ModelConfig) -> tuple[nn.Module, int]:
+    import timm
+
+    shape = {"img_size": config.image_size, "in_chans": config.in_chans, "num_classes": config.num_classes}
+    if config.name is None:
+        net = timm.create_model("vit_base_patch16_224", pretrained=False, patch_size=config.patch_size,
+                                embed_dim=config.width, depth=config.depth, num_heads=config.heads,
+                                mlp_ratio=config.mlp_ratio, **shape)
+    else:
+        try:
+            net = timm.create_model(config.name, pretrained=config.pretrained, **shape)
+        except RuntimeError as exc:
+            raise GSLoRAError(f"timm cannot build model.name={config.name!r}: {exc}") from exc
+    return net, config.in_chans
+
+
+@FAMILIES.register("torchvision")
+def build_torchvision(config: ModelConfig) -> tuple[nn.Module, int]:
+    from torchvision import models
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    if config.name is None:
+        net = VisionTransformer(image_size=config.image_size, patch_size=config.patch_size,
+                                num_layers=config.depth, num_heads=config.heads, hidden_dim=config.width,
+                                mlp_dim=int(config.width * config.mlp_ratio), num_classes=config.num_classes)
+    else:
+        if config.name not in models.list_models(module=models):
+            raise GSLoRAError(f"torchvision has no model {config.name!r}; try vit_b_16, vit_b_32, vit_l_16")
+        weights = "DEFAULT" if config.pretrained else None
+        net = models.get_model(config.name, weights=weights, image_size=config.image_size) if weights is None \
+            else models.get_model(config.name, weights=weights)
+        if net.heads.head.out_features != config.num_classes:
+            net.heads.head = nn.Linear(net.heads.head.in_features, config.num_classes)
+    return net, 3  # torchvision's patch embedding takes RGB
+
+
+@FAMILIES.register("hf")
+def build_hf(config: ModelConfig) -> tuple[nn.Module, int]:
+    from transformers import ViTConfig, ViTForImageClassification
+
+    if config.name is None or not config.pretrained:
+        if config.name is not None:
+            hf_config = ViTConfig.from_pretrained(config.name, num_labels=config.num_classes)
+        else:
+            hf_config = ViTConfig(hidden_size=config.width, num_hidden_layers=config.depth,
+                                  num_attention_heads=config.heads,
+                                  intermediate_size=int(config.width * config.mlp_ratio),
+                                  image_size=config.image_size, patch_size=config.patch_size,
+                                  num_channels=config.in_chans, num_labels=config.num_classes)
+        net = ViTForImageClassification(hf_config)
+    else:
+        net = ViTForImageClassification.from_pretrained(config.name, num_labels=config.num_classes,
+                                                        ignore_mismatched_sizes=True)
+    return net, net.config.num_channels

@@ -1,0 +1,98 @@
+"""Checkpoints: a directory with ``model.safetensors`` and ``config.json`` (model config, classes, version)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+import gslora
+from gslora.config import ModelConfig, from_dict, to_dict
+from gslora.errors import GSLoRAError
+from gslora.io import atomic_directory, atomic_write_json, sha256_file
+from gslora.models.builders import VisionClassifier, build_model
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+def save_checkpoint(model: VisionClassifier, directory: str | Path, *, classes: list[str],
+                    extra: dict[str, Any] | None = None, replace: bool = False) -> str:
+    """Write ``model`` atomically as a checkpoint directory; return the weights' SHA-256."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()}
+    with atomic_directory(directory, replace=replace) as tmp:
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "gslora_version": gslora.__version__})
+        digest = sha256_file(tmp / WEIGHTS_FILE)
+        meta = {"gslora_version": gslora.__version__, "model": to_dict(model.config) | {"weights": None},
+                "classes": list(classes), "sha256": digest, **(extra or {})}
+        atomic_write_json(tmp / CONFIG_FILE, meta)
+    return digest
+
+
+def read_checkpoint_meta(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """Find a checkpoint's weights file and read its config.json.
+
+    ``path`` is a checkpoint directory or its ``model.safetensors``.
+    """
+    path = Path(path)
+    directory = path if path.is_dir() else path.parent
+    weights = directory / WEIGHTS_FILE if path.is_dir() else path
+    config_path = directory / CONFIG_FILE
+    if not weights.is_file() or not config_path.is_file():
+        raise GSLoRAError(f"{str(path)!r} is not a gslora checkpoint (it needs {WEIGHTS_FILE} and {CONFIG_FILE}); "
+                          "create one with `gslora pretrain` or pass model.weights with a model config")
+    try:
+        meta = json.loads(config_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise GSLoRAError(f"{config_path} is not valid JSON: {exc}") from exc
+    return weights, meta
+
+
+def load_checkpoint(path: str | Path) -> tuple[VisionClassifier, dict[str, Any]]:
+    """Build the model a checkpoint describes and load its weights; returns (model, config.json)."""
+    weights, meta = read_checkpoint_meta(path)
+    config = from_dict(ModelConfig, meta.get("model"), "model")
+    model = build_model(config)
+    load_weights(model, weights)
+    return model, meta
+
+
+def load_weights(model: VisionClassifier, path: str | Path) -> None:
+    """Load a ``.safetensors`` or ``.pth`` state dict into ``model.net`` (strict).
+
+    ``.pth`` files are read with ``torch.load(weights_only=True)``; a ``{"state_dict": ...}`` or
+    ``{"model": ...}`` wrapper is unwrapped.
+
+    Raises:
+        GSLoRAError: unreadable file, or keys or shapes that do not fit the model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise GSLoRAError(f"weights file {str(path)!r} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            for key in ("state_dict", "model"):
+                if isinstance(state, dict) and isinstance(state.get(key), dict):
+                    state = state[key]
+    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+        raise GSLoRAError(f"cannot read weights {str(path)!r}: {exc}") from exc
+    expected = model.net.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [f"{k}: {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in expected.items()
+                  if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or mismatched:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
+            if items:
+                parts.append(f"{label}: {', '.join(items[:4])}{' ...' if len(items) > 4 else ''}")
+        raise GSLoRAError(f"checkpoint {str(path)!r} does not fit the model ({'; '.join(parts)}); check the model "
+                          "config (family, name, depth, width, heads, patch_size, image_size, num_classes)")
+    model.net.load_state_dict(state, strict=True)

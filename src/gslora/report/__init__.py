@@ -1,0 +1,115 @@
+"""Run reports: ``metrics.json``, a Markdown table and two PNG plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from gslora.io import atomic_write_json, atomic_write_text, atomic_write_with
+
+
+def task_rows(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """One flat record per request: classes, accuracies (percent), H-Means, seconds, group norms."""
+    rows = []
+    for r in manifest["requests"]:
+        rows.append({"task": r["index"], "forget_classes": r["forget_classes"],
+                     "forget_class_names": r["forget_class_names"], **r["metrics"], "seconds": r["seconds"],
+                     "trainable_ratio": r.get("trainable_ratio"), "group_norms": r.get("group_norms", {})})
+    return rows
+
+
+def metrics_summary(manifest: dict[str, Any]) -> dict[str, Any]:
+    rows = task_rows(manifest)
+    ratios = [row["trainable_ratio"] for row in rows if row["trainable_ratio"] is not None]
+    return {"version": manifest["gslora_version"], "dataset": manifest["dataset"]["name"],
+            "method": manifest["config"]["method"], "trainable_ratio": ratios[-1] if ratios else None,
+            "hardware": manifest["hardware"], "tasks": rows}
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def markdown_table(manifest: dict[str, Any]) -> str:
+    """The per-request table: accuracies in percent; H vs the model before the request and vs the original."""
+    classes = manifest["dataset"]["classes"]
+    lines = [f"# gslora run: {manifest['config']['method']['name']} on {manifest['dataset']['name']}", "",
+             f"Base checkpoint sha256 `{manifest['base']['sha256'][:16]}`, gslora {manifest['gslora_version']}, "
+             f"{manifest['hardware']}.", "",
+             "| request | forget | Acc_f before -> after | Acc_r before -> after | Acc_o | H | H (vs original) "
+             "| H_max | seconds |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in manifest["requests"]:
+        m = r["metrics"]
+        names = ", ".join(classes[c] for c in r["forget_classes"])
+        lines.append(f"| {r['index']} | {names} | {_fmt(m['acc_f_before'])} -> {_fmt(m['acc_f'])} | "
+                     f"{_fmt(m['acc_r_before'])} -> {_fmt(m['acc_r'])} | {_fmt(m['acc_o'])} | {_fmt(m['h_mean'])} | "
+                     f"{_fmt(m['h_mean_original'])} | {_fmt(m['h_max'])} | {r['seconds']:.1f} |")
+    ratio = manifest["requests"][-1].get("trainable_ratio") if manifest["requests"] else None
+    if ratio is not None:
+        lines += ["", f"Trainable parameters: {100 * ratio:.2f}% of the base model."]
+    lines += ["", "Acc_f: current forget classes (lower is better); Acc_r: classes still retained; Acc_o: classes "
+              "forgotten by earlier requests (lower is better). H = 2 dAcc_f Acc_r / (dAcc_f + Acc_r).", ""]
+    return "\n".join(lines)
+
+
+def plot_accuracies(manifest: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = task_rows(manifest)
+    x = [row["task"] for row in rows]
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for key, label, style in (("acc_r", "Acc_r (retained)", "o-"), ("acc_f", "Acc_f (forgotten now)", "s-"),
+                              ("acc_o", "Acc_o (forgotten before)", "^-"), ("h_mean", "H-Mean", "d--"),
+                              ("acc_f_before", "Acc_f before request", "x:")):
+        points = [(t, row[key]) for t, row in zip(x, rows) if row[key] is not None]
+        if points:
+            ax.plot(*zip(*points), style, label=label)
+    ax.set_xlabel("request")
+    ax.set_ylabel("percent")
+    ax.set_ylim(-2, 102)
+    ax.set_xticks(x)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Accuracy per request")
+    fig.tight_layout()
+    atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+
+
+def plot_group_norms(manifest: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = [row for row in task_rows(manifest) if row["group_norms"]]
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    if rows:
+        blocks = list(rows[0]["group_norms"])
+        norms = np.array([[row["group_norms"].get(b, 0.0) for b in blocks] for row in rows])
+        image = ax.imshow(norms.T, aspect="auto", cmap="viridis", origin="lower")
+        fig.colorbar(image, ax=ax, label="||theta_g||_2")
+        ax.set_xticks(range(len(rows)), [str(row["task"]) for row in rows])
+        ax.set_yticks(range(len(blocks)), [str(i) for i in range(len(blocks))])
+        ax.set_ylabel("block (group)")
+    else:
+        ax.text(0.5, 0.5, "this method has no adapter groups", ha="center", va="center")
+    ax.set_xlabel("request")
+    ax.set_title("LoRA group norm per block and request")
+    fig.tight_layout()
+    atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+
+
+def write_report(manifest: dict[str, Any], directory: str | Path) -> None:
+    """Write metrics.json, report.md, accuracy.png and group_norms.png into ``directory``."""
+    directory = Path(directory)
+    atomic_write_json(directory / "metrics.json", metrics_summary(manifest))
+    atomic_write_text(directory / "report.md", markdown_table(manifest))
+    plot_accuracies(manifest, directory / "accuracy.png")
+    plot_group_norms(manifest, directory / "group_norms.png")

@@ -1,0 +1,74 @@
+"""Shared fixtures: a tiny ViT pre-trained once per session on a real Fashion-MNIST subset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from gslora.config import DataConfig, ModelConfig, TrainConfig
+from gslora.data import Dataset, load_dataset
+from gslora.engine import pretrain
+from gslora.models import save_checkpoint
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
+
+requires_fashion = pytest.mark.skipif(not (FASHION_ROOT / "t10k-images-idx3-ubyte.gz").is_file(),
+                                      reason="Debian's dataset-fashion-mnist is not installed "
+                                             "(apt-get install dataset-fashion-mnist)")
+
+
+def tiny_model_config(family: str = "timm", depth: int = 2, **kw) -> ModelConfig:
+    return ModelConfig(family=family, depth=depth, width=32, heads=2, patch_size=7, image_size=28, in_chans=1,
+                       num_classes=kw.pop("num_classes", 10), **kw)
+
+
+def make_npz(path: Path, *, per_class_train: list[int], per_class_test: int = 3, size: int = 28, seed: int = 0):
+    """A small .npz data set in the ../shared/data format (random pixels; for input-handling tests)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    classes = [f"class_{i}" for i in range(len(per_class_train))]
+    y_train = np.concatenate([np.full(n, c) for c, n in enumerate(per_class_train)]).astype(np.int64)
+    y_test = np.repeat(np.arange(len(classes)), per_class_test).astype(np.int64)
+    np.savez(path, x_train=rng.integers(0, 255, (len(y_train), size, size), dtype=np.uint8), y_train=y_train,
+             x_test=rng.integers(0, 255, (len(y_test), size, size), dtype=np.uint8), y_test=y_test,
+             classes=np.array(classes))
+    return path
+
+
+@pytest.fixture(scope="session")
+def fashion() -> Dataset:
+    if not (FASHION_ROOT / "t10k-images-idx3-ubyte.gz").is_file():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
+    return load_dataset(DataConfig())
+
+
+@pytest.fixture(scope="session")
+def fashion_subset(fashion: Dataset, tmp_path_factory) -> tuple[Path, Dataset]:
+    """A real subset (6,000 train / 2,000 test images, all 10 classes) saved as .npz."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(0)
+    train = fashion.train.subset(torch.randperm(len(fashion.train), generator=g)[:6000])
+    test = fashion.test.subset(torch.randperm(len(fashion.test), generator=g)[:2000])
+    subset = Dataset("fashion_subset", train, test, fashion.classes)
+    path = tmp_path_factory.mktemp("data") / "fashion_subset.npz"
+    np.savez(path, x_train=train.images[:, 0].numpy(), y_train=train.labels.numpy(),
+             x_test=test.images[:, 0].numpy(), y_test=test.labels.numpy(), classes=np.array(fashion.classes))
+    return path, subset
+
+
+@pytest.fixture(scope="session")
+def base_checkpoint(fashion_subset, tmp_path_factory) -> Path:
+    """A depth-4 ViT pre-trained for 4 epochs on the real subset (about 20 s on 2 cores)."""
+    _, subset = fashion_subset
+    config = ModelConfig(depth=4, width=64, heads=4, patch_size=7, image_size=28, in_chans=1, num_classes=10)
+    model, info = pretrain(config, subset, TrainConfig(epochs=4, batch_size=64, lr=2e-3, warmup_epochs=0,
+                                                       device="cpu"))
+    assert info["test_acc"] > 60, f"tiny pre-training failed: {info['test_acc']:.1f}%"
+    path = tmp_path_factory.mktemp("ckpt") / "base"
+    save_checkpoint(model, path, classes=subset.classes, extra={"pretrain": {"test_acc": info["test_acc"]}})
+    return path

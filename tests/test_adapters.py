@@ -1,0 +1,126 @@
+"""LoRA adapters: discovery, merge invariants, freezing, the group-lasso penalty, peft round trip."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from peft import PeftModel
+
+from gslora.adapters import (
+    attach_lora,
+    find_ffn_groups,
+    group_lasso,
+    group_norms,
+    group_parameters,
+    merge_adapter,
+    save_adapter,
+)
+from gslora.errors import GSLoRAError
+from gslora.models import FAMILIES, build_model
+from tests.conftest import tiny_model_config
+
+FAMILY_NAMES = FAMILIES.names()
+
+
+def _randomise_lora(peft_model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+@pytest.mark.parametrize("depth", [2, 3])
+def test_discovery_finds_one_ffn_group_per_block(family, depth):
+    model = build_model(tiny_model_config(family, depth))
+    groups = find_ffn_groups(model)
+    assert len(groups) == depth
+    for g in groups:
+        up, down = (model.get_submodule(t) for t in g.targets)
+        assert isinstance(up, torch.nn.Linear) and isinstance(down, torch.nn.Linear)
+        assert (up.in_features, up.out_features) == (32, 128)
+        assert (down.in_features, down.out_features) == (128, 32)
+        assert all(t.startswith(g.block + ".") for t in g.targets)
+    assert len({g.block for g in groups}) == depth
+
+
+def test_discovery_rejects_a_model_without_blocks():
+    with pytest.raises(GSLoRAError, match="found no transformer blocks"):
+        find_ffn_groups(torch.nn.Sequential(torch.nn.Linear(4, 4)))
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_merged_output_equals_unmerged_with_nonzero_lora(family):
+    torch.manual_seed(0)
+    model = build_model(tiny_model_config(family)).eval()
+    x = torch.randint(0, 255, (4, 1, 28, 28), dtype=torch.uint8)
+    base_embedding = model.embed(x)  # torchvision zero-initialises its head, so compare features too
+    peft_model = attach_lora(copy.deepcopy(model), find_ffn_groups(model), rank=4, lora_alpha=1.0)
+    _randomise_lora(peft_model)
+    peft_model.eval()
+    unmerged, unmerged_embedding = peft_model(x), peft_model.base_model.model.embed(x)
+    assert not torch.allclose(unmerged_embedding, base_embedding, atol=1e-3), "the adapter should change features"
+    merged = merge_adapter(peft_model)
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    torch.testing.assert_close(merged(x), unmerged, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(merged.embed(x), unmerged_embedding, atol=1e-4, rtol=1e-4)
+
+
+def test_step_changes_only_the_adapter():
+    torch.manual_seed(0)
+    model = build_model(tiny_model_config())
+    peft_model = attach_lora(copy.deepcopy(model), find_ffn_groups(model), rank=4, lora_alpha=1.0)
+    before = {n: p.detach().clone() for n, p in peft_model.named_parameters()}
+    trainable = [p for p in peft_model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=1e-2)
+    x, y = torch.randint(0, 255, (8, 1, 28, 28), dtype=torch.uint8), torch.randint(0, 10, (8,))
+    torch.nn.functional.cross_entropy(peft_model(x), y).backward()
+    opt.step()
+    changed = {n for n, p in peft_model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all("lora_" in n for n in changed)
+    frozen = [n for n in before if "lora_" not in n]
+    assert frozen and all(torch.equal(dict(peft_model.named_parameters())[n], before[n]) for n in frozen)
+
+
+def test_group_lasso_matches_hand_computation():
+    model = build_model(tiny_model_config(depth=3))
+    groups = find_ffn_groups(model)
+    peft_model = attach_lora(model, groups, rank=2, lora_alpha=1.0)
+    _randomise_lora(peft_model, seed=3)
+    params = group_parameters(peft_model, groups)
+    assert [len(g) for g in params] == [4, 4, 4]  # A and B of fc1 and fc2
+    expected = []
+    for g in groups:
+        squares = 0.0
+        for target in g.targets:
+            module = peft_model.base_model.model.get_submodule(target)
+            squares += float((module.lora_A["default"].weight.detach().double() ** 2).sum())
+            squares += float((module.lora_B["default"].weight.detach().double() ** 2).sum())
+        expected.append(squares ** 0.5)
+    torch.testing.assert_close(group_norms(params).double(), torch.tensor(expected, dtype=torch.double), rtol=1e-5,
+                               atol=1e-6)
+    assert group_lasso(params).item() == pytest.approx(sum(expected), rel=1e-5)
+
+
+def test_peft_adapter_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(tiny_model_config()).eval()
+    peft_model = attach_lora(copy.deepcopy(model), find_ffn_groups(model), rank=4, lora_alpha=1.0)
+    _randomise_lora(peft_model)
+    peft_model.eval()
+    x = torch.randint(0, 255, (3, 1, 28, 28), dtype=torch.uint8)
+    save_adapter(peft_model, tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    reloaded = PeftModel.from_pretrained(copy.deepcopy(model), str(tmp_path / "adapter")).eval()
+    torch.testing.assert_close(reloaded(x), peft_model(x))
+
+
+def test_scaling_is_lora_alpha_over_rank():
+    model = build_model(tiny_model_config())
+    groups = find_ffn_groups(model)
+    peft_model = attach_lora(model, groups, rank=8, lora_alpha=1.0)
+    layer = peft_model.base_model.model.get_submodule(groups[0].targets[0])
+    assert layer.scaling["default"] == pytest.approx(1 / 8)

@@ -1,0 +1,187 @@
+"""The CLI end to end on real Fashion-MNIST data, and every bad input of the issue: exit 2, nothing written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from peft import PeftModel
+
+from gslora.cli import main
+from gslora.io import sha256_file
+from gslora.models import load_checkpoint
+
+FORGET = ["--bnd", "10", "--beta", "0.2", "--lr", "0.01", "--epochs", "3", "--ratio", "0.5", "--device", "cpu", "-q"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(base_checkpoint, fashion_subset, tmp_path_factory):
+    data, _ = fashion_subset
+    run = tmp_path_factory.mktemp("runs") / "run"
+    assert main(["forget", "--checkpoint", str(base_checkpoint), "--data", str(data), "--classes", "Bag,Sneaker",
+                 "--out", str(run), *FORGET]) == 0
+    return run
+
+
+def test_forget_end_to_end_forgets_and_retains(finished_run):
+    manifest = json.loads((finished_run / "manifest.json").read_text())
+    [request] = manifest["requests"]
+    m = request["metrics"]
+    assert request["forget_class_names"] == ["Bag", "Sneaker"]
+    assert m["acc_f_before"] > 50
+    assert m["acc_f"] < 10, m
+    assert m["acc_r"] >= m["acc_r_before"] - 5, m
+    assert 0 < request["trainable_ratio"] < 0.1
+    assert len(request["group_norms"]) == 4
+    assert request["checkpoint_sha256"] == sha256_file(finished_run / request["checkpoint"] / "model.safetensors")
+    for name in ("metrics.json", "report.md", "accuracy.png", "group_norms.png", "base_predictions.safetensors"):
+        assert (finished_run / name).is_file(), name
+    assert "| 0 | Bag, Sneaker |" in (finished_run / "report.md").read_text()
+
+
+def test_adapter_is_peft_format_and_reproduces_the_merged_model(finished_run, base_checkpoint, fashion_subset):
+    import torch
+
+    _, subset = fashion_subset
+    request = json.loads((finished_run / "manifest.json").read_text())["requests"][0]
+    base, _ = load_checkpoint(base_checkpoint)
+    merged, _ = load_checkpoint(finished_run / request["checkpoint"])
+    with_adapter = PeftModel.from_pretrained(base, str(finished_run / request["adapter"])).eval()
+    x = subset.test.images[:16]
+    with torch.no_grad():
+        torch.testing.assert_close(with_adapter(x), merged.eval()(x), atol=1e-4, rtol=1e-4)
+
+
+def test_next_request_continues_the_run(finished_run, fashion_subset, tmp_path, capsys):
+    data, _ = fashion_subset
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    assert main(["forget", "--run", str(run), "--data", str(data), "--classes", "Trouser", *FORGET]) == 0
+    manifest = json.loads((run / "manifest.json").read_text())
+    first, second = manifest["requests"]
+    assert second["old_classes"] == first["forget_classes"]
+    assert 1 not in second["retain_classes"] and 8 not in second["retain_classes"]
+    assert second["metrics"]["acc_o"] is not None and second["metrics"]["acc_o"] < 10
+    assert second["metrics"]["acc_f"] < 10
+    assert manifest["latest_checkpoint"] == "requests/001/model"
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(run / "requests/001/model"), "--data", str(data),
+                 "--classes", "Bag,Sneaker,Trouser", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["selected"]["accuracy"] < 10
+
+
+def test_evaluate_reports_per_class(finished_run, fashion_subset, capsys):
+    data, _ = fashion_subset
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(finished_run / "requests/000/model"), "--data", str(data),
+                 "--classes", "Bag,Sneaker", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["selected"]["accuracy"] < 10
+    assert result["per_class"]["Bag"] < 10 and result["per_class"]["Trouser"] > 50
+
+
+# -- bad input: exit code 2, a message naming the problem, nothing written --------------------------
+
+def _expect_error(capsys, args: list[str], message: str) -> None:
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+
+
+def _snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_unknown_class(base_checkpoint, fashion_subset, tmp_path, capsys):
+    data, _ = fashion_subset
+    _expect_error(capsys, ["forget", "--checkpoint", str(base_checkpoint), "--data", str(data), "--classes", "Hat",
+                           "--out", str(tmp_path / "run"), *FORGET], "unknown class 'Hat'")
+    assert not (tmp_path / "run").exists()
+
+
+def test_class_already_forgotten_leaves_the_run_unchanged(finished_run, fashion_subset, tmp_path, capsys):
+    data, _ = fashion_subset
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    before = _snapshot(run)
+    _expect_error(capsys, ["forget", "--run", str(run), "--data", str(data), "--classes", "bag", *FORGET],
+                  "Bag were already forgotten in this run")
+    assert _snapshot(run) == before
+
+
+def _npz_variant(src: Path, dst: Path, keep) -> Path:
+    with np.load(src) as z:
+        arrays = dict(z)
+    mask = keep(arrays["y_train"])
+    arrays["x_train"], arrays["y_train"] = arrays["x_train"][mask], arrays["y_train"][mask]
+    np.savez(dst, **arrays)
+    return dst
+
+
+def test_forget_set_without_images(base_checkpoint, fashion_subset, tmp_path, capsys):
+    data = _npz_variant(fashion_subset[0], tmp_path / "no_bags.npz", lambda y: y != 8)
+    _expect_error(capsys, ["forget", "--checkpoint", str(base_checkpoint), "--data", str(data), "--classes", "Bag",
+                           "--out", str(tmp_path / "run"), *FORGET], "forget classes (Bag) have no training images")
+    assert not (tmp_path / "run").exists()
+
+
+def test_retain_set_without_images(base_checkpoint, fashion_subset, tmp_path, capsys):
+    data = _npz_variant(fashion_subset[0], tmp_path / "bags_only.npz", lambda y: y == 8)
+    _expect_error(capsys, ["forget", "--checkpoint", str(base_checkpoint), "--data", str(data), "--classes", "Bag",
+                           "--out", str(tmp_path / "run"), *FORGET], "retained classes have no training images")
+    assert not (tmp_path / "run").exists()
+
+
+def test_checkpoint_that_does_not_fit(base_checkpoint, fashion_subset, tmp_path, capsys):
+    data, _ = fashion_subset
+    broken = tmp_path / "broken"
+    shutil.copytree(base_checkpoint, broken)
+    meta = json.loads((broken / "config.json").read_text())
+    meta["model"]["depth"] = 6
+    (broken / "config.json").write_text(json.dumps(meta))
+    _expect_error(capsys, ["forget", "--checkpoint", str(broken), "--data", str(data), "--classes", "Bag",
+                           "--out", str(tmp_path / "run"), *FORGET], "does not fit the model (missing: blocks.4")
+    assert not (tmp_path / "run").exists()
+    _expect_error(capsys, ["forget", "--checkpoint", str(tmp_path), "--data", str(data), "--classes", "Bag",
+                           "--out", str(tmp_path / "run"), *FORGET], "is not a gslora checkpoint")
+
+
+def test_checkpoint_for_other_classes(base_checkpoint, tmp_path, capsys):
+    from tests.conftest import make_npz
+
+    data = make_npz(tmp_path / "three.npz", per_class_train=[3, 3, 3])
+    _expect_error(capsys, ["forget", "--checkpoint", str(base_checkpoint), "--data", str(data), "--classes", "0",
+                           "--out", str(tmp_path / "run"), *FORGET], "use the data set the model was trained on")
+
+
+def test_unreadable_data_path(base_checkpoint, tmp_path, capsys):
+    _expect_error(capsys, ["forget", "--checkpoint", str(base_checkpoint), "--data", str(tmp_path / "nowhere"),
+                           "--classes", "Bag", "--out", str(tmp_path / "run"), *FORGET], "does not exist")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip file")
+    _expect_error(capsys, ["forget", "--checkpoint", str(base_checkpoint), "--data", str(tmp_path / "junk.npz"),
+                           "--classes", "Bag", "--out", str(tmp_path / "run"), *FORGET], "cannot read")
+    assert not (tmp_path / "run").exists()
+
+
+def test_non_finite_loss(base_checkpoint, fashion_subset, tmp_path, capsys):
+    data, _ = fashion_subset
+    args = ["forget", "--checkpoint", str(base_checkpoint), "--data", str(data), "--classes", "Bag",
+            "--out", str(tmp_path / "run"), *FORGET, "--beta", "1e3", "--bnd", "1e38"]
+    _expect_error(capsys, args, "the loss became non-finite at epoch 0, step 0")
+    assert not (tmp_path / "run").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run")], "staging files left behind"
+
+
+def test_config_file_and_unknown_key(base_checkpoint, fashion_subset, tmp_path, capsys):
+    data, _ = fashion_subset
+    config = tmp_path / "forget.yaml"
+    config.write_text(f"checkpoint: {base_checkpoint}\ndata: {{dataset: {data}}}\ntrain: {{epoch: 3}}\n")
+    _expect_error(capsys, ["forget", "--config", str(config), "--classes", "Bag", "--out", str(tmp_path / "run")],
+                  "unknown key(s) train.epoch")
+    _expect_error(capsys, ["forget", "--config", str(tmp_path / "none.yaml"), "--classes", "Bag",
+                           "--out", str(tmp_path / "run")], "does not exist")
+    assert not (tmp_path / "run").exists()

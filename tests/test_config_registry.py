@@ -1,0 +1,73 @@
+"""Config validation and the strict registries."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gslora.config import ModelConfig, SequenceConfig, TrainConfig, from_dict, load_yaml
+from gslora.engine import ForgetConfig
+from gslora.errors import GSLoRAError
+from gslora.methods import METHODS, TaskContext
+from gslora.data import Request
+from gslora.models import build_model
+from gslora.registry import Registry
+from tests.conftest import tiny_model_config
+
+
+def test_registry_is_strict_both_ways():
+    registry: Registry = Registry("thing")
+    registry.register("a")(object)
+    with pytest.raises(GSLoRAError, match="thing 'a' is already registered"):
+        registry.register("a")(object)
+    with pytest.raises(GSLoRAError, match="unknown thing 'b'; choose one of: a"):
+        registry.get("b")
+
+
+def test_unknown_keys_and_bad_values_name_the_field(tmp_path):
+    with pytest.raises(GSLoRAError, match="unknown key\\(s\\) train.epoch; valid keys"):
+        from_dict(ForgetConfig, {"train": {"epoch": 3}})
+    with pytest.raises(GSLoRAError, match="train.lr=-1.0: must be a positive number"):
+        from_dict(TrainConfig, {"lr": -1}, "train")
+    with pytest.raises(GSLoRAError, match="sequence.ratio=1.5"):
+        SequenceConfig(ratio=1.5)
+    with pytest.raises(GSLoRAError, match="model.width=30: must be divisible by heads=4"):
+        ModelConfig(width=30, heads=4)
+    with pytest.raises(GSLoRAError, match="unknown method 'gs_lore'"):
+        from_dict(ForgetConfig, {"method": {"name": "gs_lore"}})
+    with pytest.raises(GSLoRAError, match="method.beta"):
+        from_dict(ForgetConfig, {"method": {"name": "gs_lora", "beta": [-1]}})
+    (tmp_path / "c.yaml").write_text("train: [1, 2")
+    with pytest.raises(GSLoRAError, match="is not valid YAML"):
+        load_yaml(tmp_path / "c.yaml")
+    assert from_dict(TrainConfig, {"lr": "1e-4"}).lr == 1e-4
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_method_takes_two_finite_steps_and_changes_only_its_parameters(name):
+    torch.manual_seed(0)
+    model = build_model(tiny_model_config())
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    method = METHODS.get(name)(METHODS.get(name).config_class())
+    task = TaskContext(Request(0, (0,), (1, 2), ()), epochs=1, steps_per_epoch=2)
+    method.setup_task(model, task)
+    params = method.trainable_parameters()
+    snapshot = {n: p.detach().clone() for n, p in method.model.named_parameters()}
+    opt = torch.optim.AdamW(params, lr=1e-2)
+    x = torch.randint(0, 255, (6, 1, 28, 28), dtype=torch.uint8)
+    for _ in range(2):
+        terms = method.training_step((x[:3], torch.zeros(3, dtype=torch.long)), (x[3:], torch.tensor([1, 2, 1])),
+                                     epoch=0)
+        assert "loss" in terms and all(torch.isfinite(v) for v in terms.values())
+        opt.zero_grad()
+        terms["loss"].backward()
+        opt.step()
+    trainable_ids = {id(p) for p in params}
+    for n, p in method.model.named_parameters():
+        if id(p) not in trainable_ids:
+            assert torch.equal(p, snapshot[n]), f"{name} changed frozen parameter {n}"
+    assert any(not torch.equal(p, snapshot[n]) for n, p in method.model.named_parameters() if id(p) in trainable_ids)
+    for n, p in model.named_parameters():  # the caller's model is untouched
+        assert torch.equal(p, before[n])
+    edited = method.end_task(task)
+    assert isinstance(edited, torch.nn.Module) and not any("lora" in n for n, _ in edited.named_parameters())

@@ -1,0 +1,137 @@
+"""Data loading, class order, request sequences and per-request subsets."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from gslora.config import DataConfig, SequenceConfig
+from gslora.data import (
+    build_requests,
+    class_order,
+    load_dataset,
+    load_fashion_mnist,
+    request_data,
+    resolve_classes,
+    sample_per_class,
+)
+from gslora.errors import GSLoRAError
+from tests.conftest import SHARED_DATA, make_npz, requires_fashion
+
+
+def test_class_order_is_the_reference_shuffle():
+    expected = list(range(100))
+    random.seed(1337)
+    random.shuffle(expected)
+    assert class_order(100, 1337) == expected
+    assert class_order(100, 1) != expected
+
+
+def test_protocol_requests_follow_the_reference_slices():
+    classes = [str(i) for i in range(100)]
+    order = class_order(100, 1337)
+    requests = build_requests(SequenceConfig(num_requests=4, classes_per_request=20), classes)
+    for t, r in enumerate(requests):
+        assert list(r.forget) == order[80 - 20 * t: 100 - 20 * t]
+        assert set(r.retain) == set(order[0: 80 - 20 * t])
+        assert set(r.old) == set(order[100 - 20 * t: 100])
+
+
+def test_explicit_requests_by_name_and_id():
+    classes = ["cat", "dog", "bird", "fish"]
+    requests = build_requests(SequenceConfig(requests=[["Dog", 3], ["cat"]]), classes)
+    assert requests[0].forget == (1, 3) and requests[0].retain == (0, 2) and requests[0].old == ()
+    assert requests[1].forget == (0,) and requests[1].retain == (2,) and requests[1].old == (1, 3)
+
+
+@pytest.mark.parametrize("tokens, message", [(["zebra"], "unknown class 'zebra'"), ([7], "unknown class 7"),
+                                             (["cat", "0"], "same class twice")])
+def test_resolve_classes_errors(tokens, message):
+    with pytest.raises(GSLoRAError, match=message):
+        resolve_classes(tokens, ["cat", "dog"])
+
+
+def test_already_forgotten_and_nothing_retained_are_errors():
+    classes = ["a", "b", "c"]
+    with pytest.raises(GSLoRAError, match="already forgotten"):
+        build_requests(SequenceConfig(requests=[["a"]]), classes, forgotten=[0])
+    with pytest.raises(GSLoRAError, match="no class to retain"):
+        build_requests(SequenceConfig(requests=[["a", "b", "c"]]), classes)
+    with pytest.raises(GSLoRAError, match="would forget all"):
+        build_requests(SequenceConfig(num_requests=3, classes_per_request=1), classes)
+
+
+def test_sampling_by_ratio_and_by_shots_is_exact_and_seeded():
+    labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 3)
+    by_ratio = sample_per_class(labels, [0, 1, 2], ratio=0.1, seed=5)
+    assert [int((labels[by_ratio] == c).sum()) for c in range(3)] == [5, 3, 1]
+    shots = sample_per_class(labels, [0, 1], shots=4, seed=5)
+    assert [int((labels[shots] == c).sum()) for c in range(2)] == [4, 4]
+    assert torch.equal(shots, sample_per_class(labels, [0, 1], shots=4, seed=5))
+    assert not torch.equal(shots, sample_per_class(labels, [0, 1], shots=4, seed=6))
+    assert set(labels[sample_per_class(labels, [1], ratio=1.0)].tolist()) == {1}
+
+
+def test_request_data_rejects_empty_forget_and_retain(tmp_path):
+    path = make_npz(tmp_path / "d.npz", per_class_train=[5, 0, 5])
+    dataset = load_dataset(DataConfig(dataset=str(path)))
+    with pytest.raises(GSLoRAError, match="forget classes \\(class_1\\) have no training images"):
+        request_data(dataset, build_requests(SequenceConfig(requests=[["class_1"]]), dataset.classes)[0],
+                     SequenceConfig())
+    with pytest.raises(GSLoRAError, match="retained classes have no training images"):
+        request_data(dataset, build_requests(SequenceConfig(requests=[["class_0", "class_2"]]), dataset.classes)[0],
+                     SequenceConfig())
+
+
+def test_npz_loader_shapes_and_errors(tmp_path):
+    dataset = load_dataset(DataConfig(dataset=str(make_npz(tmp_path / "d.npz", per_class_train=[4, 4]))))
+    assert dataset.train.images.shape == (8, 1, 28, 28) and dataset.train.images.dtype == torch.uint8
+    assert dataset.classes == ["class_0", "class_1"]
+    np.savez(tmp_path / "bad.npz", x_train=np.zeros((2, 4, 4), np.uint8))
+    with pytest.raises(GSLoRAError, match="lacks classes, x_test, y_test, y_train"):
+        load_dataset(DataConfig(dataset=str(tmp_path / "bad.npz")))
+    with pytest.raises(GSLoRAError, match="does not exist"):
+        load_dataset(DataConfig(dataset=str(tmp_path / "missing")))
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(GSLoRAError, match="is not an .npz file"):
+        load_dataset(DataConfig(dataset=str(tmp_path / "notes.txt")))
+
+
+def test_image_folder_loader(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 3), ("test", 2)):
+        for cls in ("ant", "bee"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(tmp_path / split / cls / f"{i}.png")
+    dataset = load_dataset(DataConfig(dataset=str(tmp_path), image_size=16))
+    assert dataset.classes == ["ant", "bee"]
+    assert dataset.train.images.shape == (6, 3, 16, 16) and dataset.test.labels.tolist() == [0, 0, 1, 1]
+    (tmp_path / "test" / "bee").rename(tmp_path / "test" / "wasp")
+    with pytest.raises(GSLoRAError, match="other class folders"):
+        load_dataset(DataConfig(dataset=str(tmp_path), image_size=16))
+
+
+def test_missing_fashion_mnist_names_the_debian_package(tmp_path):
+    with pytest.raises(GSLoRAError, match="apt-get install dataset-fashion-mnist"):
+        load_fashion_mnist(tmp_path)
+
+
+@requires_fashion
+def test_fashion_mnist_from_debian():
+    dataset = load_fashion_mnist()
+    assert len(dataset.train) == 60_000 and len(dataset.test) == 10_000
+    assert dataset.image_shape == (1, 28, 28) and dataset.classes[9] == "Ankle boot"
+    assert torch.bincount(dataset.test.labels).tolist() == [1000] * 10
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "olivetti_faces" / "olivetti_faces.npz").is_file(),
+                    reason="../shared/data/olivetti_faces is not present (it is not part of the repository)")
+def test_olivetti_npz_from_shared_data():
+    dataset = load_dataset(DataConfig(dataset=str(SHARED_DATA / "olivetti_faces" / "olivetti_faces.npz")))
+    assert dataset.num_classes == 40 and len(dataset.train) == 320 and len(dataset.test) == 80

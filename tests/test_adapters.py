@@ -124,3 +124,43 @@ def test_scaling_is_lora_alpha_over_rank():
     peft_model = attach_lora(model, groups, rank=8, lora_alpha=1.0)
     layer = peft_model.base_model.model.get_submodule(groups[0].targets[0])
     assert layer.scaling["default"] == pytest.approx(1 / 8)
+
+
+def test_delta_norm_is_zero_for_fresh_adapters_and_matches_the_merged_change():
+    from gslora.adapters import delta_norms
+
+    model = build_model(tiny_model_config())
+    groups = find_ffn_groups(model)
+    original = {t: model.get_submodule(t).weight.detach().clone() for g in groups for t in g.targets}
+    peft_model = attach_lora(copy.deepcopy(model), groups, rank=4, lora_alpha=2.0)
+    assert delta_norms(peft_model, groups) == [0.0, 0.0]  # B = 0 at init
+    _randomise_lora(peft_model)
+    deltas = delta_norms(peft_model, groups)
+    merged = merge_adapter(peft_model)
+    for g, d in zip(groups, deltas):
+        change = sum(float((merged.get_submodule(t).weight - original[t]).pow(2).sum()) for t in g.targets) ** 0.5
+        assert change == pytest.approx(d, rel=1e-4)
+
+
+def test_discovery_prefers_the_mlp_pair_over_qkv_with_mlp_ratio_3():
+    from gslora.config import ModelConfig
+
+    model = build_model(ModelConfig(depth=2, width=48, heads=2, mlp_ratio=3.0))
+    assert [g.targets for g in find_ffn_groups(model)] == [
+        ("net.blocks.0.mlp.fc1", "net.blocks.0.mlp.fc2"), ("net.blocks.1.mlp.fc1", "net.blocks.1.mlp.fc2")]
+
+
+def test_discovery_takes_the_innermost_blocks_of_staged_models():
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv, self.fc1, self.fc2 = torch.nn.Linear(8, 24), torch.nn.Linear(8, 32), torch.nn.Linear(32, 8)
+
+    class Stage(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = torch.nn.Sequential(Block(), Block())
+
+    groups = find_ffn_groups(torch.nn.Sequential(Stage(), Stage()))
+    assert [g.block for g in groups] == ["0.blocks.0", "0.blocks.1", "1.blocks.0", "1.blocks.1"]
+    assert groups[0].targets == ("0.blocks.0.fc1", "0.blocks.0.fc2")

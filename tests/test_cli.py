@@ -144,7 +144,7 @@ def test_checkpoint_that_does_not_fit(base_checkpoint, fashion_subset, tmp_path,
     meta["model"]["depth"] = 6
     (broken / "config.json").write_text(json.dumps(meta))
     _expect_error(capsys, ["forget", "--checkpoint", str(broken), "--data", str(data), "--classes", "Bag",
-                           "--out", str(tmp_path / "run"), *FORGET], "does not fit the model (missing: blocks.4")
+                           "--out", str(tmp_path / "run"), *FORGET], "does not fit the model (missing: net.blocks.4")
     assert not (tmp_path / "run").exists()
     _expect_error(capsys, ["forget", "--checkpoint", str(tmp_path), "--data", str(data), "--classes", "Bag",
                            "--out", str(tmp_path / "run"), *FORGET], "is not a gslora checkpoint")
@@ -185,3 +185,65 @@ def test_config_file_and_unknown_key(base_checkpoint, fashion_subset, tmp_path, 
     _expect_error(capsys, ["forget", "--config", str(tmp_path / "none.yaml"), "--classes", "Bag",
                            "--out", str(tmp_path / "run")], "does not exist")
     assert not (tmp_path / "run").exists()
+
+
+def test_pretrain_command_writes_a_loadable_checkpoint(fashion_subset, tmp_path, capsys):
+    data, subset = fashion_subset
+    out = tmp_path / "base"
+    args = ["pretrain", "--data", str(data), "--depth", "1", "--width", "32", "--heads", "2", "--patch-size", "7",
+            "--epochs", "1", "--batch-size", "256", "--device", "cpu", "-q", "--out", str(out)]
+    assert main(args) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    model, meta = load_checkpoint(out)
+    assert meta["classes"] == subset.classes and meta["model"]["in_chans"] == 1
+    assert meta["pretrain"]["test_acc"] > 10  # better than chance after one epoch on real data
+    _expect_error(capsys, args, "already exists; pass --overwrite")
+
+
+def test_run_on_another_test_split_is_refused(finished_run, fashion_subset, tmp_path, capsys):
+    data = _npz_variant(fashion_subset[0], tmp_path / "other.npz", lambda y: y >= 0)
+    with np.load(data) as z:
+        arrays = dict(z)
+    np.savez(data, **{**arrays, "x_test": arrays["x_test"][:-1], "y_test": arrays["y_test"][:-1]})
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    before = _snapshot(run)
+    _expect_error(capsys, ["forget", "--run", str(run), "--data", str(data), "--classes", "Trouser", *FORGET],
+                  "is not the one run")
+    assert _snapshot(run) == before
+
+
+def test_a_running_request_locks_the_run(finished_run, fashion_subset, tmp_path, capsys):
+    import fcntl
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    with open(run / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        _expect_error(capsys, ["forget", "--run", str(run), "--data", str(fashion_subset[0]), "--classes", "Trouser",
+                               *FORGET], "another gslora process is adding requests")
+
+
+def test_cli_guards(finished_run, base_checkpoint, fashion_subset, tmp_path, capsys):
+    data = str(fashion_subset[0])
+    _expect_error(capsys, ["forget", "--run", str(finished_run), "--data", data, "--ratio", "0.2"],
+                  "--run needs the next request")
+    _expect_error(capsys, ["forget", "--checkpoint", str(base_checkpoint), "--data", data, "--classes", " , ",
+                           "--out", str(tmp_path / "run")], "--classes is empty")
+    (tmp_path / "requests.yaml").write_text("requests: [[Bag")
+    _expect_error(capsys, ["forget", "--checkpoint", str(base_checkpoint), "--data", data, "--requests",
+                           str(tmp_path / "requests.yaml"), "--out", str(tmp_path / "run")], "is not valid YAML")
+    (tmp_path / "m.yaml").write_text("method: gs_lora\n")
+    _expect_error(capsys, ["forget", "--config", str(tmp_path / "m.yaml"), "--checkpoint", str(base_checkpoint),
+                           "--data", data, "--classes", "Bag", "--out", str(tmp_path / "run")], "method: in")
+    assert not (tmp_path / "run").exists()
+
+
+def test_classes_without_test_images_are_refused_before_training(base_checkpoint, fashion_subset, tmp_path, capsys):
+    data = _npz_variant(fashion_subset[0], tmp_path / "no_bag_tests.npz", lambda y: y >= 0)
+    with np.load(data) as z:
+        arrays = dict(z)
+    keep = arrays["y_test"] != 8
+    np.savez(data, **{**arrays, "x_test": arrays["x_test"][keep], "y_test": arrays["y_test"][keep]})
+    _expect_error(capsys, ["forget", "--checkpoint", str(base_checkpoint), "--data", str(data), "--classes", "Bag",
+                           "--out", str(tmp_path / "run"), *FORGET], "Bag have no test images")

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from gslora.config import ModelConfig, SequenceConfig, TrainConfig, from_dict, load_yaml
+from gslora.data import ImageSet, Request
 from gslora.engine import ForgetConfig
 from gslora.errors import GSLoRAError
 from gslora.methods import METHODS, TaskContext
-from gslora.data import Request
 from gslora.models import build_model
 from gslora.registry import Registry
 from tests.conftest import tiny_model_config
@@ -49,12 +49,14 @@ def test_every_method_takes_two_finite_steps_and_changes_only_its_parameters(nam
     model = build_model(tiny_model_config())
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     method = METHODS.get(name)(METHODS.get(name).config_class())
-    task = TaskContext(Request(0, (0,), (1, 2), ()), epochs=1, steps_per_epoch=2)
+    x = torch.randint(0, 255, (6, 1, 28, 28), dtype=torch.uint8)
+    task = TaskContext(Request(0, (0,), (1, 2), ()), epochs=1, steps_per_epoch=2,
+                       forget_data=ImageSet(x[:3], torch.zeros(3, dtype=torch.long)),
+                       retain_data=ImageSet(x[3:], torch.tensor([1, 2, 1])), original_model=lambda: model)
     method.setup_task(model, task)
     params = method.trainable_parameters()
     snapshot = {n: p.detach().clone() for n, p in method.model.named_parameters()}
     opt = torch.optim.AdamW(params, lr=1e-2)
-    x = torch.randint(0, 255, (6, 1, 28, 28), dtype=torch.uint8)
     for _ in range(2):
         terms = method.training_step((x[:3], torch.zeros(3, dtype=torch.long)), (x[3:], torch.tensor([1, 2, 1])),
                                      epoch=0)
@@ -71,3 +73,18 @@ def test_every_method_takes_two_finite_steps_and_changes_only_its_parameters(nam
         assert torch.equal(p, before[n])
     edited = method.end_task(task)
     assert isinstance(edited, torch.nn.Module) and not any("lora" in n for n, _ in edited.named_parameters())
+
+
+def test_yaml_scalars_are_coerced_per_field():
+    config = from_dict(ForgetConfig, {"method": {"name": "gs_lora", "beta": ["2e-1", 0.25], "bnd": 10}})
+    assert config.method["beta"] == ["2e-1", 0.25]  # the method's own config coerces on use
+    from gslora.methods import GSLoRAConfig
+
+    assert from_dict(GSLoRAConfig, {"beta": ["2e-1", 1]}).beta == [0.2, 1.0]
+    assert from_dict(GSLoRAConfig, {"beta": "0.3"}).beta == 0.3
+    with pytest.raises(GSLoRAError, match="train.epochs=True: must be a number"):
+        from_dict(TrainConfig, {"epochs": True}, "train")
+    with pytest.raises(GSLoRAError, match="train.min_lr"):
+        TrainConfig(lr=1e-3, min_lr=1e-2)
+    with pytest.raises(GSLoRAError, match="sequence.requests\\[0\\]"):
+        SequenceConfig(requests=[[1.5]])

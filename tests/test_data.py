@@ -108,7 +108,8 @@ def test_image_folder_loader(tmp_path):
         for cls in ("ant", "bee"):
             (tmp_path / split / cls).mkdir(parents=True)
             for i in range(n):
-                Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(tmp_path / split / cls / f"{i}.png")
+                image = Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8))
+                image.save(tmp_path / split / cls / f"{i}.png")
     dataset = load_dataset(DataConfig(dataset=str(tmp_path), image_size=16))
     assert dataset.classes == ["ant", "bee"]
     assert dataset.train.images.shape == (6, 3, 16, 16) and dataset.test.labels.tolist() == [0, 0, 1, 1]

@@ -22,7 +22,9 @@ def _progress_factory(enabled: bool):
     from tqdm.auto import tqdm
 
     def factory(total: int, desc: str) -> AbstractContextManager:
-        return tqdm(total=total, desc=desc, unit="step", leave=False, disable=not enabled, dynamic_ncols=True)
+        interactive = sys.stderr.isatty()  # in a log file, one line every 30 s instead of a live bar
+        return tqdm(total=total, desc=desc, unit="step", leave=interactive, disable=not enabled, dynamic_ncols=True,
+                    mininterval=0.1 if interactive else 30.0)
 
     return factory
 
@@ -41,10 +43,17 @@ def _split_classes(text: str) -> list[str]:
     return [c.strip() for c in text.split(",") if c.strip()]
 
 
-def _load_config(path: str | None) -> dict[str, Any]:
+def _load_config(path: str | None, sections: tuple[str, ...]) -> dict[str, Any]:
+    """The config file as a mapping; each named section that is present must be a mapping too."""
     from gslora.config import load_yaml
 
-    return load_yaml(path) if path else {}
+    tree = load_yaml(path) if path else {}
+    for key in sections:
+        if tree.get(key) is None:
+            tree.pop(key, None)
+        elif not isinstance(tree[key], dict):
+            raise GSLoRAError(f"{key}: in {path} must be a mapping (for example {key}: {{...}}), got {tree[key]!r}")
+    return tree
 
 
 # -- pretrain -------------------------------------------------------------------------------------
@@ -55,41 +64,65 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from gslora.engine import pretrain
     from gslora.models import save_checkpoint
 
-    tree = _load_config(args.config)
-    unknown = set(tree) - {"model", "data", "train", "out"}
+    tree = _load_config(args.config, ("model", "data", "train", "distill"))
+    unknown = set(tree) - {"model", "data", "train", "distill", "out"}
     if unknown:
-        raise GSLoRAError(f"unknown key(s) {', '.join(sorted(unknown))} in {args.config}; valid: data, model, out, "
-                          "train")
+        raise GSLoRAError(f"unknown key(s) {', '.join(sorted(unknown))} in {args.config}; valid: data, distill, "
+                          "model, out, train")
     for dotted, value in (("data.dataset", args.data), ("model.family", args.family), ("model.name", args.name),
                           ("model.depth", args.depth), ("model.width", args.width), ("model.heads", args.heads),
                           ("model.patch_size", args.patch_size), ("model.image_size", args.image_size),
                           ("model.pretrained", args.pretrained or None), ("model.weights", args.weights),
                           ("train.epochs", args.epochs), ("train.lr", args.lr), ("train.batch_size", args.batch_size),
-                          ("train.augment", args.augment), ("train.device", args.device), ("out", args.out)):
+                          ("train.augment", args.augment), ("train.device", args.device), ("out", args.out),
+                          ("distill.teacher", args.teacher), ("distill.weight", args.distill_weight)):
         _set(tree, dotted, value)
     out = tree.pop("out", None)
     if not out:
         raise GSLoRAError("no output directory: pass --out DIR (or 'out:' in the config file)")
-    if Path(out).exists() and any(Path(out).iterdir()) and not args.overwrite:
+    if Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())) and not args.overwrite:
         raise GSLoRAError(f"{out!r} already exists; pass --overwrite to replace it or choose another --out")
     data_cfg = from_dict(DataConfig, tree.get("data"), "data")
     dataset = load_dataset(data_cfg)
     model_tree = {"num_classes": dataset.num_classes, "in_chans": dataset.image_shape[0],
                   "image_size": dataset.image_shape[1], **tree.get("model", {})}
     model_cfg = from_dict(ModelConfig, model_tree, "model")
-    train_cfg = from_dict(TrainConfig, {"lr": 1e-3, "batch_size": 128, "warmup_epochs": 1, **tree.get("train", {})},
-                          "train")
+    train_tree = {"lr": 1e-3, "batch_size": 128, **tree.get("train", {})}
+    train_tree.setdefault("warmup_epochs", 1 if train_tree.get("epochs", 10) > 1 else 0)
+    train_cfg = from_dict(TrainConfig, train_tree, "train")
     if model_cfg.num_classes != dataset.num_classes:
         raise GSLoRAError(f"model.num_classes={model_cfg.num_classes} but {dataset.name} has {dataset.num_classes} "
                           "classes; drop model.num_classes to take it from the data")
-    model, info = pretrain(model_cfg, dataset, train_cfg, progress=_progress_factory(not args.quiet))
-    digest = save_checkpoint(model, out, classes=dataset.classes, replace=args.overwrite,
-                             extra={"pretrain": {"seconds": info["seconds"], "test_acc": info["test_acc"],
-                                                 "dataset": dataset.name, "train": vars_of(train_cfg)}})
-    print(f"pre-trained {model_cfg.family} model on {dataset.name}: test accuracy {info['test_acc']:.2f}% in "
-          f"{info['seconds']:.0f}s")
+    distill = tree.get("distill", {})
+    unknown = set(distill) - {"teacher", "key", "weight"}
+    if unknown:
+        raise GSLoRAError(f"unknown key(s) distill.{', distill.'.join(sorted(unknown))}; valid: key, teacher, weight")
+    teacher = _read_teacher(distill["teacher"], distill.get("key", "train")) if distill.get("teacher") else None
+    weight = float(distill.get("weight", 10.0))
+    model, info = pretrain(model_cfg, dataset, train_cfg, teacher=teacher, distill_weight=weight,
+                           progress=_progress_factory(not args.quiet))
+    digest = save_checkpoint(model, out, classes=dataset.classes, replace=Path(out).exists(),
+                             extra={"pretrain": {**{k: v for k, v in info.items() if k != "history"},
+                                                 "dataset": dataset.name, "train": vars_of(train_cfg),
+                                                 "distill": distill or None}})
+    margin = f" (margin-penalised {info['test_acc_margin']:.2f}%)" if "test_acc_margin" in info else ""
+    print(f"pre-trained {model_cfg.family} model on {dataset.name}: test accuracy {info['test_acc']:.2f}%{margin} "
+          f"in {info['seconds']:.0f}s")
     print(f"checkpoint: {out} (sha256 {digest[:16]})")
     return 0
+
+
+def _read_teacher(path: str, key: str):
+    import numpy as np
+    import torch
+
+    try:
+        with np.load(path) as npz:
+            if key not in npz.files:
+                raise GSLoRAError(f"{path} has no array {key!r} (it has {', '.join(npz.files)}); set distill.key")
+            return torch.from_numpy(npz[key].astype(np.float32))
+    except (OSError, ValueError) as exc:
+        raise GSLoRAError(f"cannot read teacher embeddings {path!r}: {exc}") from exc
 
 
 def vars_of(obj: Any) -> dict[str, Any]:
@@ -101,17 +134,17 @@ def vars_of(obj: Any) -> dict[str, Any]:
 # -- forget ---------------------------------------------------------------------------------------
 
 def _read_requests(path: str) -> list[list[str | int]]:
+    import yaml
+
     from gslora.config import load_yaml
 
+    if not Path(path).is_file():
+        load_yaml(path)  # raises the "does not exist" error
     try:
-        data = load_yaml(path)
-    except GSLoRAError:
-        import yaml
-
-        data = {"requests": yaml.safe_load(Path(path).read_text())} if Path(path).is_file() else None
-        if data is None:
-            raise
-    requests = data.get("requests") if isinstance(data, dict) else None
+        data = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as exc:
+        raise GSLoRAError(f"requests file {path!r} is not valid YAML: {exc}") from exc
+    requests = data.get("requests") if isinstance(data, dict) else data
     if not isinstance(requests, list) or not requests:
         raise GSLoRAError(f"{path} must hold 'requests:', a list of requests, each a list of class names or ids")
     return requests
@@ -124,9 +157,12 @@ def cmd_forget(args: argparse.Namespace) -> int:
 
     if bool(args.out) == bool(args.run):
         raise GSLoRAError("pass exactly one of --out DIR (start a run) or --run DIR (add requests to a run)")
-    tree = _load_config(args.config)
-    if args.classes:
-        _set(tree, "sequence.requests", [_split_classes(args.classes)])
+    tree = _load_config(args.config, ("data", "sequence", "method", "train"))
+    if args.classes is not None:
+        classes = _split_classes(args.classes)
+        if not classes:
+            raise GSLoRAError("--classes is empty; name the classes to forget, for example --classes Bag,Trouser")
+        _set(tree, "sequence.requests", [classes])
     elif args.requests:
         _set(tree, "sequence.requests", _read_requests(args.requests))
     for dotted, value in (("checkpoint", args.checkpoint), ("data.dataset", args.data),
@@ -148,8 +184,9 @@ def cmd_forget(args: argparse.Namespace) -> int:
         if args.checkpoint:
             raise GSLoRAError("--checkpoint cannot change the model of an existing run; --run continues from the "
                               "run's latest model")
-        if not (args.classes or args.requests or "sequence" in tree):
-            raise GSLoRAError("--run needs the next request: pass --classes A,B or --requests FILE")
+        sequence = tree.get("sequence", {})
+        if not (sequence.get("requests") or args.num_requests):
+            raise GSLoRAError("--run needs the next request: pass --classes A,B, --requests FILE or --num-requests N")
         config = resume_config(args.run, tree)
         run_dir, resume = args.run, True
     else:
@@ -172,7 +209,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from gslora.metrics import accuracy
     from gslora.models import load_checkpoint, read_checkpoint_meta
 
-    tree = _load_config(args.config)
+    tree = _load_config(args.config, ("data",))
     _set(tree, "data.dataset", args.data)
     checkpoint = args.checkpoint or tree.get("checkpoint")
     if not checkpoint:
@@ -184,12 +221,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                           "data set it was trained on")
     model, _ = load_checkpoint(checkpoint)
     device = resolve_device(args.device or "auto")
-    predictions = predict(model.to(device), dataset.test, device=device)
-    labels = dataset.test.labels
+    everything = predict(model.to(device), dataset.test, device=device)
+    predictions, labels = everything.top1, dataset.test.labels
     per_class = per_class_accuracy(predictions, labels, dataset.num_classes)
     result: dict[str, Any] = {"checkpoint": str(checkpoint), "dataset": dataset.name,
                               "accuracy": accuracy(predictions, labels, range(dataset.num_classes)),
                               "per_class": dict(zip(dataset.classes, per_class))}
+    if everything.margin_top1 is not None:
+        result["margin_accuracy"] = accuracy(everything.margin_top1, labels, range(dataset.num_classes))
     if args.classes:
         ids = resolve_classes(_split_classes(args.classes), dataset.classes)
         rest = [c for c in range(dataset.num_classes) if c not in ids]
@@ -199,7 +238,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"{dataset.name}: top-1 accuracy {result['accuracy']:.2f}% on {len(labels)} test images")
+    margin = f" (margin-penalised {result['margin_accuracy']:.2f}%)" if "margin_accuracy" in result else ""
+    print(f"{dataset.name}: top-1 accuracy {result['accuracy']:.2f}%{margin} on {len(labels)} test images")
     print("| class | accuracy |\n|---|---|")
     for name, acc in result["per_class"].items():
         print(f"| {name} | {'-' if acc is None else f'{acc:.2f}'} |")
@@ -221,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("pretrain", parents=[common], help="train a base ViT on all classes of a data set; save a checkpoint")
+    p = sub.add_parser("pretrain", parents=[common],
+                       help="train a base ViT on all classes of a data set; save a checkpoint")
     p.add_argument("--config", help="YAML file with model:, data:, train: and out: sections")
     p.add_argument("--data", help="fashion-mnist, an .npz file or an ImageFolder directory")
     p.add_argument("--family", choices=["timm", "torchvision", "hf"])
@@ -237,12 +278,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--teacher", help=".npz with one target embedding per training image (distillation)")
+    p.add_argument("--distill-weight", type=float, help="weight of the distillation term (default 10)")
     p.add_argument("--device")
     p.add_argument("--out", help="checkpoint directory to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(func=cmd_pretrain)
 
-    f = sub.add_parser("forget", parents=[common], help="apply erasure requests to a model; writes or extends a run directory")
+    f = sub.add_parser("forget", parents=[common],
+                       help="apply erasure requests to a model; writes or extends a run directory")
     f.add_argument("--config", help="YAML file with checkpoint:, data:, sequence:, method:, train:")
     f.add_argument("--checkpoint", help="base model (a directory written by `gslora pretrain`)")
     f.add_argument("--data", help="fashion-mnist, an .npz file or an ImageFolder directory")

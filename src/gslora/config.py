@@ -43,6 +43,10 @@ class ModelConfig:
         pretrained: download the family's pretrained weights (needs network).
         weights: a local ``.safetensors`` or ``.pth`` file with the model's state dict.
         mean, std: input normalisation applied inside the model.
+        head: ``linear`` (the family's head) or ``cosface`` (face recognition: CosFace on the embedding).
+        cosface_s, cosface_m: CosFace scale and margin (reference: 64 and 0.35).
+        hf_config: a transformers ``ViTConfig`` as a dict (checkpoints store it to rebuild offline).
+        drop_path: stochastic-depth rate (timm models; regularises pre-training on small data).
     """
 
     family: str = "timm"
@@ -59,6 +63,11 @@ class ModelConfig:
     weights: str | None = None
     mean: float = 0.5
     std: float = 0.5
+    head: str = "linear"
+    cosface_s: float = 64.0
+    cosface_m: float = 0.35
+    hf_config: dict | None = None
+    drop_path: float = 0.0
 
     def __post_init__(self) -> None:
         require(self.family in MODEL_FAMILIES, "model.family", self.family, f"must be one of {MODEL_FAMILIES}")
@@ -66,6 +75,10 @@ class ModelConfig:
             require(getattr(self, name) >= 1, f"model.{name}", getattr(self, name), "must be >= 1")
         require(self.width % self.heads == 0, "model.width", self.width, f"must be divisible by heads={self.heads}")
         require(self.std > 0, "model.std", self.std, "must be > 0")
+        require(0 <= self.drop_path < 1, "model.drop_path", self.drop_path, "must be in [0, 1)")
+        require(self.head in ("linear", "cosface"), "model.head", self.head, "must be linear or cosface")
+        require(self.cosface_s > 0 and self.cosface_m >= 0, "model.cosface_s/cosface_m",
+                (self.cosface_s, self.cosface_m), "need s > 0 and m >= 0")
 
 
 @dataclass
@@ -100,6 +113,8 @@ class SequenceConfig:
         ratio: fraction of each class's training images used per request (reference: 0.1).
         shots: if set, exactly this many training images per class instead of ``ratio``.
         subset_seed: seed of the per-request subset draw.
+        missing_classes: the first M classes of the seeded order are retained but have no training
+            data in any request (the reference's missing-class setting, M = 5); reported as Acc_m.
     """
 
     requests: list[list[str | int]] = field(default_factory=list)
@@ -109,16 +124,20 @@ class SequenceConfig:
     ratio: float = 0.1
     shots: int | None = None
     subset_seed: int = 1337
+    missing_classes: int = 0
 
     def __post_init__(self) -> None:
+        require(self.missing_classes >= 0, "sequence.missing_classes", self.missing_classes, "must be >= 0")
         require(self.num_requests >= 1, "sequence.num_requests", self.num_requests, "must be >= 1")
         require(self.classes_per_request >= 1, "sequence.classes_per_request", self.classes_per_request,
-                 "must be >= 1")
+                "must be >= 1")
         require(0 < self.ratio <= 1, "sequence.ratio", self.ratio, "must be in (0, 1]")
         require(self.shots is None or self.shots >= 1, "sequence.shots", self.shots, "must be >= 1")
         for i, request in enumerate(self.requests):
             require(isinstance(request, list) and len(request) > 0, f"sequence.requests[{i}]", request,
-                     "must be a non-empty list of class names or ids")
+                    "must be a non-empty list of class names or ids")
+            require(all(isinstance(c, (str, int)) and not isinstance(c, bool) for c in request),
+                    f"sequence.requests[{i}]", request, "must hold class names (text) or ids (whole numbers)")
 
 
 @dataclass
@@ -130,7 +149,8 @@ class TrainConfig:
         batch_size: images per batch; forgetting uses one retain and one forget batch per step.
         lr, weight_decay, min_lr: AdamW with a cosine schedule from ``lr`` to ``min_lr``.
         warmup_epochs: linear learning-rate warm-up (pre-training).
-        augment: random crop (4-pixel padding) and horizontal flip on training batches.
+        augment: random shift and horizontal flip on training batches.
+        jitter: with ``augment``, brightness/contrast jitter strength (0 = off).
         seed: seed of initialisation and batch order.
         device: ``cpu``, ``cuda`` or ``auto``.
         max_grad_norm: gradient clipping (0 disables it).
@@ -143,6 +163,7 @@ class TrainConfig:
     min_lr: float = 1e-5
     warmup_epochs: int = 0
     augment: bool = False
+    jitter: float = 0.0
     seed: int = 1337
     device: str = "auto"
     max_grad_norm: float = 0.0
@@ -152,10 +173,12 @@ class TrainConfig:
         require(self.batch_size >= 1, "train.batch_size", self.batch_size, "must be >= 1")
         require(self.lr > 0 and math.isfinite(self.lr), "train.lr", self.lr, "must be a positive number")
         require(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "must be >= 0")
+        require(0 <= self.min_lr <= self.lr, "train.min_lr", self.min_lr, f"must be in [0, lr={self.lr}]")
+        require(self.max_grad_norm >= 0, "train.max_grad_norm", self.max_grad_norm, "must be >= 0 (0 disables)")
         require(0 <= self.warmup_epochs < self.epochs, "train.warmup_epochs", self.warmup_epochs,
-                 "must be >= 0 and < epochs")
+                "must be >= 0 and < epochs")
         require(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "train.device",
-                 self.device, "must be auto, cpu, cuda or cuda:N")
+                self.device, "must be auto, cpu, cuda or cuda:N")
 
 
 def from_dict(cls: type[C], data: dict[str, Any] | None, where: str = "") -> C:
@@ -191,7 +214,20 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         if value is None:
             return None
-        return _coerce(value, args[0], where) if len(args) == 1 else value
+        if len(args) == 1:
+            return _coerce(value, args[0], where)
+        list_args = [a for a in args if typing.get_origin(a) is list]
+        scalar_args = [a for a in args if a not in list_args]
+        if isinstance(value, list) and list_args:
+            return _coerce(value, list_args[0], where)
+        return _coerce(value, scalar_args[0], where) if scalar_args else value
+    if origin is list:
+        if not isinstance(value, list):
+            raise GSLoRAError(f"{where}={value!r}: must be a list")
+        (item,) = typing.get_args(hint) or (Any,)
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, bool) and hint in (int, float):
+        raise GSLoRAError(f"{where}={value!r}: must be a number, not true/false")
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if hint is float and isinstance(value, str):
@@ -199,7 +235,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             return float(value)  # YAML reads "1e-4" as a string
         except ValueError:
             pass
-    if hint in (int, float, str, bool) and not isinstance(value, hint):
+    if hint is float and not isinstance(value, (int, float)):
+        raise GSLoRAError(f"{where}={value!r}: must be a number")
+    if hint in (int, str, bool) and not isinstance(value, hint):
         raise GSLoRAError(f"{where}={value!r}: must be of type {hint.__name__}")
     return value
 

@@ -9,3 +9,37 @@ import torch.nn.functional as F
 def bounded_forgetting_loss(forget_ce: torch.Tensor, bnd: float) -> torch.Tensor:
     """ReLU(BND - CE_forget): gradient ascent on the forget cross-entropy until it reaches ``bnd``."""
     return F.relu(bnd - forget_ce)
+
+
+def class_prototypes(embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean embedding per class: ((C, D) prototypes, (C,) bool mask of classes that have samples)."""
+    sums = torch.zeros(num_classes, embeddings.shape[1], dtype=embeddings.dtype, device=embeddings.device)
+    sums.index_add_(0, labels, embeddings)
+    counts = torch.bincount(labels, minlength=num_classes).to(embeddings.dtype)
+    present = counts > 0
+    return sums / counts.clamp(min=1).unsqueeze(1), present
+
+
+def prototype_distance(z: torch.Tensor, prototypes: torch.Tensor, kind: str = "kl") -> torch.Tensor:
+    """Mean distance of embeddings (N, D) to their prototypes (N, D).
+
+    ``kl``: the reference's KL(softmax(p) || softmax(z)) over feature dimensions, batch mean, T = 1.
+    ``cosine``: 1 - cos(z, p), batch mean.
+    """
+    if kind == "kl":
+        return F.kl_div(F.log_softmax(z, dim=1), F.log_softmax(prototypes, dim=1), log_target=True,
+                        reduction="batchmean")
+    if kind == "cosine":
+        return (1.0 - F.cosine_similarity(z, prototypes, dim=1)).mean()
+    raise ValueError(f"unknown prototype distance {kind!r}; use kl or cosine")
+
+
+def prototype_push_loss(z: torch.Tensor, prototypes: torch.Tensor, bnd: float, kind: str = "kl") -> torch.Tensor:
+    """ReLU(BND_pro - d(z, p)): push forgotten classes' embeddings away from their prototypes, up to BND_pro."""
+    return F.relu(bnd - prototype_distance(z, prototypes, kind))
+
+
+def prototype_pull_loss(z: torch.Tensor, prototypes: torch.Tensor, kind: str = "kl") -> torch.Tensor:
+    """d(z, p): pull retained classes' embeddings toward their prototypes."""
+    return prototype_distance(z, prototypes, kind)

@@ -3,6 +3,7 @@
 from gslora.adapters.lora import (
     BlockGroup,
     attach_lora,
+    delta_norms,
     find_ffn_groups,
     group_lasso,
     group_norms,
@@ -11,5 +12,5 @@ from gslora.adapters.lora import (
     save_adapter,
 )
 
-__all__ = ["BlockGroup", "attach_lora", "find_ffn_groups", "group_lasso", "group_norms", "group_parameters",
-           "merge_adapter", "save_adapter"]
+__all__ = ["BlockGroup", "attach_lora", "delta_norms", "find_ffn_groups", "group_lasso", "group_norms",
+           "group_parameters", "merge_adapter", "save_adapter"]

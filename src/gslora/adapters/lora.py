@@ -32,35 +32,57 @@ class BlockGroup:
     targets: tuple[str, str]
 
 
+def _common_depth(a: str, b: str) -> int:
+    depth = 0
+    for x, y in zip(a.split("."), b.split(".")):
+        if x != y:
+            break
+        depth += 1
+    return depth
+
+
 def _ffn_pair(block: nn.Module, prefix: str) -> tuple[str, str] | None:
+    """The block's FFN: linear layers up (d -> h) and down (h -> d), h != d.
+
+    Several pairs can fit (with mlp_ratio 3 a qkv projection d -> 3d also pairs with fc2); the FFN
+    is the pair with the deepest common parent (timm ``mlp.fc1/fc2``), then the closest in order.
+    """
     linears = [(name, m) for name, m in block.named_modules() if isinstance(m, nn.Linear)]
+    candidates = []
     for i, (up_name, up) in enumerate(linears):
-        for down_name, down in linears[i + 1:]:
+        for j, (down_name, down) in enumerate(linears[i + 1:], start=i + 1):
             if (up.out_features == down.in_features and up.in_features == down.out_features
                     and up.out_features != up.in_features):
-                return f"{prefix}.{up_name}", f"{prefix}.{down_name}"
-    return None
+                candidates.append((-_common_depth(up_name, down_name), j - i, up_name, down_name))
+    if not candidates:
+        return None
+    _, _, up_name, down_name = min(candidates)
+    return f"{prefix}.{up_name}", f"{prefix}.{down_name}"
 
 
 def find_ffn_groups(model: nn.Module) -> list[BlockGroup]:
     """One ``BlockGroup`` per transformer block of ``model``, in forward order.
 
+    A block container is a ``ModuleList``/``Sequential`` whose children share one type and each hold
+    an FFN; when containers nest (stages of blocks), only the innermost ones count.
+
     Raises:
         GSLoRAError: no block with an FFN was found.
     """
-    groups: list[BlockGroup] = []
-    claimed: set[str] = set()
+    containers: dict[str, list[BlockGroup]] = {}
     for name, module in model.named_modules():
-        if not isinstance(module, (nn.ModuleList, nn.Sequential)) or any(name.startswith(c + ".") for c in claimed):
+        if not isinstance(module, (nn.ModuleList, nn.Sequential)):
             continue
         children = list(module.named_children())
         if not children or len({type(child) for _, child in children}) != 1:
             continue
-        pairs = [_ffn_pair(child, f"{name}.{child_name}" if name else child_name) for child_name, child in children]
+        paths = [f"{name}.{child_name}" if name else child_name for child_name, _ in children]
+        pairs = [_ffn_pair(child, path) for (_, child), path in zip(children, paths)]
         if all(pairs):
-            claimed.add(name)
-            groups += [BlockGroup(f"{name}.{child_name}" if name else child_name, pair)
-                       for (child_name, _), pair in zip(children, pairs)]
+            containers[name] = [BlockGroup(path, pair) for path, pair in zip(paths, pairs)]
+    innermost = [name for name in containers
+                 if not any(other != name and (name == "" or other.startswith(name + ".")) for other in containers)]
+    groups = [g for name in innermost for g in containers[name]]
     if not groups:
         raise GSLoRAError(f"found no transformer blocks with an FFN (two linear layers d -> h -> d) in "
                           f"{type(model).__name__}; gslora adapts ViT-style models")
@@ -94,6 +116,21 @@ def group_norms(params: list[list[nn.Parameter]]) -> torch.Tensor:
 def group_lasso(params: list[list[nn.Parameter]]) -> torch.Tensor:
     """The group-lasso penalty sum_g ||theta_g||_2 (no sqrt(group size) weight, as in the reference)."""
     return group_norms(params).sum()
+
+
+def delta_norms(peft_model: PeftModel, groups: list[BlockGroup]) -> list[float]:
+    """Frobenius norm of each group's weight edit, sqrt(sum over its layers of ||scaling * B A||_F^2).
+
+    Unlike the group norm this is zero for a block the adapter left alone (B = 0), whatever A is.
+    """
+    base = peft_model.base_model.model
+    norms = []
+    with torch.no_grad():
+        for g in groups:
+            squares = sum(float(base.get_submodule(t).get_delta_weight("default").float().pow(2).sum())
+                          for t in g.targets)
+            norms.append(squares ** 0.5)
+    return norms
 
 
 def merge_adapter(peft_model: PeftModel) -> nn.Module:

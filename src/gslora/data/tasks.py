@@ -22,12 +22,14 @@ class Request:
         forget: class ids to forget now.
         retain: class ids still to be recognised after this request.
         old: class ids forgotten by earlier requests.
+        missing: retained class ids without training data (a subset of ``retain``).
     """
 
     index: int
     forget: tuple[int, ...]
     retain: tuple[int, ...]
     old: tuple[int, ...]
+    missing: tuple[int, ...] = ()
 
 
 def class_order(num_classes: int, seed: int) -> list[int]:
@@ -70,6 +72,7 @@ def build_requests(config: SequenceConfig, classes: Sequence[str], *,
         GSLoRAError: a class is unknown, already forgotten, repeated, or nothing would be retained.
     """
     gone = list(forgotten)
+    missing = tuple(c for c in class_order(len(classes), config.order_seed) if c not in gone)[:config.missing_classes]
     if config.requests:
         groups = [resolve_classes(r, classes) for r in config.requests]
     else:
@@ -88,7 +91,13 @@ def build_requests(config: SequenceConfig, classes: Sequence[str], *,
         retain = tuple(c for c in range(len(classes)) if c not in gone and c not in group)
         if not retain:
             raise GSLoRAError(f"request {start_index + t} would leave no class to retain; keep at least one class")
-        requests.append(Request(start_index + t, tuple(group), retain, tuple(gone)))
+        if set(group) & set(missing):
+            raise GSLoRAError(f"request {start_index + t} forgets class(es) that sequence.missing_classes keeps "
+                              "without data; lower missing_classes or forget other classes")
+        if not set(retain) - set(missing):
+            raise GSLoRAError(f"request {start_index + t}: every retained class is a missing class; lower "
+                              "sequence.missing_classes")
+        requests.append(Request(start_index + t, tuple(group), retain, tuple(gone), missing))
         gone.extend(group)
     return requests
 
@@ -115,7 +124,7 @@ def sample_per_class(labels: torch.Tensor, class_ids: Sequence[int], *, ratio: f
 
 def class_mask(labels: torch.Tensor, class_ids: Sequence[int]) -> torch.Tensor:
     """Boolean mask of the samples whose label is in ``class_ids``."""
-    return torch.isin(labels, torch.as_tensor(list(class_ids), dtype=labels.dtype))
+    return torch.isin(labels, torch.as_tensor(list(class_ids), dtype=labels.dtype, device=labels.device))
 
 
 @dataclass(frozen=True)
@@ -135,7 +144,8 @@ def request_data(dataset: Dataset, request: Request, config: SequenceConfig) -> 
     seed = config.subset_seed + 1000 * request.index
     kwargs = {"ratio": config.ratio, "shots": config.shots}
     forget = sample_per_class(dataset.train.labels, request.forget, seed=seed, **kwargs)
-    retain = sample_per_class(dataset.train.labels, request.retain, seed=seed + 1, **kwargs)
+    with_data = [c for c in request.retain if c not in request.missing]
+    retain = sample_per_class(dataset.train.labels, with_data, seed=seed + 1, **kwargs)
     names = ", ".join(dataset.classes[c] for c in request.forget)
     if len(forget) == 0:
         raise GSLoRAError(f"request {request.index}: the forget classes ({names}) have no training images; "
@@ -143,4 +153,9 @@ def request_data(dataset: Dataset, request: Request, config: SequenceConfig) -> 
     if len(retain) == 0:
         raise GSLoRAError(f"request {request.index}: the retained classes have no training images; add training "
                           "images of the classes to keep")
+    tested = set(dataset.test.labels.unique().tolist())
+    untested = [dataset.classes[c] for c in (*request.forget, *request.retain) if c not in tested]
+    if untested:
+        raise GSLoRAError(f"request {request.index}: class(es) {', '.join(untested[:5])} have no test images, so "
+                          "forgetting and retention cannot be measured; add test images of every class")
     return RequestData(forget, retain)

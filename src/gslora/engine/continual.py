@@ -16,6 +16,8 @@ first, then the manifest), so an error leaves the run as it was after the last f
 from __future__ import annotations
 
 import copy
+import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -23,29 +25,33 @@ import platform
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import gslora
-from gslora.config import DataConfig, SequenceConfig, TrainConfig, from_dict, to_dict
-from gslora.data import Dataset, Request, build_requests, load_dataset, request_data
-from gslora.engine.evaluate import predict
+from gslora.config import DataConfig, SequenceConfig, TrainConfig, from_dict, require, to_dict
+from gslora.data import Dataset, Request, build_requests, load_dataset, request_data, sample_per_class
+from gslora.engine.evaluate import Predictions, predict
 from gslora.engine.loop import ProgressFactory, no_progress, resolve_device, train_request
 from gslora.errors import GSLoRAError
 from gslora.io import atomic_directory, atomic_write_json, sha256_file
 from gslora.methods import METHODS, Method, TaskContext
-from gslora.metrics import accuracy, request_metrics
+from gslora.metrics import accuracy, request_metrics, verification
 from gslora.models import VisionClassifier, load_checkpoint, read_checkpoint_meta, save_checkpoint
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 BASE_PREDICTIONS = "base_predictions.safetensors"
+LOCK = ".lock"
 
 
 @dataclass
@@ -59,6 +65,10 @@ class ForgetConfig:
         method: ``name`` of a registered method plus its hyper-parameters.
         train: optimisation settings of each request.
         eval_batch_size: batch size of evaluation.
+        verification: report face verification (TAR at ``fars``) from embedding cosine similarity;
+            ``None`` turns it on for margin (face) heads.
+        fars: false-accept rates of the verification report.
+        verification_images: at most this many test images (balanced per class) form the pairs.
     """
 
     checkpoint: str = ""
@@ -67,8 +77,12 @@ class ForgetConfig:
     method: dict[str, Any] = field(default_factory=lambda: {"name": "gs_lora"})
     train: TrainConfig = field(default_factory=TrainConfig)
     eval_batch_size: int = 512
+    verification: bool | None = None
+    fars: list[float] = field(default_factory=lambda: [0.01, 0.001])
+    verification_images: int = 2000
 
     def __post_init__(self) -> None:
+        require(all(0 < f < 1 for f in self.fars), "fars", self.fars, "each FAR must be in (0, 1)")
         if not isinstance(self.method, dict) or "name" not in self.method:
             raise GSLoRAError("method must be a mapping with a 'name' (for example {name: gs_lora})")
         build_method(self.method)  # validates the name and the hyper-parameters now
@@ -100,9 +114,10 @@ def _check_classes(dataset: Dataset, meta: dict[str, Any], checkpoint: str) -> N
     classes = meta.get("classes")
     num_classes = meta.get("model", {}).get("num_classes")
     if num_classes != dataset.num_classes or (classes and list(classes) != dataset.classes):
-        raise GSLoRAError(f"checkpoint {checkpoint!r} was trained on {num_classes} classes {classes[:5] if classes else ''}"
-                          f" but data set {dataset.name!r} has {dataset.num_classes} classes {dataset.classes[:5]}; "
-                          "use the data set the model was trained on")
+        shown = classes[:5] if classes else ""
+        raise GSLoRAError(f"checkpoint {checkpoint!r} was trained on {num_classes} classes {shown} but data set "
+                          f"{dataset.name!r} has {dataset.num_classes} classes {dataset.classes[:5]}; use the data set "
+                          "the model was trained on")
 
 
 @dataclass
@@ -111,9 +126,14 @@ class _RunState:
     manifest: dict[str, Any]
     model: VisionClassifier
     dataset: Dataset
-    base_predictions: torch.Tensor
     forgotten: list[int]
     is_new: bool
+    base_predictions: dict[str, torch.Tensor] | None = None  # the original model's top1 (and margin_top1)
+    base_model: VisionClassifier | None = None
+
+
+def _labels_digest(labels: torch.Tensor) -> str:
+    return hashlib.sha256(labels.to(torch.int64).numpy().tobytes()).hexdigest()
 
 
 def _new_state(config: ForgetConfig, run_dir: Path) -> _RunState:
@@ -131,15 +151,13 @@ def _new_state(config: ForgetConfig, run_dir: Path) -> _RunState:
         "created": _now(),
         "base": {"checkpoint": str(Path(config.checkpoint).resolve()), "sha256": sha256_file(weights)},
         "dataset": {"name": dataset.name, "classes": dataset.classes, "train_images": len(dataset.train),
-                    "test_images": len(dataset.test)},
+                    "test_images": len(dataset.test), "test_labels_sha256": _labels_digest(dataset.test.labels)},
         "config": _config_dict(config),
         "hardware": hardware(),
         "requests": [],
         "latest_checkpoint": None,
     }
-    device = resolve_device(config.train.device)
-    base_predictions = predict(model.to(device), dataset.test, device=device, batch_size=config.eval_batch_size)
-    return _RunState(run_dir, manifest, model, dataset, base_predictions, [], True)
+    return _RunState(run_dir, manifest, model, dataset, [], True)
 
 
 def _config_dict(config: ForgetConfig) -> dict[str, Any]:
@@ -153,32 +171,67 @@ def read_manifest(run_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise GSLoRAError(f"{str(run_dir)!r} is not a gslora run directory (no {MANIFEST}); start a run with "
                           "`gslora forget --out DIR ...`")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise GSLoRAError(f"{path} is not valid JSON ({exc}); the run directory is damaged") from exc
 
 
 def _resume_state(run_dir: Path, config: ForgetConfig) -> _RunState:
     manifest = read_manifest(run_dir)
     dataset = load_dataset(config.data)
-    if dataset.classes != manifest["dataset"]["classes"]:
-        raise GSLoRAError(f"data set {dataset.name!r} does not have the classes of run {str(run_dir)!r}; pass the "
-                          "run's data set")
+    recorded = manifest["dataset"]
+    if dataset.classes != recorded["classes"] or len(dataset.test) != recorded["test_images"] or \
+            _labels_digest(dataset.test.labels) != recorded.get("test_labels_sha256"):
+        raise GSLoRAError(f"data set {dataset.name!r} is not the one run {str(run_dir)!r} was measured on (other "
+                          "classes or test split); pass the run's data set")
     latest = manifest["latest_checkpoint"]
+    if latest:
+        weights, _ = read_checkpoint_meta(run_dir / latest)
+        expected = manifest["requests"][-1]["checkpoint_sha256"]
+        if sha256_file(weights) != expected:
+            raise GSLoRAError(f"{weights} does not match the hash in the manifest; the run directory was changed "
+                              "outside gslora")
     model, _ = load_checkpoint(run_dir / latest) if latest else load_checkpoint(manifest["base"]["checkpoint"])
-    base_predictions = load_file(str(run_dir / BASE_PREDICTIONS))["predictions"]
+    try:
+        base_predictions = load_file(str(run_dir / BASE_PREDICTIONS))
+        assert "top1" in base_predictions
+    except (OSError, AssertionError, SafetensorError) as exc:
+        raise GSLoRAError(f"cannot read {run_dir / BASE_PREDICTIONS} ({exc}); the run directory is damaged") from exc
     forgotten = [c for r in manifest["requests"] for c in r["forget_classes"]]
-    return _RunState(run_dir, manifest, model, dataset, base_predictions, forgotten, False)
+    return _RunState(run_dir, manifest, model, dataset, forgotten, False, base_predictions)
 
 
 def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> ForgetConfig:
     """The config a run was started with, with ``overrides`` (nested mapping) applied."""
     base = read_manifest(run_dir)["config"]
     for key, value in (overrides or {}).items():
-        other_method = key == "method" and value.get("name", base[key]["name"]) != base[key]["name"]
+        other_method = key == "method" and isinstance(value, dict) and \
+            value.get("name", base[key]["name"]) != base[key]["name"]
         if isinstance(value, dict) and isinstance(base.get(key), dict) and not other_method:
             base[key] = {**base[key], **value}
         else:
             base[key] = value
     return from_dict(ForgetConfig, base)
+
+
+@contextmanager
+def _run_lock(run_dir: Path, resume: bool) -> Iterator[None]:
+    """Hold an exclusive lock on an existing run, so two processes never add requests at once."""
+    if not resume:
+        yield
+        return
+    if not (run_dir / MANIFEST).is_file():
+        read_manifest(run_dir)  # raises the "not a run directory" error
+    with open(run_dir / LOCK, "a") as handle:  # created with the run; "a" leaves it untouched
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise GSLoRAError(f"another gslora process is adding requests to {str(run_dir)!r}; wait for it to "
+                              "finish") from exc
+        for stale in run_dir.glob(".staging-*"):  # left by a killed process; never part of the run
+            shutil.rmtree(stale, ignore_errors=True)
+        yield
 
 
 def run_forgetting(config: ForgetConfig, run_dir: str | Path, *, resume: bool = False,
@@ -196,33 +249,97 @@ def run_forgetting(config: ForgetConfig, run_dir: str | Path, *, resume: bool = 
             does not fit, unreadable data, non-finite loss); nothing is written for the failed request.
     """
     run_dir = Path(run_dir)
-    state = _resume_state(run_dir, config) if resume else _new_state(config, run_dir)
-    requests = build_requests(config.sequence, state.dataset.classes, forgotten=state.forgotten,
-                              start_index=len(state.manifest["requests"]))
-    subsets = [request_data(state.dataset, r, config.sequence) for r in requests]  # validate all first
     device = resolve_device(config.train.device)
-    model = state.model.to(device)
-    predictions = predict(model, state.dataset.test, device=device, batch_size=config.eval_batch_size) \
-        if not state.is_new else state.base_predictions
-    for request, subset in zip(requests, subsets):
-        model, predictions = _apply_request(state, config, request, subset, model, predictions, device, progress)
+    with _run_lock(run_dir, resume):
+        state = _resume_state(run_dir, config) if resume else _new_state(config, run_dir)
+        requests = build_requests(config.sequence, state.dataset.classes, forgotten=state.forgotten,
+                                  start_index=len(state.manifest["requests"]))
+        subsets = [request_data(state.dataset, r, config.sequence) for r in requests]  # validate all first
+        model = state.model.to(device)
+        predictions = _predict(model, state, config, device)
+        if state.base_predictions is None:
+            state.base_model = state.model
+            state.base_predictions = {"top1": predictions.top1}
+            if predictions.margin_top1 is not None:
+                state.base_predictions["margin_top1"] = predictions.margin_top1
+        for request, subset in zip(requests, subsets):
+            model, predictions = _apply_request(state, config, request, subset, model, predictions, device,
+                                                progress)
     return state.manifest
 
 
+def _wants_verification(config: ForgetConfig, model: VisionClassifier) -> bool:
+    return model.has_margin if config.verification is None else config.verification
+
+
+def _predict(model: VisionClassifier, state: _RunState, config: ForgetConfig, device: torch.device) -> Predictions:
+    return predict(model, state.dataset.test, device=device, batch_size=config.eval_batch_size,
+                   embeddings=_wants_verification(config, model))
+
+
+def _original_model_loader(state: _RunState) -> Callable[[], VisionClassifier]:
+    def load() -> VisionClassifier:
+        if state.base_model is None:
+            state.base_model, _ = load_checkpoint(state.manifest["base"]["checkpoint"])
+        return state.base_model
+
+    return load
+
+
+def _measure(state: _RunState, config: ForgetConfig, request: Request, before: Predictions,
+             after: Predictions) -> dict[str, Any]:
+    """Accuracies and H of a request (plain, and margin-penalised for margin heads) and verification."""
+    labels = state.dataset.test.labels
+
+    def readings(key: str) -> dict[str, float | None]:
+        now, then, original = getattr(after, key), getattr(before, key), state.base_predictions[key]
+        missing = request.missing or None
+        return request_metrics(
+            acc_f=accuracy(now, labels, request.forget), acc_r=accuracy(now, labels, request.retain),
+            acc_o=accuracy(now, labels, request.old) if request.old else None,
+            acc_f_before=accuracy(then, labels, request.forget), acc_r_before=accuracy(then, labels, request.retain),
+            acc_f_original=accuracy(original, labels, request.forget),
+            acc_m=accuracy(now, labels, missing) if missing else None,
+            acc_m_before=accuracy(then, labels, missing) if missing else None)
+
+    metrics: dict[str, Any] = readings("top1")
+    if after.margin_top1 is not None and "margin_top1" in state.base_predictions:
+        metrics["margin"] = readings("margin_top1")
+    if after.embeddings is not None and before.embeddings is not None:
+        keep = torch.arange(len(labels))
+        if len(labels) > config.verification_images:
+            per_class = max(2, config.verification_images // state.dataset.num_classes)
+            keep = sample_per_class(labels, range(state.dataset.num_classes), shots=per_class, seed=0)
+        sets = {"forget": request.forget, "retain": request.retain}
+        for suffix, preds in (("", after), ("_before", before)):
+            tars = verification(preds.embeddings[keep], labels[keep], sets, fars=config.fars)
+            metrics[f"tar_f{suffix}"], metrics[f"tar_r{suffix}"] = tars["forget"], tars["retain"]
+    return metrics
+
+
+def _staging_dir(state: _RunState) -> Path:
+    if state.is_new:  # the run directory appears whole at the first commit
+        parent = state.run_dir.resolve().parent
+        parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(dir=parent, prefix=f".{state.run_dir.name}.staging-"))
+    return Path(tempfile.mkdtemp(dir=state.run_dir, prefix=".staging-"))
+
+
 def _apply_request(state: _RunState, config: ForgetConfig, request: Request, subset, model: VisionClassifier,
-                   before: torch.Tensor, device: torch.device, progress: ProgressFactory):
-    dataset, labels = state.dataset, state.dataset.test.labels
+                   before: Predictions, device: torch.device, progress: ProgressFactory):
+    dataset = state.dataset
     forget, retain = dataset.train.subset(subset.forget_indices), dataset.train.subset(subset.retain_indices)
     names = [dataset.classes[c] for c in request.forget]
     log.info("request %d: forgetting %s (%d forget / %d retain training images)", request.index, ", ".join(names),
              len(forget), len(retain))
-    task = TaskContext(request, config.train.epochs, -(-len(retain) // config.train.batch_size))
+    task = TaskContext(request, config.train.epochs, -(-len(retain) // config.train.batch_size), forget_data=forget,
+                       retain_data=retain, original_model=_original_model_loader(state), device=device)
     method = build_method(config.method)
     torch.manual_seed(config.train.seed + request.index)
     started, start = _now(), time.perf_counter()
     method.setup_task(model, task)
     history = train_request(method, task, forget, retain, config.train, device=device, progress=progress)
-    stage = Path(tempfile.mkdtemp(dir=state.run_dir.resolve().parent, prefix=f".{state.run_dir.name}.request."))
+    stage = _staging_dir(state)
     try:
         artifacts = method.save_artifacts(stage)
         edited = method.end_task(task)
@@ -230,13 +347,8 @@ def _apply_request(state: _RunState, config: ForgetConfig, request: Request, sub
         digest = save_checkpoint(edited.cpu(), stage / "model", classes=dataset.classes,
                                  extra={"run_request": request.index})
         edited = edited.to(device)
-        after = predict(edited, dataset.test, device=device, batch_size=config.eval_batch_size)
-        metrics = request_metrics(
-            acc_f=accuracy(after, labels, request.forget), acc_r=accuracy(after, labels, request.retain),
-            acc_o=accuracy(after, labels, request.old) if request.old else None,
-            acc_f_before=accuracy(before, labels, request.forget),
-            acc_r_before=accuracy(before, labels, request.retain),
-            acc_f_original=accuracy(state.base_predictions, labels, request.forget))
+        after = _predict(edited, state, config, device)
+        metrics = _measure(state, config, request, before, after)
         prefix = f"requests/{request.index:03d}"
         record = {
             "index": request.index,
@@ -244,6 +356,7 @@ def _apply_request(state: _RunState, config: ForgetConfig, request: Request, sub
             "forget_class_names": names,
             "retain_classes": list(request.retain),
             "old_classes": list(request.old),
+            "missing_classes": list(request.missing),
             "started": started,
             "seconds": seconds,
             "train_images": {"forget": len(forget), "retain": len(retain)},
@@ -274,9 +387,13 @@ def _commit(state: _RunState, stage: Path, index: int, record: dict[str, Any]) -
     manifest["latest_checkpoint"] = record["checkpoint"]
     target_name = f"requests/{index:03d}"
     if state.is_new:
+        if state.run_dir.exists() and any(state.run_dir.iterdir()):
+            raise GSLoRAError(f"{str(state.run_dir)!r} was created by someone else while this request trained; "
+                              "nothing was written")
         with atomic_directory(state.run_dir, replace=state.run_dir.exists()) as tmp:
-            save_file({"predictions": state.base_predictions.contiguous()}, str(tmp / BASE_PREDICTIONS))
+            save_file({k: v.contiguous() for k, v in state.base_predictions.items()}, str(tmp / BASE_PREDICTIONS))
             (tmp / "requests").mkdir()
+            (tmp / LOCK).touch()
             os.replace(stage, tmp / target_name)
             atomic_write_json(tmp / MANIFEST, manifest)
             write_report(manifest, tmp)

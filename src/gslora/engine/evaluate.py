@@ -1,22 +1,50 @@
-"""Batched inference and accuracy per class set."""
+"""Batched inference: predictions (plain and margin-penalised) and embeddings."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
-from torch import nn
 
 from gslora.data import ImageSet
+from gslora.models import VisionClassifier
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """What a model says about a test split.
+
+    Attributes:
+        top1: argmax of the logits, (N,).
+        margin_top1: for margin heads (CosFace), argmax with the margin applied to the true class:
+            correct only if cos(theta_y) - m beats every other cosine (the reference's accuracy).
+        embeddings: (N, D) embeddings, when asked for (face verification).
+    """
+
+    top1: torch.Tensor
+    margin_top1: torch.Tensor | None = None
+    embeddings: torch.Tensor | None = None
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data: ImageSet, *, device: torch.device, batch_size: int = 512) -> torch.Tensor:
-    """Top-1 predicted class of every image, in eval mode (the model's mode is restored after)."""
+def predict(model: VisionClassifier, data: ImageSet, *, device: torch.device, batch_size: int = 512,
+            embeddings: bool = False) -> Predictions:
+    """Run ``model`` over ``data`` in eval mode (the model's mode is restored after)."""
     was_training = model.training
     model.eval()
-    preds = [model(data.images[i:i + batch_size].to(device)).argmax(dim=1).cpu()
-             for i in range(0, len(data), batch_size)]
+    top1, margin, feats = [], [], []
+    for i in range(0, len(data), batch_size):
+        logits, embedding = model.forward_features(data.images[i:i + batch_size].to(device))
+        top1.append(logits.argmax(dim=1).cpu())
+        if model.has_margin:
+            labels = data.labels[i:i + batch_size].to(device)
+            margin.append(model.classify(embedding, labels).argmax(dim=1).cpu())
+        if embeddings:
+            feats.append(embedding.float().cpu())
     model.train(was_training)
-    return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
+    empty = torch.empty(0, dtype=torch.long)
+    return Predictions(torch.cat(top1) if top1 else empty, torch.cat(margin) if margin else None,
+                       torch.cat(feats) if feats else None)
 
 
 def per_class_accuracy(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float | None]:

@@ -13,7 +13,7 @@ from torch import nn
 
 from gslora.config import TrainConfig
 from gslora.data import ImageSet
-from gslora.errors import NonFiniteLossError
+from gslora.errors import GSLoRAError, NonFiniteLossError
 from gslora.methods import Method, TaskContext
 
 log = logging.getLogger(__name__)
@@ -37,8 +37,11 @@ def no_progress(total: int, desc: str) -> AbstractContextManager[ProgressBar]:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without it is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise GSLoRAError(f"device {name!r} was asked for but this machine has no CUDA GPU; use --device cpu or auto")
     return torch.device(name)
 
 
@@ -72,15 +75,23 @@ def cycle(data: ImageSet, batch_size: int, generator: torch.Generator) -> Iterat
         yield from batches(data, batch_size, generator)
 
 
-def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Random crop with ``pad`` pixels of zero padding and random horizontal flip, per image."""
+def augment(images: torch.Tensor, generator: torch.Generator, *, jitter: float = 0.0) -> torch.Tensor:
+    """Random shift (zero padding of 1/7 of the side), horizontal flip and, with ``jitter`` > 0,
+    brightness and contrast scaled by factors in [1 - jitter, 1 + jitter]; per image, uint8 in and out."""
     n, _, h, w = images.shape
+    pad = max(1, h // 7)
     padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
     flip = torch.rand(n, generator=generator) < 0.5
     out = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
     out[flip] = out[flip].flip(-1)
+    if jitter > 0:
+        x = out.float()
+        brightness = 1 + jitter * (2 * torch.rand(n, 1, 1, 1, generator=generator) - 1)
+        contrast = 1 + jitter * (2 * torch.rand(n, 1, 1, 1, generator=generator) - 1)
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        out = ((x - mean) * contrast + mean * brightness).clamp(0, 255).to(torch.uint8)
     return out
 
 
@@ -114,7 +125,8 @@ def train_request(method: Method, task: TaskContext, forget: ImageSet, retain: I
             for step, (x_r, y_r) in enumerate(batches(retain, config.batch_size, generator)):
                 x_f, y_f = next(forget_batches)
                 if config.augment:
-                    x_r, x_f = augment(x_r, generator), augment(x_f, generator)
+                    x_r = augment(x_r, generator, jitter=config.jitter)
+                    x_f = augment(x_f, generator, jitter=config.jitter)
                 terms = method.training_step((x_f.to(device), y_f.to(device)), (x_r.to(device), y_r.to(device)),
                                              epoch=epoch)
                 check_finite(terms, epoch=epoch, step=step)

@@ -15,13 +15,13 @@ from gslora.engine.evaluate import predict
 from gslora.engine.loop import (
     ProgressFactory,
     augment,
-    batches,
     check_finite,
     cosine_lr,
     make_optimizer,
     no_progress,
     resolve_device,
 )
+from gslora.errors import GSLoRAError
 from gslora.metrics import accuracy
 from gslora.models import VisionClassifier, build_model
 
@@ -29,12 +29,26 @@ log = logging.getLogger(__name__)
 
 
 def pretrain(model_config: ModelConfig, dataset: Dataset, config: TrainConfig, *, label_smoothing: float = 0.1,
+             teacher: torch.Tensor | None = None, distill_weight: float = 0.0,
              progress: ProgressFactory = no_progress) -> tuple[VisionClassifier, dict[str, Any]]:
-    """Train a model on every class of ``dataset``; returns the model and {seconds, test_acc, history}."""
+    """Train a model on every class of ``dataset``; returns the model and {seconds, test_acc, history}.
+
+    Args:
+        teacher: optional (N_train, T) target embeddings, one per training image (for example a face
+            descriptor). A linear map of the model's embedding is then pulled toward them with
+            ``distill_weight * (1 - cos)``; the map is dropped after training.
+    """
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     model = build_model(model_config).to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
+    projection = None
+    if teacher is not None:
+        if len(teacher) != len(dataset.train):
+            raise GSLoRAError(f"teacher embeddings have {len(teacher)} rows but the training split has "
+                              f"{len(dataset.train)} images; they must be aligned one to one")
+        projection = torch.nn.Linear(model.embed_dim, teacher.shape[1]).to(device)
+        teacher = F.normalize(teacher.float(), dim=1)
+    params = [p for p in model.parameters() if p.requires_grad] + list(projection.parameters() if projection else [])
     optimizer = make_optimizer(params, config)
     generator = torch.Generator().manual_seed(config.seed)
     steps = -(-len(dataset.train) // config.batch_size)
@@ -46,10 +60,17 @@ def pretrain(model_config: ModelConfig, dataset: Dataset, config: TrainConfig, *
                 group["lr"] = cosine_lr(epoch, config)
             model.train()
             total = 0.0
-            for step, (x, y) in enumerate(batches(dataset.train, config.batch_size, generator)):
+            order = torch.randperm(len(dataset.train), generator=generator)
+            for step, start_at in enumerate(range(0, len(order), config.batch_size)):
+                idx = order[start_at:start_at + config.batch_size]
+                x, y = dataset.train.images[idx], dataset.train.labels[idx].to(device)
                 if config.augment:
-                    x = augment(x, generator)
-                loss = F.cross_entropy(model(x.to(device)), y.to(device), label_smoothing=label_smoothing)
+                    x = augment(x, generator, jitter=config.jitter)
+                logits, embedding = model.forward_features(x.to(device), y)  # a margin head needs the labels
+                loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+                if projection is not None:
+                    target = teacher[idx].to(device)
+                    loss = loss + distill_weight * (1 - F.cosine_similarity(projection(embedding), target)).mean()
                 check_finite({"loss": loss}, epoch=epoch, step=step)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -63,5 +84,9 @@ def pretrain(model_config: ModelConfig, dataset: Dataset, config: TrainConfig, *
             log.info("pretrain epoch %d: loss %.4f", epoch, total / steps)
     seconds = time.perf_counter() - start
     predictions = predict(model, dataset.test, device=device)
-    test_acc = accuracy(predictions, dataset.test.labels, range(dataset.num_classes))
-    return model.cpu(), {"seconds": seconds, "test_acc": test_acc, "history": history}
+    classes = range(dataset.num_classes)
+    info = {"seconds": seconds, "test_acc": accuracy(predictions.top1, dataset.test.labels, classes),
+            "history": history}
+    if predictions.margin_top1 is not None:
+        info["test_acc_margin"] = accuracy(predictions.margin_top1, dataset.test.labels, classes)
+    return model.cpu(), info

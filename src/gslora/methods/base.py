@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from gslora.data import Request
+from gslora.data import ImageSet, Request
 from gslora.models import VisionClassifier
 from gslora.registry import Registry
 
@@ -27,11 +28,18 @@ class TaskContext:
         request: the class sets of this request.
         epochs: epochs the engine will run.
         steps_per_epoch: optimisation steps per epoch.
+        forget_data, retain_data: the request's training subsets.
+        original_model: returns the run's original (pre-trained) model, loaded on first use.
+        device: where training runs.
     """
 
     request: Request
     epochs: int
     steps_per_epoch: int
+    forget_data: ImageSet | None = None
+    retain_data: ImageSet | None = None
+    original_model: Callable[[], VisionClassifier] | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 
 class Method(ABC):

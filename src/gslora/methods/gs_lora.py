@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from gslora.adapters import (
     attach_lora,
+    delta_norms,
     find_ffn_groups,
     group_lasso,
     group_norms,
@@ -74,15 +75,22 @@ class GSLoRA(Method):
         self.peft_model = attach_lora(copy.deepcopy(model), self.groups, rank=self.config.rank,
                                       lora_alpha=self.config.lora_alpha)
         self.model = self.peft_model
+        self.classifier: VisionClassifier = self.peft_model.base_model.model  # the model, LoRA injected
         self.group_params = group_parameters(self.peft_model, self.groups)
         self.beta = self.config.beta_for(task.request.index)
         self.base_parameters = sum(p.numel() for p in model.parameters())
 
     def training_step(self, forget_batch: Batch, retain_batch: Batch, *, epoch: int) -> dict[str, torch.Tensor]:
         (x_f, y_f), (x_r, y_r) = forget_batch, retain_batch
-        logits = self.model(torch.cat([x_r, x_f]))  # one forward for both batches
-        retain = F.cross_entropy(logits[: len(x_r)], y_r)
-        forget_ce = F.cross_entropy(logits[len(x_r):], y_f)
+        # one forward for both batches; a margin head applies its margin to the true labels, as in training
+        logits, embedding = self.classifier.forward_features(torch.cat([x_r, x_f]), torch.cat([y_r, y_f]))
+        return self.loss_terms(logits, embedding, y_r, y_f, epoch=epoch)
+
+    def loss_terms(self, logits: torch.Tensor, embedding: torch.Tensor, y_r: torch.Tensor, y_f: torch.Tensor, *,
+                   epoch: int) -> dict[str, torch.Tensor]:
+        """The loss on a batch of retained then forgotten samples: (N_r + N_f, C) logits, (N_r + N_f, D) embeddings."""
+        retain = F.cross_entropy(logits[: len(y_r)], y_r)
+        forget_ce = F.cross_entropy(logits[len(y_r):], y_f)
         forget = bounded_forgetting_loss(forget_ce, self.config.bnd)
         lasso = group_lasso(self.group_params)
         alpha = 0.0 if epoch < self.config.alpha_warmup_epochs else self.config.alpha
@@ -91,6 +99,7 @@ class GSLoRA(Method):
 
     def end_task(self, task: TaskContext) -> VisionClassifier:
         self.final_norms = group_norms(self.group_params).detach().tolist()
+        self.final_deltas = delta_norms(self.peft_model, self.groups)
         return merge_adapter(self.peft_model)
 
     def save_artifacts(self, directory: Path) -> dict[str, str]:
@@ -101,6 +110,7 @@ class GSLoRA(Method):
         trainable = sum(p.numel() for group in self.group_params for p in group)
         return {
             "group_norms": {g.block: n for g, n in zip(self.groups, self.final_norms)},
+            "delta_norms": {g.block: n for g, n in zip(self.groups, self.final_deltas)},
             "trainable_parameters": trainable,
             "base_parameters": self.base_parameters,
             "trainable_ratio": trainable / self.base_parameters,

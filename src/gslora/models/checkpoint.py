@@ -23,11 +23,14 @@ CONFIG_FILE = "config.json"
 def save_checkpoint(model: VisionClassifier, directory: str | Path, *, classes: list[str],
                     extra: dict[str, Any] | None = None, replace: bool = False) -> str:
     """Write ``model`` atomically as a checkpoint directory; return the weights' SHA-256."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_directory(directory, replace=replace) as tmp:
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "gslora_version": gslora.__version__})
         digest = sha256_file(tmp / WEIGHTS_FILE)
-        meta = {"gslora_version": gslora.__version__, "model": to_dict(model.config) | {"weights": None},
+        model_config = to_dict(model.config) | {"weights": None, "pretrained": False}  # weights are in the file
+        if model.config.family == "hf":
+            model_config["hf_config"] = model.net.config.to_dict()  # rebuild offline, whatever the name
+        meta = {"gslora_version": gslora.__version__, "model": model_config,
                 "classes": list(classes), "sha256": digest, **(extra or {})}
         atomic_write_json(tmp / CONFIG_FILE, meta)
     return digest
@@ -62,8 +65,10 @@ def load_checkpoint(path: str | Path) -> tuple[VisionClassifier, dict[str, Any]]
 
 
 def load_weights(model: VisionClassifier, path: str | Path) -> None:
-    """Load a ``.safetensors`` or ``.pth`` state dict into ``model.net`` (strict).
+    """Load a ``.safetensors`` or ``.pth`` state dict into ``model`` (strict).
 
+    A gslora state dict (keys ``net.*`` and ``head.*``) loads into the whole model; any other, such
+    as a timm, torchvision or transformers state dict, into the family's network ``model.net``.
     ``.pth`` files are read with ``torch.load(weights_only=True)``; a ``{"state_dict": ...}`` or
     ``{"model": ...}`` wrapper is unwrapped.
 
@@ -83,7 +88,8 @@ def load_weights(model: VisionClassifier, path: str | Path) -> None:
                     state = state[key]
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
         raise GSLoRAError(f"cannot read weights {str(path)!r}: {exc}") from exc
-    expected = model.net.state_dict()
+    target = model if any(k.startswith("net.") for k in state) else model.net
+    expected = target.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     mismatched = [f"{k}: {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in expected.items()
@@ -95,4 +101,4 @@ def load_weights(model: VisionClassifier, path: str | Path) -> None:
                 parts.append(f"{label}: {', '.join(items[:4])}{' ...' if len(items) > 4 else ''}")
         raise GSLoRAError(f"checkpoint {str(path)!r} does not fit the model ({'; '.join(parts)}); check the model "
                           "config (family, name, depth, width, heads, patch_size, image_size, num_classes)")
-    model.net.load_state_dict(state, strict=True)
+    target.load_state_dict(state, strict=True)

@@ -14,7 +14,8 @@ def task_rows(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     for r in manifest["requests"]:
         rows.append({"task": r["index"], "forget_classes": r["forget_classes"],
                      "forget_class_names": r["forget_class_names"], **r["metrics"], "seconds": r["seconds"],
-                     "trainable_ratio": r.get("trainable_ratio"), "group_norms": r.get("group_norms", {})})
+                     "trainable_ratio": r.get("trainable_ratio"), "group_norms": r.get("group_norms", {}),
+                     "delta_norms": r.get("delta_norms", {})})
     return rows
 
 
@@ -81,6 +82,7 @@ def plot_accuracies(manifest: dict[str, Any], path: Path) -> None:
 
 
 def plot_group_norms(manifest: dict[str, Any], path: Path) -> None:
+    """Heat maps, block x request: the penalised group norm and the norm of the weight edit it made."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -88,19 +90,22 @@ def plot_group_norms(manifest: dict[str, Any], path: Path) -> None:
     import numpy as np
 
     rows = [row for row in task_rows(manifest) if row["group_norms"]]
-    fig, ax = plt.subplots(figsize=(6.4, 4))
-    if rows:
-        blocks = list(rows[0]["group_norms"])
-        norms = np.array([[row["group_norms"].get(b, 0.0) for b in blocks] for row in rows])
-        image = ax.imshow(norms.T, aspect="auto", cmap="viridis", origin="lower")
-        fig.colorbar(image, ax=ax, label="||theta_g||_2")
-        ax.set_xticks(range(len(rows)), [str(row["task"]) for row in rows])
-        ax.set_yticks(range(len(blocks)), [str(i) for i in range(len(blocks))])
-        ax.set_ylabel("block (group)")
-    else:
-        ax.text(0.5, 0.5, "this method has no adapter groups", ha="center", va="center")
-    ax.set_xlabel("request")
-    ax.set_title("LoRA group norm per block and request")
+    panels = (("group_norms", "group norm ||theta_g||_2 (penalised)"), ("delta_norms", "edit ||scaling B A||_F"))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, (key, title) in zip(axes, panels):
+        if rows and rows[0][key]:
+            blocks = list(rows[0][key])
+            norms = np.array([[row[key].get(b, 0.0) for b in blocks] for row in rows])
+            image = ax.imshow(norms.T, aspect="auto", cmap="viridis", origin="lower")
+            fig.colorbar(image, ax=ax)
+            ax.set_xticks(range(len(rows)), [str(row["task"]) for row in rows])
+            ax.set_yticks(range(len(blocks)), [str(i) for i in range(len(blocks))])
+            ax.set_ylabel("block (group)")
+        else:
+            ax.text(0.5, 0.5, "no adapter groups", ha="center", va="center")
+        ax.set_xlabel("request")
+        ax.set_title(title, fontsize=10)
+    fig.suptitle("LoRA groups per block and request")
     fig.tight_layout()
     atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)

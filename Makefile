@@ -1,0 +1,55 @@
+# The README's commands. `make demo` and `make test` set up everything they need on a fresh Debian
+# machine: Debian's dataset-fashion-mnist (apt), a virtual environment in $(VENV), and the package.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEPS_STAMP := $(VENV)/.deps-$(shell sha256sum pyproject.toml | cut -c1-16)
+FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+DEMO_MODEL := .cache/demo/base/config.json
+
+.PHONY: demo test test-slow bench lint venv system clean
+
+demo: venv system $(DEMO_MODEL)
+	rm -rf runs/demo
+	$(VENV)/bin/gslora forget --config configs/demo_forget.yaml --out runs/demo
+	@echo "report: runs/demo/report.md, plots: runs/demo/accuracy.png runs/demo/group_norms.png"
+
+test: venv system
+	$(PY) -m pytest -q
+
+test-slow: venv system
+	$(PY) -m pytest -q -m slow
+
+bench: venv system
+	$(PY) benchmarks/fashion_mnist_continual/run.py
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+# Pre-train the demo's small Fashion-MNIST ViT once; later demos reuse it.
+$(DEMO_MODEL): configs/demo_pretrain.yaml | venv system
+	$(VENV)/bin/gslora pretrain --config configs/demo_pretrain.yaml --overwrite
+
+system: $(FASHION)
+
+$(FASHION):
+	$(SUDO) apt-get update
+	$(SUDO) apt-get install -y dataset-fashion-mnist
+
+$(PY):
+	python3 -m venv $(VENV) || { $(SUDO) apt-get update && $(SUDO) apt-get install -y python3-venv && \
+		python3 -m venv $(VENV); }
+
+# Dependencies are reinstalled only when pyproject.toml changes; the package itself is re-linked to
+# this checkout every time (cheap), so a cached $(VENV) works for any clone.
+$(DEPS_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -e '.[test]'
+	rm -f $(VENV)/.deps-* && touch $@
+
+venv: $(DEPS_STAMP)
+	$(PY) -m pip install -q --no-deps -e .
+
+clean:
+	rm -rf runs .cache .pytest_cache .ruff_cache

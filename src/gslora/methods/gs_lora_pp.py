@@ -1,0 +1,93 @@
+"""GS-LoRA++: GS-LoRA with prototype regularisation (Zhao et al., "Practical Continual Forgetting for
+Pre-trained Vision Models", arXiv 2501.09705).
+
+Loss: GS-LoRA's loss + w_f * ReLU(BND_pro - d(z_f, p_{y_f})) + w_r * d(z_r, p_{y_r}), with p_c the mean
+embedding of class c over the request's training data, taken at the start of the request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from gslora.config import require
+from gslora.losses import class_prototypes, prototype_pull_loss, prototype_push_loss
+from gslora.methods.base import METHODS, TaskContext
+from gslora.methods.gs_lora import GSLoRA, GSLoRAConfig
+from gslora.models import VisionClassifier
+
+
+@dataclass
+class GSLoRAPPConfig(GSLoRAConfig):
+    """GS-LoRA++ hyper-parameters on top of GS-LoRA's (reference values in brackets).
+
+    Args:
+        w_f: weight of the push term, one value or one per request [0.01 full data; 0.015, 0.06, 0.025,
+            0.012 few-shot].
+        w_r: weight of the pull term [0 in every released script].
+        bnd_pro: bound of the push term [18; 50 few-shot].
+        distance: ``kl`` (the reference: KL between softmaxes over feature dimensions) or ``cosine``.
+        prototypes: ``current`` (the model at the start of the request, as the reference) or ``original``
+            (the pre-trained model).
+    """
+
+    w_f: float | list[float] = 0.01
+    w_r: float = 0.0
+    bnd_pro: float = 18.0
+    distance: str = "kl"
+    prototypes: str = "current"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        weights = self.w_f if isinstance(self.w_f, list) else [self.w_f]
+        require(len(weights) > 0 and all(w >= 0 for w in weights), "method.w_f", self.w_f,
+                "must be a number >= 0 or a non-empty list of them")
+        require(self.w_r >= 0, "method.w_r", self.w_r, "must be >= 0")
+        require(self.bnd_pro > 0, "method.bnd_pro", self.bnd_pro, "must be > 0")
+        require(self.distance in ("kl", "cosine"), "method.distance", self.distance, "must be kl or cosine")
+        require(self.prototypes in ("current", "original"), "method.prototypes", self.prototypes,
+                "must be current or original")
+
+    def w_f_for(self, request_index: int) -> float:
+        weights = self.w_f if isinstance(self.w_f, list) else [self.w_f]
+        return float(weights[min(request_index, len(weights) - 1)])
+
+
+@torch.no_grad()
+def embed_all(model: VisionClassifier, images: torch.Tensor, *, device: torch.device,
+              batch_size: int = 256) -> torch.Tensor:
+    """Embeddings of ``images`` in eval mode (the model's mode is restored)."""
+    was_training = model.training
+    model.eval()
+    out = torch.cat([model.embed(images[i:i + batch_size].to(device)) for i in range(0, len(images), batch_size)])
+    model.train(was_training)
+    return out
+
+
+@METHODS.register("gs_lora_pp")
+class GSLoRAPP(GSLoRA):
+    config_class = GSLoRAPPConfig
+
+    def setup_task(self, model: VisionClassifier, task: TaskContext) -> None:
+        super().setup_task(model, task)
+        source = task.original_model() if self.config.prototypes == "original" and task.original_model else model
+        source = source.to(task.device)
+        images = torch.cat([task.forget_data.images, task.retain_data.images])
+        labels = torch.cat([task.forget_data.labels, task.retain_data.labels]).to(task.device)
+        self.prototypes, self.has_prototype = class_prototypes(embed_all(source, images, device=task.device), labels,
+                                                               model.config.num_classes)
+        self.w_f = self.config.w_f_for(task.request.index)
+
+    def loss_terms(self, logits: torch.Tensor, embedding: torch.Tensor, y_r: torch.Tensor, y_f: torch.Tensor, *,
+                   epoch: int) -> dict[str, torch.Tensor]:
+        terms = super().loss_terms(logits, embedding, y_r, y_f, epoch=epoch)
+        z_r, z_f = embedding[: len(y_r)], embedding[len(y_r):]
+        push = prototype_push_loss(z_f, self.prototypes[y_f], self.config.bnd_pro, self.config.distance)
+        pull = prototype_pull_loss(z_r, self.prototypes[y_r], self.config.distance)
+        terms["loss"] = terms["loss"] + self.w_f * push + self.config.w_r * pull
+        return {**terms, "proto_push": push, "proto_pull": pull}
+
+    def diagnostics(self) -> dict[str, Any]:
+        return {**super().diagnostics(), "prototype_classes": int(self.has_prototype.sum())}

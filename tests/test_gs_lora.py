@@ -1,0 +1,50 @@
+"""GS-LoRA's loss terms: alpha warm-up and per-request beta."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gslora.data import Request
+from gslora.methods import GSLoRA, GSLoRAConfig, TaskContext
+from gslora.models import build_model
+from tests.conftest import tiny_model_config
+
+
+def _step(config: GSLoRAConfig, epoch: int, request_index: int = 0) -> tuple[dict, GSLoRA]:
+    torch.manual_seed(0)
+    method = GSLoRA(config)
+    method.setup_task(build_model(tiny_model_config()), TaskContext(Request(request_index, (0,), (1,), ()), 3, 1))
+    with torch.no_grad():  # a non-zero adapter, so the group lasso is not just A's norm
+        for name, p in method.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    x = torch.randint(0, 255, (4, 1, 28, 28), dtype=torch.uint8)
+    terms = method.training_step((x[:2], torch.tensor([0, 0])), (x[2:], torch.tensor([1, 1])), epoch=epoch)
+    return terms, method
+
+
+def test_loss_is_the_sum_of_the_papers_terms_with_alpha_warmup():
+    config = GSLoRAConfig(alpha=0.01, alpha_warmup_epochs=2, beta=0.3, bnd=50.0)
+    warm, _ = _step(config, epoch=1)
+    assert warm["loss"].item() == pytest.approx((warm["retain"] + 0.3 * warm["forget"]).item(), rel=1e-6)
+    assert warm["forget"].item() == pytest.approx(50.0 - warm["forget_ce"].item(), rel=1e-6)
+    after, _ = _step(config, epoch=2)
+    expected = after["retain"] + 0.3 * after["forget"] + 0.01 * after["group_lasso"]
+    assert after["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert after["group_lasso"].item() > 0
+
+
+def test_beta_per_request_repeats_the_last_value():
+    config = GSLoRAConfig(beta=[0.2, 0.25, 0.3])
+    assert [config.beta_for(i) for i in range(5)] == [0.2, 0.25, 0.3, 0.3, 0.3]
+    _, method = _step(config, epoch=0, request_index=1)
+    assert method.beta == 0.25
+
+
+def test_trainable_parameters_are_exactly_the_lora_tensors():
+    _, method = _step(GSLoRAConfig(rank=8), epoch=0)
+    names = {n for n, p in method.model.named_parameters() if p.requires_grad}
+    assert names and all("lora_A" in n or "lora_B" in n for n in names)
+    # 2 blocks x 2 layers x (8 * 32 + 128 * 8) for fc1 and (8 * 128 + 32 * 8) for fc2
+    assert sum(p.numel() for p in method.trainable_parameters()) == 2 * (8 * 32 + 128 * 8 + 8 * 128 + 32 * 8)

@@ -1,0 +1,105 @@
+"""GS-LoRA++ prototype terms, the missing-class setting, the CosFace head and verification metrics."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gslora.config import DataConfig, ModelConfig, SequenceConfig
+from gslora.data import ImageSet, Request, build_requests, class_order, load_dataset, request_data
+from gslora.engine.evaluate import predict
+from gslora.errors import GSLoRAError
+from gslora.losses import class_prototypes, prototype_distance, prototype_pull_loss, prototype_push_loss
+from gslora.methods import GSLoRAPP, GSLoRAPPConfig, TaskContext
+from gslora.metrics import tar_at_far, verification
+from gslora.models import build_model
+from gslora.models.heads import CosFaceHead
+from tests.conftest import make_npz, tiny_model_config
+
+
+def test_prototypes_are_exact_class_means():
+    z = torch.tensor([[1.0, 2.0], [3.0, 4.0], [10.0, 0.0], [-1.0, 5.0]])
+    labels = torch.tensor([0, 0, 2, 0])
+    protos, present = class_prototypes(z, labels, num_classes=4)
+    assert present.tolist() == [True, False, True, False]
+    torch.testing.assert_close(protos[0], torch.tensor([1.0, 11 / 3]))
+    torch.testing.assert_close(protos[2], torch.tensor([10.0, 0.0]))
+
+
+@pytest.mark.parametrize("kind", ["kl", "cosine"])
+def test_push_is_zero_past_bnd_and_pull_is_zero_at_the_prototype(kind):
+    p = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, 1.0]])
+    assert prototype_pull_loss(p.clone(), p, kind).item() == pytest.approx(0.0, abs=1e-6)
+    far = torch.tensor([[-5.0, 9.0, 0.0], [7.0, -6.0, 0.0]])
+    d = prototype_distance(far, p, kind).item()
+    assert d > 0
+    assert prototype_push_loss(far, p, bnd=d * 0.9, kind=kind).item() == 0.0
+    assert prototype_push_loss(far, p, bnd=d + 1.0, kind=kind).item() == pytest.approx(1.0, rel=1e-5)
+
+
+def test_kl_distance_is_the_reference_formula():
+    z, p = torch.randn(4, 6), torch.randn(4, 6)
+    expected = sum((p[i].softmax(0) * (p[i].log_softmax(0) - z[i].log_softmax(0))).sum() for i in range(4)) / 4
+    assert prototype_distance(z, p, "kl").item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_gs_lora_pp_adds_weighted_prototype_terms():
+    torch.manual_seed(0)
+    model = build_model(tiny_model_config())
+    x = torch.randint(0, 255, (8, 1, 28, 28), dtype=torch.uint8)
+    forget, retain = ImageSet(x[:4], torch.tensor([0, 0, 3, 3])), ImageSet(x[4:], torch.tensor([1, 1, 2, 2]))
+    method = GSLoRAPP(GSLoRAPPConfig(w_f=[0.5, 0.1], w_r=0.25, bnd_pro=30.0, beta=0.2, alpha=0.0))
+    method.setup_task(model, TaskContext(Request(0, (0, 3), (1, 2), ()), 1, 1, forget_data=forget,
+                                         retain_data=retain))
+    assert method.has_prototype.tolist() == [True, True, True, True] + [False] * 6
+    expected = class_prototypes(model.eval().embed(x), torch.cat([forget.labels, retain.labels]), 10)[0]
+    torch.testing.assert_close(method.prototypes, expected)
+    terms = method.training_step((forget.images, forget.labels), (retain.images, retain.labels), epoch=0)
+    base = terms["retain"] + 0.2 * terms["forget"]
+    assert terms["loss"].item() == pytest.approx((base + 0.5 * terms["proto_push"] + 0.25 * terms["proto_pull"]).item(),
+                                                 rel=1e-5)
+    assert terms["proto_push"].item() == pytest.approx(30.0, abs=0.5)  # fresh adapter: embeddings sit at the prototypes
+
+
+def test_missing_classes_get_no_training_images(tmp_path):
+    dataset = load_dataset(DataConfig(dataset=str(make_npz(tmp_path / "d.npz", per_class_train=[6] * 10))))
+    config = SequenceConfig(num_requests=2, classes_per_request=2, missing_classes=3, ratio=1.0)
+    order = class_order(10, config.order_seed)
+    requests = build_requests(config, dataset.classes)
+    for r in requests:
+        assert r.missing == tuple(order[:3]) and set(r.missing) <= set(r.retain)
+        data = request_data(dataset, r, config)
+        trained = set(dataset.train.labels[data.retain_indices].tolist())
+        assert trained == set(r.retain) - set(r.missing)
+    with pytest.raises(GSLoRAError, match="sequence.missing_classes keeps without data"):
+        build_requests(SequenceConfig(requests=[[order[0]]], missing_classes=3), dataset.classes)
+
+
+def test_cosface_head_margin_and_margin_accuracy():
+    head = CosFaceHead(2, 3, s=10.0, m=0.4)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]))
+    emb = torch.tensor([[1.0, 0.8]])  # cos to class 0: 0.781, class 1: 0.625
+    plain = head(emb)
+    torch.testing.assert_close(plain, 10 * torch.nn.functional.normalize(emb) @ head.weight.T)
+    margin = head(emb, torch.tensor([0]))
+    assert margin[0, 0].item() == pytest.approx(plain[0, 0].item() - 4.0)
+    assert plain.argmax().item() == 0 and margin.argmax().item() == 1  # right by cosine, wrong with the margin
+
+    model = build_model(ModelConfig(depth=1, width=32, heads=2, patch_size=7, num_classes=5, head="cosface"))
+    data = ImageSet(torch.randint(0, 255, (6, 1, 28, 28), dtype=torch.uint8), torch.tensor([0, 1, 2, 3, 4, 0]))
+    preds = predict(model, data, device=torch.device("cpu"), embeddings=True)
+    assert preds.margin_top1 is not None and preds.embeddings.shape == (6, 32)
+    plain_right = preds.top1 == data.labels
+    assert not ((preds.margin_top1 == data.labels) & ~plain_right).any()  # the margin can only take hits away
+
+
+def test_tar_at_far_on_hand_made_scores_and_embeddings():
+    impostor = torch.arange(100, dtype=torch.float) / 100  # 0.00 .. 0.99
+    genuine = torch.tensor([0.985, 0.995, 0.5, 0.2])
+    assert tar_at_far(genuine, impostor, 0.01) == pytest.approx(25.0)  # threshold 0.99: one genuine pair above
+    assert tar_at_far(genuine, impostor, 0.1) == pytest.approx(50.0)  # threshold 0.90
+    e = torch.tensor([[1.0, 0.0], [0.99, 0.1], [0.0, 1.0], [0.1, 0.99], [-1.0, 0.0], [0.0, -1.0]])
+    labels = torch.tensor([0, 0, 1, 1, 2, 3])
+    out = verification(e, labels, {"a": [0], "b": [1], "c": [2]}, fars=[0.1])
+    assert out["a"]["far=0.1"] == 100.0 and out["b"]["far=0.1"] == 100.0 and out["c"]["far=0.1"] is None

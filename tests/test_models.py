@@ -1,0 +1,61 @@
+"""Model builders, input adaptation and checkpoint I/O."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from gslora.config import ModelConfig
+from gslora.errors import GSLoRAError
+from gslora.models import FAMILIES, build_model, load_checkpoint, load_weights, save_checkpoint
+from tests.conftest import tiny_model_config
+
+
+@pytest.mark.parametrize("family", FAMILIES.names())
+def test_every_family_gives_logits_and_embeddings_for_grey_and_colour_input(family):
+    model = build_model(tiny_model_config(family)).eval()
+    for images in (torch.randint(0, 255, (2, 1, 28, 28), dtype=torch.uint8),
+                   torch.randint(0, 255, (2, 3, 40, 40), dtype=torch.uint8)):
+        assert model(images).shape == (2, 10)
+        assert model.embed(images).shape == (2, 32)
+
+
+@pytest.mark.parametrize("family, name, size, width", [("timm", "vit_tiny_patch16_224", 32, 192),
+                                                       ("torchvision", "vit_b_32", 64, 768)])
+def test_named_models_build_offline(family, name, size, width):
+    model = build_model(ModelConfig(family=family, name=name, image_size=size, in_chans=3, num_classes=7)).eval()
+    x = torch.randint(0, 255, (1, 3, size, size), dtype=torch.uint8)
+    assert model(x).shape == (1, 7) and model.embed(x).shape == (1, width)
+
+
+def test_unknown_named_model_is_a_clear_error():
+    with pytest.raises(GSLoRAError, match="torchvision has no model 'vit_z_99'"):
+        build_model(ModelConfig(family="torchvision", name="vit_z_99"))
+
+
+def test_checkpoint_round_trip_and_pth_weights(tmp_path):
+    model = build_model(tiny_model_config()).eval()
+    digest = save_checkpoint(model, tmp_path / "ck", classes=[str(i) for i in range(10)])
+    meta = json.loads((tmp_path / "ck" / "config.json").read_text())
+    assert meta["sha256"] == digest and meta["gslora_version"] and meta["model"]["depth"] == 2
+    loaded, _ = load_checkpoint(tmp_path / "ck")
+    x = torch.randint(0, 255, (2, 1, 28, 28), dtype=torch.uint8)
+    torch.testing.assert_close(loaded.eval()(x), model(x))
+    torch.save({"state_dict": model.net.state_dict()}, tmp_path / "w.pth")
+    other = build_model(tiny_model_config())
+    load_weights(other, tmp_path / "w.pth")
+    torch.testing.assert_close(other.eval()(x), model(x))
+    with pytest.raises(FileExistsError):
+        save_checkpoint(model, tmp_path / "ck", classes=[])
+
+
+def test_weights_that_do_not_fit_name_the_mismatch(tmp_path):
+    model = build_model(tiny_model_config(num_classes=5))
+    torch.save(model.net.state_dict(), tmp_path / "w.pth")
+    with pytest.raises(GSLoRAError, match=r"shape mismatch: head.weight: \(5, 32\) vs model \(10, 32\)"):
+        load_weights(build_model(tiny_model_config()), tmp_path / "w.pth")
+    (tmp_path / "bad.safetensors").write_bytes(b"garbage")
+    with pytest.raises(GSLoRAError, match="cannot read weights"):
+        load_weights(model, tmp_path / "bad.safetensors")

@@ -247,3 +247,29 @@ def test_classes_without_test_images_are_refused_before_training(base_checkpoint
     np.savez(data, **{**arrays, "x_test": arrays["x_test"][keep], "y_test": arrays["y_test"][keep]})
     _expect_error(capsys, ["forget", "--checkpoint", str(base_checkpoint), "--data", str(data), "--classes", "Bag",
                            "--out", str(tmp_path / "run"), *FORGET], "Bag have no test images")
+
+
+def test_gs_lora_pp_with_missing_classes_and_set_overrides(base_checkpoint, fashion_subset, tmp_path):
+    data, _ = fashion_subset
+    run = tmp_path / "run"
+    assert main(["forget", "--checkpoint", str(base_checkpoint), "--data", str(data), "--classes", "Bag",
+                 "--method", "gs_lora_pp", "--missing-classes", "2", "--set", "method.w_r=0.1",
+                 "--set", "method.distance=cosine", "--out", str(run), *FORGET]) == 0
+    manifest = json.loads((run / "manifest.json").read_text())
+    [request] = manifest["requests"]
+    assert request["method"]["name"] == "gs_lora_pp" and request["method"]["w_r"] == 0.1
+    assert len(request["missing_classes"]) == 2 and set(request["missing_classes"]) <= set(request["retain_classes"])
+    assert request["prototype_classes"] == 8  # the forget class and the 7 retained classes with data
+    m = request["metrics"]
+    assert m["acc_m"] is not None and m["acc_m_before"] is not None
+    assert m["acc_f"] < 10
+    _, subset = fashion_subset
+    with_data = [c for c in request["retain_classes"] if c not in request["missing_classes"]]
+    expected = sum(round(0.5 * int((subset.train.labels == c).sum())) for c in with_data)
+    assert request["train_images"]["retain"] == expected
+
+
+def test_set_rejects_malformed_assignments(base_checkpoint, fashion_subset, tmp_path, capsys):
+    _expect_error(capsys, ["forget", "--checkpoint", str(base_checkpoint), "--data", str(fashion_subset[0]),
+                           "--classes", "Bag", "--set", "method.w_r", "--out", str(tmp_path / "r")],
+                  "use --set section.key=value")

@@ -39,6 +39,21 @@ def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
     tree[leaf] = value
 
 
+def _apply_sets(tree: dict[str, Any], assignments: list[str] | None) -> None:
+    """Apply ``--set a.b=value`` overrides; values are parsed as YAML (numbers, lists, true/false)."""
+    import yaml
+
+    for item in assignments or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise GSLoRAError(f"--set {item!r}: use --set section.key=value, for example --set method.w_r=0.1")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise GSLoRAError(f"--set {item!r}: the value is not valid YAML ({exc})") from exc
+        _set(tree, key.strip(), value)
+
+
 def _split_classes(text: str) -> list[str]:
     return [c.strip() for c in text.split(",") if c.strip()]
 
@@ -77,6 +92,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
                           ("train.augment", args.augment), ("train.device", args.device), ("out", args.out),
                           ("distill.teacher", args.teacher), ("distill.weight", args.distill_weight)):
         _set(tree, dotted, value)
+    _apply_sets(tree, args.set)
     out = tree.pop("out", None)
     if not out:
         raise GSLoRAError("no output directory: pass --out DIR (or 'out:' in the config file)")
@@ -169,9 +185,11 @@ def cmd_forget(args: argparse.Namespace) -> int:
                           ("sequence.num_requests", args.num_requests),
                           ("sequence.classes_per_request", args.classes_per_request),
                           ("sequence.ratio", args.ratio), ("sequence.shots", args.shots),
+                          ("sequence.missing_classes", args.missing_classes),
                           ("train.epochs", args.epochs), ("train.lr", args.lr), ("train.batch_size", args.batch_size),
                           ("train.device", args.device)):
         _set(tree, dotted, value)
+    _apply_sets(tree, args.set)
     method = dict(tree.get("method", {}))
     if args.method and method.get("name", args.method) != args.method:
         method = {}  # another method: the file's hyper-parameters were for the one it named
@@ -281,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", help=".npz with one target embedding per training image (distillation)")
     p.add_argument("--distill-weight", type=float, help="weight of the distillation term (default 10)")
     p.add_argument("--device")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="set any config field, for example --set model.head=cosface --set train.jitter=0.3")
     p.add_argument("--out", help="checkpoint directory to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(func=cmd_pretrain)
@@ -297,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--classes-per-request", type=int)
     f.add_argument("--ratio", type=float, help="fraction of each class's training images per request")
     f.add_argument("--shots", type=int, help="training images per class per request (few-shot)")
+    f.add_argument("--missing-classes", type=int,
+                   help="the first M classes of the seeded order are retained without training data (Acc_m)")
     f.add_argument("--method", help="registered method name (default gs_lora)")
     f.add_argument("--beta", type=float)
     f.add_argument("--bnd", type=float)
@@ -306,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--lr", type=float)
     f.add_argument("--batch-size", type=int)
     f.add_argument("--device")
+    f.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="set any config field, for example --set method.w_r=0.1 --set train.min_lr=1e-6")
     f.add_argument("--out", help="new run directory")
     f.add_argument("--run", help="existing run directory: apply the requests on top of its latest model")
     f.set_defaults(func=cmd_forget)

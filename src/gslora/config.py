@@ -47,6 +47,8 @@ class ModelConfig:
         cosface_s, cosface_m: CosFace scale and margin (reference: 64 and 0.35).
         hf_config: a transformers ``ViTConfig`` as a dict (checkpoints store it to rebuild offline).
         drop_path: stochastic-depth rate (timm models; regularises pre-training on small data).
+        stem: ``patch`` (the ViT patchify convolution) or ``conv`` (a convolutional stem, timm models
+            built by shape; trains far better on small data sets).
     """
 
     family: str = "timm"
@@ -68,6 +70,7 @@ class ModelConfig:
     cosface_m: float = 0.35
     hf_config: dict | None = None
     drop_path: float = 0.0
+    stem: str = "patch"
 
     def __post_init__(self) -> None:
         require(self.family in MODEL_FAMILIES, "model.family", self.family, f"must be one of {MODEL_FAMILIES}")
@@ -75,6 +78,9 @@ class ModelConfig:
             require(getattr(self, name) >= 1, f"model.{name}", getattr(self, name), "must be >= 1")
         require(self.width % self.heads == 0, "model.width", self.width, f"must be divisible by heads={self.heads}")
         require(self.std > 0, "model.std", self.std, "must be > 0")
+        require(self.stem in ("patch", "conv"), "model.stem", self.stem, "must be patch or conv")
+        require(self.stem == "patch" or (self.family == "timm" and self.name is None), "model.stem", self.stem,
+                "a conv stem is available for timm models built by shape (family timm, no name)")
         require(0 <= self.drop_path < 1, "model.drop_path", self.drop_path, "must be in [0, 1)")
         require(self.head in ("linear", "cosface"), "model.head", self.head, "must be linear or cosface")
         require(self.cosface_s > 0 and self.cosface_m >= 0, "model.cosface_s/cosface_m",
@@ -151,6 +157,7 @@ class TrainConfig:
         warmup_epochs: linear learning-rate warm-up (pre-training).
         augment: random shift and horizontal flip on training batches.
         jitter: with ``augment``, brightness/contrast jitter strength (0 = off).
+        label_smoothing: of the pre-training cross-entropy (keep 0 with a margin head such as CosFace).
         seed: seed of initialisation and batch order.
         device: ``cpu``, ``cuda`` or ``auto``.
         max_grad_norm: gradient clipping (0 disables it).
@@ -164,6 +171,7 @@ class TrainConfig:
     warmup_epochs: int = 0
     augment: bool = False
     jitter: float = 0.0
+    label_smoothing: float = 0.0
     seed: int = 1337
     device: str = "auto"
     max_grad_norm: float = 0.0
@@ -174,6 +182,7 @@ class TrainConfig:
         require(self.lr > 0 and math.isfinite(self.lr), "train.lr", self.lr, "must be a positive number")
         require(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "must be >= 0")
         require(0 <= self.min_lr <= self.lr, "train.min_lr", self.min_lr, f"must be in [0, lr={self.lr}]")
+        require(0 <= self.label_smoothing < 1, "train.label_smoothing", self.label_smoothing, "must be in [0, 1)")
         require(self.max_grad_norm >= 0, "train.max_grad_norm", self.max_grad_norm, "must be >= 0 (0 disables)")
         require(0 <= self.warmup_epochs < self.epochs, "train.warmup_epochs", self.warmup_epochs,
                 "must be >= 0 and < epochs")

@@ -28,7 +28,7 @@ from gslora.models import VisionClassifier, build_model
 log = logging.getLogger(__name__)
 
 
-def pretrain(model_config: ModelConfig, dataset: Dataset, config: TrainConfig, *, label_smoothing: float = 0.1,
+def pretrain(model_config: ModelConfig, dataset: Dataset, config: TrainConfig, *,
              teacher: torch.Tensor | None = None, distill_weight: float = 0.0,
              progress: ProgressFactory = no_progress) -> tuple[VisionClassifier, dict[str, Any]]:
     """Train a model on every class of ``dataset``; returns the model and {seconds, test_acc, history}.
@@ -67,7 +67,7 @@ def pretrain(model_config: ModelConfig, dataset: Dataset, config: TrainConfig, *
                 if config.augment:
                     x = augment(x, generator, jitter=config.jitter)
                 logits, embedding = model.forward_features(x.to(device), y)  # a margin head needs the labels
-                loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+                loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
                 if projection is not None:
                     target = teacher[idx].to(device)
                     loss = loss + distill_weight * (1 - F.cosine_similarity(projection(embedding), target)).mean()

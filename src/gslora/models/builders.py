@@ -16,6 +16,7 @@ from torch import nn
 from gslora.config import ModelConfig
 from gslora.errors import GSLoRAError
 from gslora.models.heads import CosFaceHead
+from gslora.models.stems import ConvStem
 from gslora.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,8 @@ def build_timm(config: ModelConfig) -> tuple[nn.Module, int, int]:
     shape = {"img_size": config.image_size, "in_chans": config.in_chans, "num_classes": config.num_classes,
              "drop_path_rate": config.drop_path}
     if config.name is None:
+        if config.stem == "conv":
+            shape["embed_layer"] = ConvStem
         net = timm.create_model("vit_base_patch16_224", pretrained=False, patch_size=config.patch_size,
                                 embed_dim=config.width, depth=config.depth, num_heads=config.heads,
                                 mlp_ratio=config.mlp_ratio, **shape)

@@ -12,7 +12,7 @@ def task_rows(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     """One flat record per request: classes, accuracies (percent), H-Means, seconds, group norms."""
     rows = []
     for r in manifest["requests"]:
-        rows.append({"task": r["index"], "forget_classes": r["forget_classes"],
+        rows.append({"task": r["index"], "forget_classes": r["forget_classes"], "acc_m": None,
                      "forget_class_names": r["forget_class_names"], **r["metrics"], "seconds": r["seconds"],
                      "trainable_ratio": r.get("trainable_ratio"), "group_norms": r.get("group_norms", {}),
                      "delta_norms": r.get("delta_norms", {})})
@@ -43,14 +43,30 @@ def markdown_table(manifest: dict[str, Any]) -> str:
     for r in manifest["requests"]:
         m = r["metrics"]
         names = ", ".join(classes[c] for c in r["forget_classes"])
+        names = names if len(names) <= 60 else f"{len(r['forget_classes'])} classes"
         lines.append(f"| {r['index']} | {names} | {_fmt(m['acc_f_before'])} -> {_fmt(m['acc_f'])} | "
                      f"{_fmt(m['acc_r_before'])} -> {_fmt(m['acc_r'])} | {_fmt(m['acc_o'])} | {_fmt(m['h_mean'])} | "
                      f"{_fmt(m['h_mean_original'])} | {_fmt(m['h_max'])} | {r['seconds']:.1f} |")
+    extra = [r for r in manifest["requests"] if r["metrics"].get("acc_m") is not None or "margin" in r["metrics"]
+             or "tar_f" in r["metrics"]]
+    if extra:
+        lines += ["", "| request | Acc_m before -> after | margin-penalised Acc_f / Acc_r / H | TAR@FAR=1% forgotten "
+                  "before -> after | TAR@FAR=1% retained before -> after |", "|---|---|---|---|---|"]
+        for r in extra:
+            m = r["metrics"]
+            margin = m.get("margin") or {}
+            tar = {k: (m.get(k) or {}).get("far=0.01") for k in ("tar_f_before", "tar_f", "tar_r_before", "tar_r")}
+            lines.append(f"| {r['index']} | {_fmt(m.get('acc_m_before'))} -> {_fmt(m.get('acc_m'))} | "
+                         f"{_fmt(margin.get('acc_f'))} / {_fmt(margin.get('acc_r'))} / {_fmt(margin.get('h_mean'))} | "
+                         f"{_fmt(tar['tar_f_before'])} -> {_fmt(tar['tar_f'])} | "
+                         f"{_fmt(tar['tar_r_before'])} -> {_fmt(tar['tar_r'])} |")
     ratio = manifest["requests"][-1].get("trainable_ratio") if manifest["requests"] else None
     if ratio is not None:
         lines += ["", f"Trainable parameters: {100 * ratio:.2f}% of the base model."]
-    lines += ["", "Acc_f: current forget classes (lower is better); Acc_r: classes still retained; Acc_o: classes "
-              "forgotten by earlier requests (lower is better). H = 2 dAcc_f Acc_r / (dAcc_f + Acc_r).", ""]
+    lines += ["", "Acc_f: current forget classes (lower is better); Acc_r: classes still retained (with the missing "
+              "ones); Acc_o: classes forgotten by earlier requests (lower is better); Acc_m: retained classes without "
+              "training data. H = 2 dAcc_f Acc_r / (dAcc_f + Acc_r). TAR: share of same-person test pairs accepted "
+              "at the cosine threshold where 1% of different-person pairs are accepted.", ""]
     return "\n".join(lines)
 
 
@@ -64,7 +80,8 @@ def plot_accuracies(manifest: dict[str, Any], path: Path) -> None:
     x = [row["task"] for row in rows]
     fig, ax = plt.subplots(figsize=(6.4, 4))
     for key, label, style in (("acc_r", "Acc_r (retained)", "o-"), ("acc_f", "Acc_f (forgotten now)", "s-"),
-                              ("acc_o", "Acc_o (forgotten before)", "^-"), ("h_mean", "H-Mean", "d--"),
+                              ("acc_o", "Acc_o (forgotten before)", "^-"), ("acc_m", "Acc_m (no data)", "v-"),
+                              ("h_mean", "H-Mean", "d--"),
                               ("acc_f_before", "Acc_f before request", "x:")):
         points = [(t, row[key]) for t, row in zip(x, rows) if row[key] is not None]
         if points:

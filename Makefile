@@ -8,7 +8,7 @@ DEPS_STAMP := $(VENV)/.deps-$(shell sha256sum pyproject.toml | cut -c1-16)
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 DEMO_MODEL := .cache/demo/base/config.json
 
-.PHONY: demo test test-slow bench lint venv system clean
+.PHONY: demo test test-slow bench bench-all lint venv system clean
 
 demo: venv system $(DEMO_MODEL)
 	rm -rf runs/demo
@@ -23,6 +23,11 @@ test-slow: venv system
 
 bench: venv system
 	$(PY) benchmarks/fashion_mnist_continual/run.py
+
+# Every benchmark (the face ones read ../shared/data/celeba_faces100); about 1.5 h on 2 CPU cores.
+bench-all: bench
+	for b in fashion_mnist_4shot faces_4shot faces_full faces_missing faces_4shot_wr; do \
+		$(PY) benchmarks/run_methods.py benchmarks/$$b || exit 1; done
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,79 @@
+"""Shared pieces of the benchmark scripts: cached pre-training and results in the committed shape."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import gslora
+from gslora.config import DataConfig, ModelConfig, TrainConfig, from_dict, load_yaml
+from gslora.data import load_dataset
+from gslora.engine import ForgetConfig, pretrain, run_forgetting
+from gslora.engine.continual import hardware
+from gslora.models import read_checkpoint_meta, save_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / ".cache" / "benchmarks"
+TASK_KEYS = ("acc_f", "acc_r", "acc_o", "acc_m", "acc_f_before", "acc_r_before", "acc_m_before", "acc_f_original",
+             "h_mean", "h_mean_original", "h_max")
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+
+
+def cached_base(config: dict[str, Any], name: str, *, device: str = "auto") -> tuple[Path, dict[str, Any]]:
+    """Pre-train the model of ``config`` (sections data, model, train, optional distill) once; reuse it after."""
+    checkpoint = CACHE / name / "base"
+    if not (checkpoint / "config.json").is_file():
+        dataset = load_dataset(from_dict(DataConfig, config.get("data"), "data"))
+        model_cfg = from_dict(ModelConfig, config["model"], "model")
+        train_cfg = from_dict(TrainConfig, {**config["train"], "device": device}, "train")
+        teacher = None
+        distill = config.get("distill") or {}
+        if distill.get("teacher"):
+            import numpy as np
+            import torch
+
+            with np.load(distill["teacher"]) as npz:
+                teacher = torch.from_numpy(npz[distill.get("key", "train")].astype("float32"))
+        model, info = pretrain(model_cfg, dataset, train_cfg, teacher=teacher,
+                               distill_weight=float(distill.get("weight", 10.0)))
+        info.pop("history")
+        save_checkpoint(model, checkpoint, classes=dataset.classes, replace=checkpoint.exists(),
+                        extra={"pretrain": info})
+    return checkpoint, read_checkpoint_meta(checkpoint)[1]["pretrain"]
+
+
+def run_method(checkpoint: Path, forget: dict[str, Any], run_name: str, *, device: str = "auto") -> dict[str, Any]:
+    """Run one forgetting sequence and return it in the foundation benchmark's shape."""
+    forget = {**forget, "train": {**forget.get("train", {}), "device": device}}
+    config = from_dict(ForgetConfig, {"checkpoint": str(checkpoint), **forget})
+    run_dir = CACHE / run_name
+    shutil.rmtree(run_dir, ignore_errors=True)
+    manifest = run_forgetting(config, run_dir)
+    tasks = []
+    for r in manifest["requests"]:
+        m = r["metrics"]
+        task = {"task": r["index"], "forget_classes": r["forget_class_names"],
+                **{k: m[k] for k in TASK_KEYS if m.get(k) is not None}, "seconds": r["seconds"]}
+        for key in ("tar_f", "tar_r", "tar_f_before", "tar_r_before", "margin"):
+            if key in m:
+                task[key] = m[key]
+        task["delta_norms"] = r.get("delta_norms")
+        tasks.append(task)
+    return {"trainable_ratio": manifest["requests"][-1].get("trainable_ratio"), "tasks": tasks,
+            "run_dir": str(run_dir.relative_to(ROOT))}
+
+
+def write_results(folder: Path, results: dict[str, Any], config: dict[str, Any]) -> None:
+    results = {**results, "config": config, "version": gslora.__version__, "hardware": hardware()}
+    (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
+def load_config(folder: Path) -> dict[str, Any]:
+    return load_yaml(folder / "config.yaml")

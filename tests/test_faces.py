@@ -10,8 +10,8 @@ from gslora.cli import main
 from tests.conftest import SHARED_DATA
 
 OLIVETTI = SHARED_DATA / "olivetti_faces" / "olivetti_faces.npz"
-pytestmark = pytest.mark.skipif(not OLIVETTI.is_file(),
-                                reason="../shared/data/olivetti_faces is not present (it is not part of the repository)")
+pytestmark = pytest.mark.skipif(
+    not OLIVETTI.is_file(), reason="../shared/data/olivetti_faces is not present (it is not part of the repository)")
 
 
 def test_face_model_pretrain_and_forget_reports_margin_accuracy_and_verification(tmp_path, capsys):

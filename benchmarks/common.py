@@ -11,7 +11,7 @@ from typing import Any
 
 import gslora
 from gslora.config import DataConfig, ModelConfig, TrainConfig, from_dict, load_yaml
-from gslora.data import load_dataset
+from gslora.data import load_dataset, load_embeddings
 from gslora.engine import ForgetConfig, pretrain, run_forgetting
 from gslora.engine.continual import hardware
 from gslora.models import read_checkpoint_meta, save_checkpoint
@@ -33,14 +33,8 @@ def cached_base(config: dict[str, Any], name: str, *, device: str = "auto") -> t
         dataset = load_dataset(from_dict(DataConfig, config.get("data"), "data"))
         model_cfg = from_dict(ModelConfig, config["model"], "model")
         train_cfg = from_dict(TrainConfig, {**config["train"], "device": device}, "train")
-        teacher = None
         distill = config.get("distill") or {}
-        if distill.get("teacher"):
-            import numpy as np
-            import torch
-
-            with np.load(distill["teacher"]) as npz:
-                teacher = torch.from_numpy(npz[distill.get("key", "train")].astype("float32"))
+        teacher = load_embeddings(distill["teacher"], distill.get("key", "train")) if distill.get("teacher") else None
         model, info = pretrain(model_cfg, dataset, train_cfg, teacher=teacher,
                                distill_weight=float(distill.get("weight", 10.0)))
         info.pop("history")

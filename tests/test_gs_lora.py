@@ -48,3 +48,16 @@ def test_trainable_parameters_are_exactly_the_lora_tensors():
     assert names and all("lora_A" in n or "lora_B" in n for n in names)
     # 2 blocks x 2 layers x (8 * 32 + 128 * 8) for fc1 and (8 * 128 + 32 * 8) for fc2
     assert sum(p.numel() for p in method.trainable_parameters()) == 2 * (8 * 32 + 128 * 8 + 8 * 128 + 32 * 8)
+
+
+def test_mask_missing_keeps_classes_without_data_out_of_the_retain_softmax():
+    config = GSLoRAConfig(mask_missing=True, beta=0.0, alpha=0.0)
+    torch.manual_seed(0)
+    method = GSLoRA(config)
+    method.setup_task(build_model(tiny_model_config()), TaskContext(Request(0, (0,), (1, 2, 3), (), (3,)), 1, 1))
+    logits = torch.randn(4, 10)
+    y_r, y_f = torch.tensor([1, 2]), torch.tensor([0, 0])
+    terms = method.loss_terms(logits, torch.zeros(4, 32), y_r, y_f, epoch=0)
+    kept = [c for c in range(10) if c != 3]
+    expected = torch.nn.functional.cross_entropy(logits[:2, kept], torch.tensor([1, 2]))  # 1, 2 stay at 1, 2
+    assert terms["retain"].item() == pytest.approx(expected.item(), rel=1e-5)

@@ -74,8 +74,8 @@ def _load_config(path: str | None, sections: tuple[str, ...]) -> dict[str, Any]:
 # -- pretrain -------------------------------------------------------------------------------------
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from gslora.config import DataConfig, ModelConfig, TrainConfig, from_dict
-    from gslora.data import load_dataset
+    from gslora.config import DataConfig, ModelConfig, TrainConfig, from_dict, to_dict
+    from gslora.data import load_dataset, load_embeddings
     from gslora.engine import pretrain
     from gslora.models import save_checkpoint
 
@@ -113,38 +113,19 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     unknown = set(distill) - {"teacher", "key", "weight"}
     if unknown:
         raise GSLoRAError(f"unknown key(s) distill.{', distill.'.join(sorted(unknown))}; valid: key, teacher, weight")
-    teacher = _read_teacher(distill["teacher"], distill.get("key", "train")) if distill.get("teacher") else None
+    teacher = load_embeddings(distill["teacher"], distill.get("key", "train")) if distill.get("teacher") else None
     weight = float(distill.get("weight", 10.0))
     model, info = pretrain(model_cfg, dataset, train_cfg, teacher=teacher, distill_weight=weight,
                            progress=_progress_factory(not args.quiet))
     digest = save_checkpoint(model, out, classes=dataset.classes, replace=Path(out).exists(),
                              extra={"pretrain": {**{k: v for k, v in info.items() if k != "history"},
-                                                 "dataset": dataset.name, "train": vars_of(train_cfg),
+                                                 "dataset": dataset.name, "train": to_dict(train_cfg),
                                                  "distill": distill or None}})
     margin = f" (margin-penalised {info['test_acc_margin']:.2f}%)" if "test_acc_margin" in info else ""
     print(f"pre-trained {model_cfg.family} model on {dataset.name}: test accuracy {info['test_acc']:.2f}%{margin} "
           f"in {info['seconds']:.0f}s")
     print(f"checkpoint: {out} (sha256 {digest[:16]})")
     return 0
-
-
-def _read_teacher(path: str, key: str):
-    import numpy as np
-    import torch
-
-    try:
-        with np.load(path) as npz:
-            if key not in npz.files:
-                raise GSLoRAError(f"{path} has no array {key!r} (it has {', '.join(npz.files)}); set distill.key")
-            return torch.from_numpy(npz[key].astype(np.float32))
-    except (OSError, ValueError) as exc:
-        raise GSLoRAError(f"cannot read teacher embeddings {path!r}: {exc}") from exc
-
-
-def vars_of(obj: Any) -> dict[str, Any]:
-    from gslora.config import to_dict
-
-    return to_dict(obj)
 
 
 # -- forget ---------------------------------------------------------------------------------------

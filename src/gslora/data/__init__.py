@@ -1,6 +1,14 @@
 """Data sets, class orders, erasure-request sequences and per-request subsets."""
 
-from gslora.data.datasets import Dataset, ImageSet, load_dataset, load_fashion_mnist, load_image_folder, load_npz
+from gslora.data.datasets import (
+    Dataset,
+    ImageSet,
+    load_dataset,
+    load_embeddings,
+    load_fashion_mnist,
+    load_image_folder,
+    load_npz,
+)
 from gslora.data.tasks import (
     Request,
     RequestData,
@@ -14,6 +22,6 @@ from gslora.data.tasks import (
 
 __all__ = [
     "Dataset", "ImageSet", "Request", "RequestData", "build_requests", "class_mask", "class_order",
-    "load_dataset", "load_fashion_mnist", "load_image_folder", "load_npz", "request_data",
+    "load_dataset", "load_embeddings", "load_fashion_mnist", "load_image_folder", "load_npz", "request_data",
     "resolve_classes", "sample_per_class",
 ]

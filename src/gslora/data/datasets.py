@@ -177,3 +177,14 @@ def _rgb_loader(path: str):
 
     with Image.open(path) as image:
         return image.convert("RGB")
+
+
+def load_embeddings(path: str | Path, key: str = "train") -> torch.Tensor:
+    """A (N, D) float array ``key`` from an ``.npz`` file, for example teacher embeddings per training image."""
+    try:
+        with np.load(path) as npz:
+            if key not in npz.files:
+                raise GSLoRAError(f"{path} has no array {key!r} (it has {', '.join(npz.files)}); set distill.key")
+            return torch.from_numpy(npz[key].astype(np.float32))
+    except (OSError, ValueError) as exc:
+        raise GSLoRAError(f"cannot read embeddings {str(path)!r}: {exc}") from exc

@@ -195,9 +195,11 @@ def _resume_state(run_dir: Path, config: ForgetConfig) -> _RunState:
     model, _ = load_checkpoint(run_dir / latest) if latest else load_checkpoint(manifest["base"]["checkpoint"])
     try:
         base_predictions = load_file(str(run_dir / BASE_PREDICTIONS))
-        assert "top1" in base_predictions
-    except (OSError, AssertionError, SafetensorError) as exc:
+    except (OSError, SafetensorError) as exc:
         raise GSLoRAError(f"cannot read {run_dir / BASE_PREDICTIONS} ({exc}); the run directory is damaged") from exc
+    if "top1" not in base_predictions:
+        raise GSLoRAError(f"{run_dir / BASE_PREDICTIONS} lacks the original model's predictions; the run directory "
+                          "is damaged")
     forgotten = [c for r in manifest["requests"] for c in r["forget_classes"]]
     return _RunState(run_dir, manifest, model, dataset, forgotten, False, base_predictions)
 

@@ -42,6 +42,8 @@ class GSLoRAConfig:
         alpha_warmup_epochs: epochs with alpha = 0 before ``alpha`` applies [0; 30 in the missing-class runs].
         beta: forgetting weight, one value or one per request (the last repeats) [0.2, 0.25, 0.25, 0.2].
         bnd: bound of the forgetting loss: forget CE is pushed up to this value [105 for CosFace s=64].
+        mask_missing: leave retained classes without training data (``--missing-classes``) out of the
+            retain cross-entropy's softmax, so they are not trained as pure negatives [not in the reference].
     """
 
     rank: int = 8
@@ -50,6 +52,7 @@ class GSLoRAConfig:
     alpha_warmup_epochs: int = 0
     beta: float | list[float] = 0.2
     bnd: float = 105.0
+    mask_missing: bool = False
 
     def __post_init__(self) -> None:
         require(self.rank >= 1, "method.rank", self.rank, "must be >= 1")
@@ -79,6 +82,7 @@ class GSLoRA(Method):
         self.group_params = group_parameters(self.peft_model, self.groups)
         self.beta = self.config.beta_for(task.request.index)
         self.base_parameters = sum(p.numel() for p in model.parameters())
+        self.missing = list(task.request.missing) if self.config.mask_missing else []
 
     def training_step(self, forget_batch: Batch, retain_batch: Batch, *, epoch: int) -> dict[str, torch.Tensor]:
         (x_f, y_f), (x_r, y_r) = forget_batch, retain_batch
@@ -89,7 +93,10 @@ class GSLoRA(Method):
     def loss_terms(self, logits: torch.Tensor, embedding: torch.Tensor, y_r: torch.Tensor, y_f: torch.Tensor, *,
                    epoch: int) -> dict[str, torch.Tensor]:
         """The loss on a batch of retained then forgotten samples: (N_r + N_f, C) logits, (N_r + N_f, D) embeddings."""
-        retain = F.cross_entropy(logits[: len(y_r)], y_r)
+        retain_logits = logits[: len(y_r)]
+        if self.missing:  # classes without data never appear as targets: keep them out of the softmax
+            retain_logits = retain_logits.index_fill(1, torch.tensor(self.missing, device=logits.device), -1e4)
+        retain = F.cross_entropy(retain_logits, y_r)
         forget_ce = F.cross_entropy(logits[len(y_r):], y_f)
         forget = bounded_forgetting_loss(forget_ce, self.config.bnd)
         lasso = group_lasso(self.group_params)

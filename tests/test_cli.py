@@ -104,22 +104,29 @@ def test_unknown_class(base_checkpoint, fashion_subset, tmp_path, capsys):
 
 
 def test_class_already_forgotten_leaves_the_run_unchanged(finished_run, fashion_subset, tmp_path, capsys):
-    data, _ = fashion_subset
+    _expect_run_unchanged(capsys, finished_run, tmp_path, ["--data", str(fashion_subset[0]), "--classes", "bag",
+                                                           *FORGET], "Bag were already forgotten in this run")
+
+
+def _npz_variant(src: Path, dst: Path, keep=None, keep_test=None) -> Path:
+    """A copy of an .npz data set keeping the train (``keep``) and test (``keep_test``) samples a mask selects."""
+    with np.load(src) as z:
+        arrays = dict(z)
+    for split, rule in (("train", keep), ("test", keep_test)):
+        if rule is not None:
+            mask = rule(arrays[f"y_{split}"])
+            arrays[f"x_{split}"], arrays[f"y_{split}"] = arrays[f"x_{split}"][mask], arrays[f"y_{split}"][mask]
+    np.savez(dst, **arrays)
+    return dst
+
+
+def _expect_run_unchanged(capsys, finished_run: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    """A refused request on a copy of ``finished_run``: exit 2, ``message``, and not one byte changed."""
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     before = _snapshot(run)
-    _expect_error(capsys, ["forget", "--run", str(run), "--data", str(data), "--classes", "bag", *FORGET],
-                  "Bag were already forgotten in this run")
+    _expect_error(capsys, ["forget", "--run", str(run), *args], message)
     assert _snapshot(run) == before
-
-
-def _npz_variant(src: Path, dst: Path, keep) -> Path:
-    with np.load(src) as z:
-        arrays = dict(z)
-    mask = keep(arrays["y_train"])
-    arrays["x_train"], arrays["y_train"] = arrays["x_train"][mask], arrays["y_train"][mask]
-    np.savez(dst, **arrays)
-    return dst
 
 
 def test_forget_set_without_images(base_checkpoint, fashion_subset, tmp_path, capsys):
@@ -201,16 +208,9 @@ def test_pretrain_command_writes_a_loadable_checkpoint(fashion_subset, tmp_path,
 
 
 def test_run_on_another_test_split_is_refused(finished_run, fashion_subset, tmp_path, capsys):
-    data = _npz_variant(fashion_subset[0], tmp_path / "other.npz", lambda y: y >= 0)
-    with np.load(data) as z:
-        arrays = dict(z)
-    np.savez(data, **{**arrays, "x_test": arrays["x_test"][:-1], "y_test": arrays["y_test"][:-1]})
-    run = tmp_path / "run"
-    shutil.copytree(finished_run, run)
-    before = _snapshot(run)
-    _expect_error(capsys, ["forget", "--run", str(run), "--data", str(data), "--classes", "Trouser", *FORGET],
-                  "is not the one run")
-    assert _snapshot(run) == before
+    data = _npz_variant(fashion_subset[0], tmp_path / "other.npz", keep_test=lambda y: np.arange(len(y)) < len(y) - 1)
+    _expect_run_unchanged(capsys, finished_run, tmp_path, ["--data", str(data), "--classes", "Trouser", *FORGET],
+                          "is not the one run")
 
 
 def test_a_running_request_locks_the_run(finished_run, fashion_subset, tmp_path, capsys):
@@ -240,11 +240,7 @@ def test_cli_guards(finished_run, base_checkpoint, fashion_subset, tmp_path, cap
 
 
 def test_classes_without_test_images_are_refused_before_training(base_checkpoint, fashion_subset, tmp_path, capsys):
-    data = _npz_variant(fashion_subset[0], tmp_path / "no_bag_tests.npz", lambda y: y >= 0)
-    with np.load(data) as z:
-        arrays = dict(z)
-    keep = arrays["y_test"] != 8
-    np.savez(data, **{**arrays, "x_test": arrays["x_test"][keep], "y_test": arrays["y_test"][keep]})
+    data = _npz_variant(fashion_subset[0], tmp_path / "no_bag_tests.npz", keep_test=lambda y: y != 8)
     _expect_error(capsys, ["forget", "--checkpoint", str(base_checkpoint), "--data", str(data), "--classes", "Bag",
                            "--out", str(tmp_path / "run"), *FORGET], "Bag have no test images")
 

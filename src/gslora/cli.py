@@ -203,9 +203,9 @@ def cmd_forget(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from gslora.config import DataConfig, from_dict
     from gslora.data import load_dataset, resolve_classes
-    from gslora.engine import per_class_accuracy, predict
+    from gslora.engine import predict
     from gslora.engine.loop import resolve_device
-    from gslora.metrics import accuracy
+    from gslora.metrics import accuracy, per_class_accuracy
     from gslora.models import load_checkpoint, read_checkpoint_meta
 
     tree = _load_config(args.config, ("data",))

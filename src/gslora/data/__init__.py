@@ -13,7 +13,6 @@ from gslora.data.tasks import (
     Request,
     RequestData,
     build_requests,
-    class_mask,
     class_order,
     request_data,
     resolve_classes,
@@ -21,7 +20,7 @@ from gslora.data.tasks import (
 )
 
 __all__ = [
-    "Dataset", "ImageSet", "Request", "RequestData", "build_requests", "class_mask", "class_order",
+    "Dataset", "ImageSet", "Request", "RequestData", "build_requests", "class_order",
     "load_dataset", "load_embeddings", "load_fashion_mnist", "load_image_folder", "load_npz", "request_data",
     "resolve_classes", "sample_per_class",
 ]

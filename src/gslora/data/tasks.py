@@ -122,11 +122,6 @@ def sample_per_class(labels: torch.Tensor, class_ids: Sequence[int], *, ratio: f
     return torch.sort(torch.cat(picked)).values
 
 
-def class_mask(labels: torch.Tensor, class_ids: Sequence[int]) -> torch.Tensor:
-    """Boolean mask of the samples whose label is in ``class_ids``."""
-    return torch.isin(labels, torch.as_tensor(list(class_ids), dtype=labels.dtype, device=labels.device))
-
-
 @dataclass(frozen=True)
 class RequestData:
     """Training subsets of one request (indices into the training split)."""

@@ -1,9 +1,9 @@
 """The training loop, evaluation, pre-training and the continual sequence of requests."""
 
 from gslora.engine.continual import ForgetConfig, read_manifest, resume_config, run_forgetting
-from gslora.engine.evaluate import per_class_accuracy, predict
+from gslora.engine.evaluate import Predictions, predict
 from gslora.engine.loop import ProgressFactory, train_request
 from gslora.engine.pretrain import pretrain
 
-__all__ = ["ForgetConfig", "ProgressFactory", "per_class_accuracy", "predict", "pretrain", "read_manifest",
+__all__ = ["ForgetConfig", "ProgressFactory", "Predictions", "predict", "pretrain", "read_manifest",
            "resume_config", "run_forgetting", "train_request"]

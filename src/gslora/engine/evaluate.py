@@ -46,11 +46,3 @@ def predict(model: VisionClassifier, data: ImageSet, *, device: torch.device, ba
     return Predictions(torch.cat(top1) if top1 else empty, torch.cat(margin) if margin else None,
                        torch.cat(feats) if feats else None)
 
-
-def per_class_accuracy(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float | None]:
-    """Accuracy in percent of each class (``None`` for a class without test images)."""
-    out: list[float | None] = []
-    for c in range(num_classes):
-        mask = labels == c
-        out.append(100.0 * (predictions[mask] == c).float().mean().item() if mask.any() else None)
-    return out

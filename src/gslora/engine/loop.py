@@ -61,12 +61,32 @@ def make_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.opt
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr)
 
 
+def index_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Index tensors of one shuffled pass over ``n`` samples."""
+    order = torch.randperm(n, generator=generator)
+    for start in range(0, n, batch_size):
+        yield order[start:start + batch_size]
+
+
 def batches(data: ImageSet, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One shuffled pass over ``data`` in batches."""
-    order = torch.randperm(len(data), generator=generator)
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+    for idx in index_batches(len(data), batch_size, generator):
         yield data.images[idx], data.labels[idx]
+
+
+def set_lr(optimizer: torch.optim.Optimizer, epoch: int, config: TrainConfig) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = cosine_lr(epoch, config)
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, params: list[nn.Parameter],
+                   max_grad_norm: float) -> None:
+    """Backward, optional gradient clipping, step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
 
 
 def cycle(data: ImageSet, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -118,8 +138,7 @@ def train_request(method: Method, task: TaskContext, forget: ImageSet, retain: I
     history = []
     with progress(config.epochs * task.steps_per_epoch, f"request {task.request.index}") as bar:
         for epoch in range(config.epochs):
-            for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(epoch, config)
+            set_lr(optimizer, epoch, config)
             model.train()
             sums: dict[str, float] = {}
             for step, (x_r, y_r) in enumerate(batches(retain, config.batch_size, generator)):
@@ -130,11 +149,7 @@ def train_request(method: Method, task: TaskContext, forget: ImageSet, retain: I
                 terms = method.training_step((x_f.to(device), y_f.to(device)), (x_r.to(device), y_r.to(device)),
                                              epoch=epoch)
                 check_finite(terms, epoch=epoch, step=step)
-                optimizer.zero_grad(set_to_none=True)
-                terms["loss"].backward()
-                if config.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-                optimizer.step()
+                optimizer_step(optimizer, terms["loss"], params, config.max_grad_norm)
                 for k, v in terms.items():
                     sums[k] = sums.get(k, 0.0) + v.item()
                 bar.update(1)

@@ -16,10 +16,12 @@ from gslora.engine.loop import (
     ProgressFactory,
     augment,
     check_finite,
-    cosine_lr,
+    index_batches,
     make_optimizer,
     no_progress,
+    optimizer_step,
     resolve_device,
+    set_lr,
 )
 from gslora.errors import GSLoRAError
 from gslora.metrics import accuracy
@@ -56,13 +58,10 @@ def pretrain(model_config: ModelConfig, dataset: Dataset, config: TrainConfig, *
     start = time.perf_counter()
     with progress(config.epochs * steps, "pretrain") as bar:
         for epoch in range(config.epochs):
-            for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(epoch, config)
+            set_lr(optimizer, epoch, config)
             model.train()
             total = 0.0
-            order = torch.randperm(len(dataset.train), generator=generator)
-            for step, start_at in enumerate(range(0, len(order), config.batch_size)):
-                idx = order[start_at:start_at + config.batch_size]
+            for step, idx in enumerate(index_batches(len(dataset.train), config.batch_size, generator)):
                 x, y = dataset.train.images[idx], dataset.train.labels[idx].to(device)
                 if config.augment:
                     x = augment(x, generator, jitter=config.jitter)
@@ -72,11 +71,7 @@ def pretrain(model_config: ModelConfig, dataset: Dataset, config: TrainConfig, *
                     target = teacher[idx].to(device)
                     loss = loss + distill_weight * (1 - F.cosine_similarity(projection(embedding), target)).mean()
                 check_finite({"loss": loss}, epoch=epoch, step=step)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-                optimizer.step()
+                optimizer_step(optimizer, loss, params, config.max_grad_norm)
                 total += loss.item()
                 bar.update(1)
             history.append({"epoch": epoch, "loss": total / steps})

@@ -15,6 +15,11 @@ def accuracy(predictions: torch.Tensor, labels: torch.Tensor, class_ids: Sequenc
     return 100.0 * (predictions[mask] == labels[mask]).float().mean().item()
 
 
+def per_class_accuracy(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float | None]:
+    """Accuracy in percent of each class (``None`` for a class without test images)."""
+    return [accuracy(predictions, labels, [c]) for c in range(num_classes)]
+
+
 def h_mean(acc_f_drop: float, acc_r: float) -> float:
     """H = 2 * dAcc_f * Acc_r / (dAcc_f + Acc_r), with a negative drop counted as 0 (nothing forgotten)."""
     drop = max(acc_f_drop, 0.0)

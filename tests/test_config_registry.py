@@ -48,31 +48,42 @@ def test_every_method_takes_two_finite_steps_and_changes_only_its_parameters(nam
     torch.manual_seed(0)
     model = build_model(tiny_model_config())
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    head = {n for n, _ in model.named_parameters() if n.startswith("net.head.")}
     method = METHODS.get(name)(METHODS.get(name).config_class())
     x = torch.randint(0, 255, (6, 1, 28, 28), dtype=torch.uint8)
-    task = TaskContext(Request(0, (0,), (1, 2), ()), epochs=1, steps_per_epoch=2,
+    task = TaskContext(Request(0, (0,), (1, 2), ()), epochs=2, steps_per_epoch=2,
                        forget_data=ImageSet(x[:3], torch.zeros(3, dtype=torch.long)),
                        retain_data=ImageSet(x[3:], torch.tensor([1, 2, 1])), original_model=lambda: model)
     method.setup_task(model, task)
     params = method.trainable_parameters()
     snapshot = {n: p.detach().clone() for n, p in method.model.named_parameters()}
-    opt = torch.optim.AdamW(params, lr=1e-2)
-    for _ in range(2):
-        terms = method.training_step((x[:3], torch.zeros(3, dtype=torch.long)), (x[3:], torch.tensor([1, 2, 1])),
-                                     epoch=0)
-        assert "loss" in terms and all(torch.isfinite(v) for v in terms.values())
-        opt.zero_grad()
-        terms["loss"].backward()
-        opt.step()
-    trainable_ids = {id(p) for p in params}
-    for n, p in method.model.named_parameters():
-        if id(p) not in trainable_ids:
-            assert torch.equal(p, snapshot[n]), f"{name} changed frozen parameter {n}"
-    assert any(not torch.equal(p, snapshot[n]) for n, p in method.model.named_parameters() if id(p) in trainable_ids)
+    if method.training_free:
+        assert params == []
+    else:
+        opt = torch.optim.AdamW(params, lr=1e-2)
+        for epoch in range(2):
+            terms = method.training_step((x[:3], torch.zeros(3, dtype=torch.long)), (x[3:], torch.tensor([1, 2, 1])),
+                                         epoch=epoch)
+            assert "loss" in terms and all(torch.isfinite(v) for v in terms.values())
+            opt.zero_grad()
+            terms["loss"].backward()
+            opt.step()
+            method.after_step()
+        trainable_ids = {id(p) for p in params}
+        for n, p in method.model.named_parameters():
+            if id(p) not in trainable_ids:
+                assert torch.equal(p, snapshot[n]), f"{name} changed frozen parameter {n}"
+        assert any(not torch.equal(p, snapshot[n]) for n, p in method.model.named_parameters()
+                   if id(p) in trainable_ids)
     for n, p in model.named_parameters():  # the caller's model is untouched
         assert torch.equal(p, before[n])
     edited = method.end_task(task)
     assert isinstance(edited, torch.nn.Module) and not any("lora" in n for n, _ in edited.named_parameters())
+    changed = {n for n, p in edited.named_parameters() if not torch.equal(p, before[n])}
+    if name != "retrain":  # every other method keeps the head, as the reference's baselines do
+        assert changed and not changed & head, f"{name} changed {sorted(changed & head)}"
+    diagnostics = method.diagnostics()
+    assert 0 < diagnostics["trainable_ratio"] <= 1
 
 
 def test_yaml_scalars_are_coerced_per_field():

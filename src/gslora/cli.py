@@ -198,6 +198,36 @@ def cmd_forget(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- compare --------------------------------------------------------------------------------------
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from gslora.config import from_dict
+    from gslora.engine import CompareConfig, compare
+    from gslora.report import comparison_markdown
+
+    tree = _load_config(args.config, ("data", "sequence", "train", "methods"))
+    for dotted, value in (("checkpoint", args.checkpoint), ("data.dataset", args.data),
+                          ("sequence.num_requests", args.num_requests),
+                          ("sequence.classes_per_request", args.classes_per_request),
+                          ("sequence.ratio", args.ratio), ("sequence.shots", args.shots),
+                          ("train.epochs", args.epochs), ("train.device", args.device)):
+        _set(tree, dotted, value)
+    _apply_sets(tree, args.set)
+    if args.method_names:
+        from gslora.methods import METHODS
+
+        methods = tree.setdefault("methods", {})
+        for name in _split_classes(args.method_names):
+            METHODS.get(name)  # unknown names fail here, listing the valid ones
+            methods.setdefault(name, {"name": name})
+    config = from_dict(CompareConfig, tree)
+    only = _split_classes(args.only) if args.only else None
+    comparison = compare(config, args.out, only=only, progress=_progress_factory(not args.quiet))
+    print(comparison_markdown(comparison))
+    print(f"comparison written to {Path(args.out) / 'comparison.md'} (.json, .png; runs/ holds each method's run)")
+    return 0
+
+
 # -- evaluate -------------------------------------------------------------------------------------
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -314,6 +344,27 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", help="new run directory")
     f.add_argument("--run", help="existing run directory: apply the requests on top of its latest model")
     f.set_defaults(func=cmd_forget)
+
+    c = sub.add_parser("compare", parents=[common],
+                       help="run several methods over the same requests; write a comparison table and plot")
+    c.add_argument("--config", help="YAML file with checkpoint:, data:, sequence:, train: and methods: "
+                                    "(label -> {name: registered method, its hyper-parameters, train: overrides})")
+    c.add_argument("--checkpoint", help="base model (a directory written by `gslora pretrain`)")
+    c.add_argument("--data", help="fashion-mnist, an .npz file or an ImageFolder directory")
+    c.add_argument("--method-names", metavar="A,B",
+                   help="add registered methods with their default hyper-parameters (for example gs_lora,ewc,lwf)")
+    c.add_argument("--methods", dest="only", metavar="LABEL,LABEL",
+                   help="run only these labels of the config; the others keep their results in --out")
+    c.add_argument("--num-requests", type=int)
+    c.add_argument("--classes-per-request", type=int)
+    c.add_argument("--ratio", type=float)
+    c.add_argument("--shots", type=int)
+    c.add_argument("--epochs", type=int)
+    c.add_argument("--device")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="set any config field, for example --set train.lr=1e-3 --set methods.ewc.penalty=5")
+    c.add_argument("--out", required=True, help="comparison directory")
+    c.set_defaults(func=cmd_compare)
 
     e = sub.add_parser("evaluate", parents=[common], help="test accuracy of a checkpoint, per class")
     e.add_argument("--config", help="YAML file with checkpoint: and data:")

@@ -1,9 +1,10 @@
 """The training loop, evaluation, pre-training and the continual sequence of requests."""
 
+from gslora.engine.compare import CompareConfig, compare
 from gslora.engine.continual import ForgetConfig, read_manifest, resume_config, run_forgetting
 from gslora.engine.evaluate import Predictions, predict
 from gslora.engine.loop import ProgressFactory, train_request
 from gslora.engine.pretrain import pretrain
 
-__all__ = ["ForgetConfig", "ProgressFactory", "Predictions", "predict", "pretrain", "read_manifest",
+__all__ = ["CompareConfig", "ForgetConfig", "compare", "ProgressFactory", "Predictions", "predict", "pretrain", "read_manifest",
            "resume_config", "run_forgetting", "train_request"]

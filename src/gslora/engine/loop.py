@@ -128,9 +128,13 @@ def train_request(method: Method, task: TaskContext, forget: ImageSet, retain: I
     """Optimise ``method`` on one request; returns the mean of every loss term per epoch.
 
     One epoch is one pass over the retain subset; each step pairs a retain batch with the next batch
-    of the cycled forget subset (the reference's schedule).
+    of the cycled forget subset (the reference's schedule). A training-free method takes no step.
     """
+    if method.training_free:
+        return []
     params = method.trainable_parameters()
+    if not params:
+        raise GSLoRAError(f"{type(method).__name__} has no trainable parameters; nothing to optimise")
     optimizer = make_optimizer(params, config)
     generator = torch.Generator().manual_seed(config.seed + task.request.index)
     forget_batches = cycle(forget, config.batch_size, generator)
@@ -150,6 +154,7 @@ def train_request(method: Method, task: TaskContext, forget: ImageSet, retain: I
                                              epoch=epoch)
                 check_finite(terms, epoch=epoch, step=step)
                 optimizer_step(optimizer, terms["loss"], params, config.max_grad_norm)
+                method.after_step()
                 for k, v in terms.items():
                     sums[k] = sums.get(k, 0.0) + v.item()
                 bar.update(1)

@@ -50,6 +50,8 @@ class Method(ABC):
     """
 
     config_class: ClassVar[type]
+    #: a method that edits the model in ``end_task`` without optimisation steps (SSD); the engine skips the loop
+    training_free: ClassVar[bool] = False
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -66,6 +68,9 @@ class Method(ABC):
     def trainable_parameters(self) -> list[nn.Parameter]:
         assert self.model is not None, "setup_task first"
         return [p for p in self.model.parameters() if p.requires_grad]
+
+    def after_step(self) -> None:
+        """Called after each optimiser step (masking, running averages); nothing by default."""
 
     @abstractmethod
     def end_task(self, task: TaskContext) -> VisionClassifier:

@@ -78,6 +78,13 @@ class VisionClassifier(nn.Module):
         """The (N, D) embedding the head reads (for faces: the CLS token after the final LayerNorm)."""
         return self._embed(self.prepare(images))
 
+    def head_module(self) -> nn.Module:
+        """The module that maps the embedding to logits (frozen by the full-fine-tuning baselines)."""
+        if self.head is not None:
+            return self.head
+        return {"timm": lambda: self.net.head, "torchvision": lambda: self.net.heads,
+                "hf": lambda: self.net.classifier}[self.config.family]()
+
     def classify(self, embedding: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if self.head is not None:
             return self.head(embedding, labels)

@@ -128,6 +128,56 @@ def plot_group_norms(manifest: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def comparison_markdown(comparison: dict[str, Any], title: str = "Comparison") -> str:
+    """The paper-style table: one row per method, one column per request, H / Acc_r / Acc_f / Acc_o cells."""
+    methods = comparison["methods"]
+    done = [r for r in methods.values() if r.get("tasks")]
+    first = done[0]["tasks"] if done else []
+    lines = [f"# {title}", "", f"gslora {comparison.get('version', '?')}, {comparison.get('hardware', '?')}.", "",
+             "Cells: H / Acc_r / Acc_f / Acc_o (percent, top-1); Acc_o is '-' on the first request. "
+             "H_max (the H of a perfect forget with Acc_r unchanged) in the last row.", ""]
+    header = [f"{' + '.join(t['forget_classes'])} ({t['task']})" for t in first]
+    lines.append("| method | " + " | ".join(header) + " | s / request | trainable |")
+    lines.append("|---" * (len(first) + 3) + "|")
+    for label, result in methods.items():
+        if result.get("error"):
+            lines.append(f"| {label} | failed: {result['error']} |")
+            continue
+        cells = [f"{_fmt(t['h_mean'])} / {_fmt(t['acc_r'])} / {_fmt(t['acc_f'])} / {_fmt(t.get('acc_o'))}"
+                 + (f" / m {_fmt(t['acc_m'])}" if t.get("acc_m") is not None else "") for t in result["tasks"]]
+        ratio = result.get("trainable_ratio")
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {result['seconds_per_request']:.1f} | "
+                     + (f"{100 * ratio:.2f}% |" if ratio is not None else "- |"))
+    if first:
+        lines.append("| H_max | " + " | ".join(_fmt(t["h_max"]) for t in first) + " | | |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_comparison(comparison: dict[str, Any], path: Path) -> None:
+    """H-Mean per request, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.2, 4.4))
+    markers = "os^vd<>ph*xP"
+    for i, (label, result) in enumerate(comparison["methods"].items()):
+        tasks = result.get("tasks") or []
+        if tasks:
+            ax.plot([t["task"] for t in tasks], [t["h_mean"] for t in tasks], f"{markers[i % len(markers)]}-",
+                    label=label, linewidth=2.5 if result.get("name", "").startswith("gs_lora") else 1.2)
+    ax.set_xlabel("request")
+    ax.set_ylabel("H-Mean (percent)")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="lower left")
+    ax.set_title("H-Mean per request")
+    fig.tight_layout()
+    atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+
+
 def write_report(manifest: dict[str, Any], directory: str | Path) -> None:
     """Write metrics.json, report.md, accuracy.png and group_norms.png into ``directory``."""
     directory = Path(directory)

@@ -1,0 +1,154 @@
+"""Run several forgetting methods over the same request sequence and tabulate them side by side.
+
+A comparison directory holds::
+
+    comparison.json    {"methods": {label: {"name", "trainable_ratio", "seconds_per_request", "tasks": [..]}},
+                        "config", "version", "hardware"}
+    comparison.md      one row per method, one column per request: H / Acc_r / Acc_f / Acc_o
+    comparison.png     H per request, one line per method
+    runs/<label>/      each method's run directory (manifest, adapters or models, report)
+
+Every method gets the same checkpoint, data, requests, per-request training subsets and ``train``
+settings; a method's ``train`` mapping overrides the shared one (its paper's learning rate, for example).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gslora
+from gslora.config import DataConfig, SequenceConfig, TrainConfig, from_dict, to_dict
+from gslora.engine.continual import ForgetConfig, hardware, run_forgetting
+from gslora.engine.loop import ProgressFactory, no_progress
+from gslora.errors import GSLoRAError, NonFiniteLossError
+from gslora.io import atomic_write_json, atomic_write_text
+from gslora.report import comparison_markdown, plot_comparison
+
+log = logging.getLogger(__name__)
+
+RESULTS = "comparison.json"
+TASK_KEYS = ("acc_f", "acc_r", "acc_o", "acc_m", "acc_f_before", "acc_r_before", "acc_m_before", "acc_f_original",
+             "h_mean", "h_mean_original", "h_max")
+
+
+@dataclass
+class CompareConfig:
+    """The shared set-up and the methods to compare.
+
+    Args:
+        checkpoint, data, sequence, train, eval_batch_size, verification: as in ``ForgetConfig``.
+        methods: label -> method spec (``name`` of a registered method, its hyper-parameters and an
+            optional ``train`` mapping that overrides the shared ``train`` for that method).
+    """
+
+    checkpoint: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    sequence: SequenceConfig = field(default_factory=SequenceConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+    eval_batch_size: int = 512
+    verification: bool | None = None
+
+    def __post_init__(self) -> None:
+        if not self.methods or not isinstance(self.methods, dict):
+            raise GSLoRAError("methods: name at least one method to compare, for example "
+                              "methods: {gs_lora: {name: gs_lora}, ewc: {name: ewc}}")
+        slugs = [slug(label) for label in self.methods]
+        if len(set(slugs)) != len(slugs):
+            raise GSLoRAError(f"methods: labels {list(self.methods)} map to the same run directory names; rename them")
+        for label in self.methods:
+            self.forget_config(label)  # validates names, hyper-parameters and train overrides now
+
+    def forget_config(self, label: str) -> ForgetConfig:
+        """The ``ForgetConfig`` of one method: the shared settings plus the method's own."""
+        spec = self.methods[label]
+        if not isinstance(spec, dict) or "name" not in spec:
+            raise GSLoRAError(f"methods.{label} must be a mapping with a 'name' (a registered method), got {spec!r}")
+        method = {k: v for k, v in spec.items() if k != "train"}
+        train = {**to_dict(self.train), **(spec.get("train") or {})}
+        try:
+            return from_dict(ForgetConfig, {"checkpoint": self.checkpoint, "data": to_dict(self.data),
+                                            "sequence": to_dict(self.sequence), "method": method, "train": train,
+                                            "eval_batch_size": self.eval_batch_size,
+                                            "verification": self.verification})
+        except GSLoRAError as exc:
+            raise GSLoRAError(f"methods.{label}: {exc}") from exc
+
+
+def slug(label: str) -> str:
+    """A directory name for a method label (``EWC*`` -> ``EWC_star``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label.replace("*", "_star").replace("+", "_plus")).strip("_") or "method"
+
+
+def summarize(manifest: dict[str, Any]) -> dict[str, Any]:
+    """One method's run in the foundation benchmark's shape: trainable ratio and per-request metrics."""
+    tasks = []
+    for r in manifest["requests"]:
+        m = r["metrics"]
+        task = {"task": r["index"], "forget_classes": r["forget_class_names"],
+                **{k: m[k] for k in TASK_KEYS if m.get(k) is not None}, "seconds": r["seconds"],
+                "trainable_ratio": r.get("trainable_ratio")}
+        for key in ("tar_f", "tar_r", "tar_f_before", "tar_r_before", "margin"):
+            if key in m:
+                task[key] = m[key]
+        if r.get("delta_norms"):
+            task["delta_norms"] = r["delta_norms"]
+        tasks.append(task)
+    ratios = [t["trainable_ratio"] for t in tasks if t["trainable_ratio"] is not None]
+    return {"name": manifest["config"]["method"]["name"], "trainable_ratio": max(ratios) if ratios else None,
+            "seconds_per_request": sum(t["seconds"] for t in tasks) / max(len(tasks), 1), "tasks": tasks}
+
+
+def compare(config: CompareConfig, out_dir: str | Path, *, only: list[str] | None = None,
+            progress: ProgressFactory = no_progress) -> dict[str, Any]:
+    """Run every method of ``config`` (or the labels in ``only``, keeping the others' earlier results in
+    ``out_dir``) and write the comparison files; returns the comparison.
+
+    A method whose loss becomes non-finite is recorded with its error instead of stopping the others.
+    """
+    out_dir = Path(out_dir)
+    labels = list(config.methods)
+    unknown = [label for label in only or [] if label not in config.methods]
+    if unknown:
+        raise GSLoRAError(f"--methods {unknown}: not in the config's methods {labels}")
+    previous: dict[str, Any] = {}
+    if (out_dir / RESULTS).is_file():
+        if only is None:
+            raise GSLoRAError(f"{out_dir} already holds a comparison; pass --methods to re-run some of its methods, "
+                              "or choose a new --out")
+        previous = json.loads((out_dir / RESULTS).read_text())["methods"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {}
+    for label in labels:
+        if only is not None and label not in only:
+            if label in previous:
+                results[label] = previous[label]
+            continue
+        run_dir = out_dir / "runs" / slug(label)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        log.info("comparing %s", label)
+        try:
+            manifest = run_forgetting(config.forget_config(label), run_dir, progress=progress)
+        except NonFiniteLossError as exc:
+            results[label] = {"name": config.methods[label]["name"], "error": str(exc), "tasks": []}
+            log.warning("%s failed: %s", label, exc)
+            continue
+        results[label] = {**summarize(manifest), "run_dir": str(Path("runs") / slug(label))}
+    comparison = {"methods": results, "config": to_dict(config), "version": gslora.__version__,
+                  "hardware": hardware()}
+    write_comparison(comparison, out_dir)
+    return comparison
+
+
+def write_comparison(comparison: dict[str, Any], out_dir: str | Path) -> None:
+    """comparison.json, comparison.md and comparison.png in ``out_dir``."""
+    out_dir = Path(out_dir)
+    atomic_write_json(out_dir / RESULTS, comparison)
+    atomic_write_text(out_dir / "comparison.md", comparison_markdown(comparison))
+    plot_comparison(comparison, out_dir / "comparison.png")

@@ -1,0 +1,92 @@
+"""``gslora compare`` and ``gslora.engine.compare`` on real Fashion-MNIST data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from gslora.cli import main
+from gslora.config import from_dict
+from gslora.engine import CompareConfig
+from gslora.errors import GSLoRAError
+
+SHARED = {"sequence": {"requests": [["Bag", "Sneaker"]], "ratio": 0.25},
+          "train": {"epochs": 2, "batch_size": 48, "lr": 0.01, "device": "cpu"}}
+
+
+def _config(tmp_path, base_checkpoint, data, methods) -> str:
+    path = tmp_path / "compare.yaml"
+    path.write_text(yaml.safe_dump({"checkpoint": str(base_checkpoint), "data": {"dataset": str(data)}, **SHARED,
+                                    "methods": methods}))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def comparison(base_checkpoint, fashion_subset, tmp_path_factory):
+    data, _ = fashion_subset
+    tmp = tmp_path_factory.mktemp("compare")
+    config = _config(tmp, base_checkpoint, data, {
+        "GS-LoRA": {"name": "gs_lora", "bnd": 10},
+        "RL*": {"name": "random_label", "train": {"lr": 0.0003}},
+        "broken": {"name": "gs_lora", "beta": 1000.0, "bnd": 1e38},
+    })
+    out = tmp / "out"
+    assert main(["compare", "--config", config, "--method-names", "ssd", "--out", str(out), "-q"]) == 0
+    return out, config
+
+
+def test_compare_writes_one_row_per_method_with_the_same_requests(comparison):
+    out, _ = comparison
+    result = json.loads((out / "comparison.json").read_text())
+    assert list(result["methods"]) == ["GS-LoRA", "RL*", "broken", "ssd"]
+    assert {"config", "version", "hardware"} <= set(result)
+    gs, rl, ssd = (result["methods"][k] for k in ("GS-LoRA", "RL*", "ssd"))
+    for r in (gs, rl, ssd):
+        [task] = r["tasks"]
+        assert task["forget_classes"] == ["Bag", "Sneaker"] and task["seconds"] > 0
+        assert {"h_mean", "acc_r", "acc_f", "h_max"} <= set(task)
+    assert gs["tasks"][0]["acc_f_before"] == rl["tasks"][0]["acc_f_before"] == ssd["tasks"][0]["acc_f_before"]
+    assert gs["trainable_ratio"] < 0.1 < 0.9 < rl["trainable_ratio"]
+    assert rl["tasks"][0]["acc_f"] < 0.5 * rl["tasks"][0]["acc_f_before"]  # relabelling forgets
+    manifest = json.loads((out / "runs" / "RL_star" / "manifest.json").read_text())
+    assert manifest["requests"][0]["train"]["lr"] == 0.0003  # the method's train override
+    assert "the loss became non-finite" in result["methods"]["broken"]["error"]
+    table = (out / "comparison.md").read_text()
+    assert "| method | Bag + Sneaker (0) | s / request | trainable |" in table
+    assert "| RL* | " in table and "| broken | failed: " in table and "| H_max | " in table
+    assert (out / "comparison.png").stat().st_size > 1000
+
+
+def test_rerunning_some_methods_keeps_the_others(comparison, capsys):
+    out, config = comparison
+    before = json.loads((out / "comparison.json").read_text())["methods"]
+    _expect_error = main(["compare", "--config", config, "--out", str(out), "-q"])
+    assert _expect_error == 2 and "already holds a comparison" in capsys.readouterr().err
+    assert main(["compare", "--config", config, "--method-names", "ssd", "--methods", "ssd", "--out", str(out),
+                 "-q"]) == 0
+    after = json.loads((out / "comparison.json").read_text())["methods"]
+    assert after["GS-LoRA"] == before["GS-LoRA"] and after["RL*"] == before["RL*"]
+    assert after["ssd"]["tasks"][0]["acc_f"] == before["ssd"]["tasks"][0]["acc_f"]  # deterministic
+
+
+@pytest.mark.parametrize("methods, extra, message", [
+    ({"a": {"name": "nope"}}, [], "methods.a: unknown method 'nope'"),
+    ({"a": {"name": "ewc", "penalty": -1}}, [], "methods.a: method.penalty=-1"),
+    ({"a": {"name": "lwf", "train": {"lr": -1}}}, [], "methods.a: train.lr=-1"),
+    ({"a": {"name": "lwf"}}, ["--methods", "b"], "--methods ['b']: not in the config's methods ['a']"),
+    ({}, [], "methods: name at least one method"),
+])
+def test_bad_comparisons_exit_2_and_write_nothing(base_checkpoint, fashion_subset, tmp_path, capsys, methods, extra,
+                                                  message):
+    data, _ = fashion_subset
+    config = _config(tmp_path, base_checkpoint, data, methods)
+    assert main(["compare", "--config", config, "--out", str(tmp_path / "out"), *extra, "-q"]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_labels_that_collide_as_directory_names_are_refused():
+    with pytest.raises(GSLoRAError, match="map to the same run directory names"):
+        from_dict(CompareConfig, {"methods": {"a*": {"name": "l2"}, "a_star": {"name": "l2"}}})

@@ -13,13 +13,12 @@ import gslora
 from gslora.config import DataConfig, ModelConfig, TrainConfig, from_dict, load_yaml
 from gslora.data import load_dataset, load_embeddings
 from gslora.engine import ForgetConfig, pretrain, run_forgetting
+from gslora.engine.compare import summarize
 from gslora.engine.continual import hardware
 from gslora.models import read_checkpoint_meta, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "benchmarks"
-TASK_KEYS = ("acc_f", "acc_r", "acc_o", "acc_m", "acc_f_before", "acc_r_before", "acc_m_before", "acc_f_original",
-             "h_mean", "h_mean_original", "h_max")
 
 
 def setup_logging() -> None:
@@ -49,19 +48,7 @@ def run_method(checkpoint: Path, forget: dict[str, Any], run_name: str, *, devic
     config = from_dict(ForgetConfig, {"checkpoint": str(checkpoint), **forget})
     run_dir = CACHE / run_name
     shutil.rmtree(run_dir, ignore_errors=True)
-    manifest = run_forgetting(config, run_dir)
-    tasks = []
-    for r in manifest["requests"]:
-        m = r["metrics"]
-        task = {"task": r["index"], "forget_classes": r["forget_class_names"],
-                **{k: m[k] for k in TASK_KEYS if m.get(k) is not None}, "seconds": r["seconds"]}
-        for key in ("tar_f", "tar_r", "tar_f_before", "tar_r_before", "margin"):
-            if key in m:
-                task[key] = m[key]
-        task["delta_norms"] = r.get("delta_norms")
-        tasks.append(task)
-    return {"trainable_ratio": manifest["requests"][-1].get("trainable_ratio"), "tasks": tasks,
-            "run_dir": str(run_dir.relative_to(ROOT))}
+    return {**summarize(run_forgetting(config, run_dir)), "run_dir": str(run_dir.relative_to(ROOT))}
 
 
 def write_results(folder: Path, results: dict[str, Any], config: dict[str, Any]) -> None:

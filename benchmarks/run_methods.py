@@ -3,22 +3,27 @@
 Usage: python benchmarks/run_methods.py benchmarks/<folder> [--device auto|cpu|cuda] [--methods a,b]
 
 ``<folder>/config.yaml`` holds ``base`` (a pre-training config file, relative to benchmarks/, cached
-under .cache/benchmarks), ``forget`` (data, sequence, train) and ``methods`` (name -> method spec;
-a spec's ``train`` overrides the shared one). Writes ``<folder>/results.json`` shaped as
-``{"pretrain": .., "methods": {name: {"trainable_ratio", "tasks": [..]}}, "config", "version",
-"hardware"}`` and ``<folder>/report.md``.
+under .cache/benchmarks), ``forget`` (data, sequence, train) and ``methods`` (label -> method spec;
+a spec's ``train`` overrides the shared one). The methods run through ``gslora.engine.compare`` (what
+``gslora compare`` runs); the runs stay under .cache/benchmarks/<folder>. Writes
+``<folder>/results.json`` shaped as ``{"pretrain": .., "methods": {label: {"name", "trainable_ratio",
+"seconds_per_request", "tasks": [..]}}, "targets", "config", "version", "hardware"}``, ``report.md``
+and ``comparison.png``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
-from common import cached_base, load_config, run_method, setup_logging, write_results  # noqa: I001
+from common import CACHE, cached_base, load_config, setup_logging, write_results  # noqa: I001
 
-from gslora.config import load_yaml
+from gslora.config import from_dict, load_yaml
+from gslora.engine import CompareConfig, compare
+from gslora.report import comparison_markdown, plot_comparison
 
 HERE = Path(__file__).resolve().parent
 
@@ -28,25 +33,13 @@ def fmt(value) -> str:
 
 
 def report(folder: Path, results: dict) -> str:
-    lines = [f"# {folder.name}", "", f"Base model: test top-1 {fmt(results['pretrain'].get('test_acc'))}%"
-             + (f", margin-penalised {fmt(results['pretrain']['test_acc_margin'])}%"
-                if "test_acc_margin" in results["pretrain"] else "")
-             + f", pre-trained in {results['pretrain']['seconds']:.0f}s.", "",
-             "Cells: H / Acc_r / Acc_f / Acc_o [/ Acc_m] (percent, plain top-1); H_max in the last row.", ""]
+    pre = results["pretrain"]
+    lines = [comparison_markdown(results, title=folder.name).rstrip("\n"), "",
+             f"Base model: test top-1 {fmt(pre.get('test_acc'))}%"
+             + (f", margin-penalised {fmt(pre['test_acc_margin'])}%" if "test_acc_margin" in pre else "")
+             + f", pre-trained in {pre['seconds']:.0f}s."]
     methods = results["methods"]
     first = next(iter(methods.values()))["tasks"]
-    lines.append("| method | " + " | ".join(f"request {t['task']}" for t in first) + " | s/request | trainable |")
-    lines.append("|---" * (len(first) + 3) + "|")
-    for name, result in methods.items():
-        cells = []
-        for t in result["tasks"]:
-            cell = f"{fmt(t['h_mean'])} / {fmt(t['acc_r'])} / {fmt(t['acc_f'])} / {fmt(t.get('acc_o'))}"
-            cells.append(cell + (f" / {fmt(t['acc_m'])}" if "acc_m" in t else ""))
-        seconds = sum(t["seconds"] for t in result["tasks"]) / len(result["tasks"])
-        ratio = result.get("trainable_ratio")
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {seconds:.1f} | "
-                     + (f"{100 * ratio:.2f}% |" if ratio is not None else "- |"))
-    lines.append("| H_max | " + " | ".join(fmt(t["h_max"]) for t in first) + " | | |")
     if any("tar_f" in t for t in first):
         lines += ["", "Verification (TAR at FAR 1%, embedding cosine): forgotten / retained identities, "
                   "before -> after.", ""]
@@ -79,7 +72,25 @@ def check_targets(kind: str, methods: dict) -> dict:
             first, last = r["tasks"][0]["acc_m_before"], r["tasks"][-1]["acc_m"]
             out[name] = {"acc_m_last_ge_half_first": last >= 0.5 * first, "acc_m_before_first": first,
                          "acc_m_after_last": last}
+    elif kind == "baselines":
+        out = baseline_standing(methods)
     return out
+
+
+def baseline_standing(methods: dict) -> dict:
+    """Where GS-LoRA stands per request: its H rank, the methods with a higher H, and time ratios."""
+    ours = methods["gs_lora"]
+    done = {k: r for k, r in methods.items() if r.get("tasks")}
+    per_request = []
+    for i, t in enumerate(ours["tasks"]):
+        ranking = sorted(done, key=lambda k: -done[k]["tasks"][i]["h_mean"])
+        per_request.append({"request": i, "gs_lora_h": t["h_mean"], "gs_lora_rank": ranking.index("gs_lora") + 1,
+                            "higher_h": {k: done[k]["tasks"][i]["h_mean"] for k in ranking[:ranking.index("gs_lora")]},
+                            "best": ranking[0]})
+    seconds = ours["seconds_per_request"]
+    return {"per_request": per_request,
+            "seconds_per_request_over_gs_lora": {k: r["seconds_per_request"] / seconds for k, r in done.items()},
+            "failed": [k for k, r in methods.items() if r.get("error")]}
 
 
 def main() -> int:
@@ -93,24 +104,26 @@ def main() -> int:
     config = load_config(folder)
     base_config = load_yaml(HERE / config["base"])
     checkpoint, pre_info = cached_base(base_config, Path(config["base"]).stem, device=args.device)
-    wanted = args.methods.split(",") if args.methods else list(config["methods"])
-    previous = json.loads((folder / "results.json").read_text())["methods"] if (folder / "results.json").exists() \
-        else {}
-    methods = {}
-    for name in config["methods"]:
-        if name not in wanted:
-            if name in previous:
-                methods[name] = previous[name]
-            continue
-        spec = dict(config["methods"][name])
-        train = {**config["forget"].get("train", {}), **spec.pop("train", {})}
-        forget = {**config["forget"], "method": spec, "train": train}
-        methods[name] = run_method(checkpoint, forget, f"{folder.name}/{name}", device=args.device)
-    results = {"pretrain": pre_info, "methods": methods}
+    forget = config["forget"]
+    compare_config = from_dict(CompareConfig, {
+        "checkpoint": str(checkpoint), "data": forget["data"], "sequence": forget["sequence"],
+        "train": {**forget.get("train", {}), "device": args.device}, "methods": config["methods"]})
+    out = CACHE / folder.name
+    only = args.methods.split(",") if args.methods else None
+    if only is None:
+        shutil.rmtree(out, ignore_errors=True)
+    elif (folder / "results.json").exists() and not (out / "comparison.json").exists():  # results from elsewhere
+        out.mkdir(parents=True, exist_ok=True)
+        previous = json.loads((folder / "results.json").read_text())
+        (out / "comparison.json").write_text(json.dumps({"methods": previous["methods"]}))
+    comparison = compare(compare_config, out, only=only)
+    results = {"pretrain": pre_info, "methods": comparison["methods"]}
     if config.get("targets"):
-        results["targets"] = check_targets(config["targets"], methods)
+        results["targets"] = check_targets(config["targets"], comparison["methods"])
     write_results(folder, results, {"base": base_config, **config})
-    (folder / "report.md").write_text(report(folder, results))
+    saved = json.loads((folder / "results.json").read_text())
+    (folder / "report.md").write_text(report(folder, saved))
+    plot_comparison(saved, folder / "comparison.png")
     print((folder / "report.md").read_text())
     if "targets" in results:
         print(json.dumps(results["targets"], indent=2))

@@ -6,5 +6,5 @@ from gslora.engine.evaluate import Predictions, predict
 from gslora.engine.loop import ProgressFactory, train_request
 from gslora.engine.pretrain import pretrain
 
-__all__ = ["CompareConfig", "ForgetConfig", "compare", "ProgressFactory", "Predictions", "predict", "pretrain", "read_manifest",
-           "resume_config", "run_forgetting", "train_request"]
+__all__ = ["CompareConfig", "ForgetConfig", "Predictions", "ProgressFactory", "compare", "predict", "pretrain",
+           "read_manifest", "resume_config", "run_forgetting", "train_request"]

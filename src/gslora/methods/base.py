@@ -71,6 +71,7 @@ class Method(ABC):
 
     def after_step(self) -> None:
         """Called after each optimiser step (masking, running averages); nothing by default."""
+        return None
 
     @abstractmethod
     def end_task(self, task: TaskContext) -> VisionClassifier:

@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from gslora.config import require
 from gslora.methods.base import METHODS, TaskContext

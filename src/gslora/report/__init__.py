@@ -146,7 +146,8 @@ def comparison_markdown(comparison: dict[str, Any], title: str = "Comparison") -
         cells = [f"{_fmt(t['h_mean'])} / {_fmt(t['acc_r'])} / {_fmt(t['acc_f'])} / {_fmt(t.get('acc_o'))}"
                  + (f" / m {_fmt(t['acc_m'])}" if t.get("acc_m") is not None else "") for t in result["tasks"]]
         ratio = result.get("trainable_ratio")
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {result['seconds_per_request']:.1f} | "
+        seconds = sum(t["seconds"] for t in result["tasks"]) / len(result["tasks"])
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {seconds:.1f} | "
                      + (f"{100 * ratio:.2f}% |" if ratio is not None else "- |"))
     if first:
         lines.append("| H_max | " + " | ".join(_fmt(t["h_max"]) for t in first) + " | | |")

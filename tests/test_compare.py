@@ -90,3 +90,22 @@ def test_bad_comparisons_exit_2_and_write_nothing(base_checkpoint, fashion_subse
 def test_labels_that_collide_as_directory_names_are_refused():
     with pytest.raises(GSLoRAError, match="map to the same run directory names"):
         from_dict(CompareConfig, {"methods": {"a*": {"name": "l2"}, "a_star": {"name": "l2"}}})
+
+
+def test_shipped_comparison_config_is_valid():
+    from pathlib import Path
+
+    from gslora.config import load_yaml
+
+    config = from_dict(CompareConfig, load_yaml(Path(__file__).resolve().parents[1] / "configs" / "compare_demo.yaml"))
+    assert list(config.methods) == ["GS-LoRA", "EWC*", "LwF", "DER++", "SSD"]
+    assert config.forget_config("EWC*").train.lr == 0.0001 and config.forget_config("GS-LoRA").train.lr == 0.01
+
+
+def test_a_request_refused_by_the_first_method_leaves_no_output(base_checkpoint, fashion_subset, tmp_path, capsys):
+    data, _ = fashion_subset
+    config = _config(tmp_path, base_checkpoint, data, {"a": {"name": "lwf"}})
+    assert main(["compare", "--config", config, "--set", "sequence.requests=[[Nope]]", "--out",
+                 str(tmp_path / "out"), "-q"]) == 2
+    assert "Nope" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -80,6 +80,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from gslora.models import save_checkpoint
 
     tree = _load_config(args.config, ("model", "data", "train", "distill"))
+    if (args.task or tree.get("task")) == "detection":
+        return _pretrain_detection(args, tree)
+    tree.pop("task", None)
     unknown = set(tree) - {"model", "data", "train", "distill", "out"}
     if unknown:
         raise GSLoRAError(f"unknown key(s) {', '.join(sorted(unknown))} in {args.config}; valid: data, distill, "
@@ -126,6 +129,60 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
           f"in {info['seconds']:.0f}s")
     print(f"checkpoint: {out} (sha256 {digest[:16]})")
     return 0
+
+
+def _pretrain_detection(args: argparse.Namespace, tree: dict[str, Any]) -> int:
+    from gslora.config import TrainConfig, from_dict, to_dict
+    from gslora.detection import (
+        DetectionDataConfig,
+        DetectorConfig,
+        load_detection_dataset,
+        pretrain_detector,
+        save_detector,
+    )
+
+    tree.pop("task", None)
+    unknown = set(tree) - {"model", "data", "train", "out"}
+    if unknown:
+        raise GSLoRAError(f"unknown key(s) {', '.join(sorted(unknown))} for detection; valid: data, model, out, train")
+    for dotted, value in (("data.dataset", args.data), ("model.name", args.name), ("model.image_size", args.image_size),
+                          ("model.pretrained", args.pretrained or None), ("train.epochs", args.epochs),
+                          ("train.lr", args.lr), ("train.batch_size", args.batch_size), ("train.device", args.device),
+                          ("out", args.out)):
+        _set(tree, dotted, value)
+    _apply_sets(tree, args.set)
+    out = tree.pop("out", None)
+    if not out:
+        raise GSLoRAError("no output directory: pass --out DIR (or 'out:' in the config file)")
+    if Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())) and not args.overwrite:
+        raise GSLoRAError(f"{out!r} already exists; pass --overwrite to replace it or choose another --out")
+    data_cfg = from_dict(DetectionDataConfig, tree.get("data"), "data")
+    dataset = load_detection_dataset(data_cfg)
+    model_cfg = from_dict(DetectorConfig, {"num_classes": dataset.num_classes, "image_size": data_cfg.image_size,
+                                           **tree.get("model", {})}, "model")
+    train_cfg = from_dict(TrainConfig, {"lr": 2e-4, "batch_size": 16, "max_grad_norm": 0.1, "weight_decay": 1e-4,
+                                        **tree.get("train", {})}, "train")
+    model, info = pretrain_detector(model_cfg, dataset, train_cfg, progress=_progress_factory(not args.quiet))
+    digest = save_detector(model, out, classes=dataset.classes, replace=Path(out).exists(),
+                           extra={"pretrain": {**{k: v for k, v in info.items() if k != "history"},
+                                               "dataset": dataset.name, "train": to_dict(train_cfg)}})
+    print(f"pre-trained detector on {dataset.name}: test mAP@0.5 {info['map50']:.2f}%, mAP {info['map']:.2f}% "
+          f"in {info['seconds']:.0f}s")
+    print(f"checkpoint: {out} (sha256 {digest[:16]})")
+    return 0
+
+
+def _task_of(args: argparse.Namespace, tree: dict[str, Any]) -> str:
+    """``detection`` when the run or the checkpoint is a detector's, else ``classification``."""
+    if args.run:
+        meta_path = Path(args.run) / "manifest.json"
+    else:
+        checkpoint = args.checkpoint or tree.get("checkpoint")
+        meta_path = Path(checkpoint) / "config.json" if checkpoint else None
+    try:
+        return json.loads(meta_path.read_text()).get("task", "classification") if meta_path else "classification"
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return "classification"  # the classification path reports the unreadable file
 
 
 # -- forget ---------------------------------------------------------------------------------------
@@ -179,6 +236,8 @@ def cmd_forget(args: argparse.Namespace) -> int:
         _set(method, key, value)
     if method:
         tree["method"] = method
+    if _task_of(args, tree) == "detection":
+        return _forget_detection(args, tree)
     if args.run:
         if args.checkpoint:
             raise GSLoRAError("--checkpoint cannot change the model of an existing run; --run continues from the "
@@ -194,6 +253,31 @@ def cmd_forget(args: argparse.Namespace) -> int:
         run_dir, resume = args.out, False
     manifest = run_forgetting(config, run_dir, resume=resume, progress=_progress_factory(not args.quiet))
     print(markdown_table(manifest))
+    print(f"run directory: {run_dir} (latest model: {Path(run_dir) / manifest['latest_checkpoint']})")
+    return 0
+
+
+def _forget_detection(args: argparse.Namespace, tree: dict[str, Any]) -> int:
+    from gslora.config import from_dict
+    from gslora.detection import DetectionForgetConfig, run_detection_forgetting
+    from gslora.engine import read_manifest
+    from gslora.report import detection_table
+
+    if args.run:
+        if args.checkpoint:
+            raise GSLoRAError("--checkpoint cannot change the model of an existing run; --run continues from the "
+                              "run's latest model")
+        base = read_manifest(args.run)["config"]
+        for key, value in tree.items():
+            base[key] = {**base[key], **value} if isinstance(value, dict) and isinstance(base.get(key), dict) and \
+                not (key == "method" and value.get("name", base[key]["name"]) != base[key]["name"]) else value
+        tree, run_dir, resume = base, args.run, True
+    else:
+        tree["method"] = {"name": "gs_lora", **tree.get("method", {})}
+        run_dir, resume = args.out, False
+    config = from_dict(DetectionForgetConfig, tree)
+    manifest = run_detection_forgetting(config, run_dir, resume=resume, progress=_progress_factory(not args.quiet))
+    print(detection_table(manifest))
     print(f"run directory: {run_dir} (latest model: {Path(run_dir) / manifest['latest_checkpoint']})")
     return 0
 
@@ -292,7 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", parents=[common],
                        help="train a base ViT on all classes of a data set; save a checkpoint")
-    p.add_argument("--config", help="YAML file with model:, data:, train: and out: sections")
+    p.add_argument("--config", help="YAML file with model:, data:, train: and out: sections (and task:)")
+    p.add_argument("--task", choices=["classification", "detection"],
+                   help="detection trains a Deformable DETR on COCO-format data (default classification)")
     p.add_argument("--data", help="fashion-mnist, an .npz file or an ImageFolder directory")
     p.add_argument("--family", choices=["timm", "torchvision", "hf"])
     p.add_argument("--name", help="model name of the family (default: a ViT of the shape below)")

@@ -122,8 +122,10 @@ def compare(config: CompareConfig, out_dir: str | Path, *, only: list[str] | Non
         if only is None:
             raise GSLoRAError(f"{out_dir} already holds a comparison; pass --methods to re-run some of its methods, "
                               "or choose a new --out")
-        previous = json.loads((out_dir / RESULTS).read_text())["methods"]
-    out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            previous = json.loads((out_dir / RESULTS).read_text())["methods"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise GSLoRAError(f"{out_dir / RESULTS} is not a gslora comparison ({exc}); choose a new --out") from exc
     results: dict[str, Any] = {}
     for label in labels:
         if only is not None and label not in only:
@@ -149,6 +151,7 @@ def compare(config: CompareConfig, out_dir: str | Path, *, only: list[str] | Non
 def write_comparison(comparison: dict[str, Any], out_dir: str | Path) -> None:
     """comparison.json, comparison.md and comparison.png in ``out_dir``."""
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / RESULTS, comparison)
     atomic_write_text(out_dir / "comparison.md", comparison_markdown(comparison))
     plot_comparison(comparison, out_dir / "comparison.png")

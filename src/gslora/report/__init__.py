@@ -70,6 +70,38 @@ def markdown_table(manifest: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+ACCURACY_SERIES = (("acc_r", "Acc_r (retained)", "o-"), ("acc_f", "Acc_f (forgotten now)", "s-"),
+                   ("acc_o", "Acc_o (forgotten before)", "^-"), ("acc_m", "Acc_m (no data)", "v-"),
+                   ("h_mean", "H-Mean", "d--"), ("acc_f_before", "Acc_f before request", "x:"))
+DETECTION_SERIES = (("map50_r", "mAP@0.5 retained", "o-"), ("map50_f", "mAP@0.5 forgotten now", "s-"),
+                    ("map50_o", "mAP@0.5 forgotten before", "^-"), ("h_mean", "H-Mean (mAP@0.5)", "d--"),
+                    ("map50_f_before", "mAP@0.5 forget classes before", "x:"))
+
+
+def detection_table(manifest: dict[str, Any]) -> str:
+    """The per-request table of a detection run: mAP@0.5 and mAP (percent) per class group."""
+    classes = manifest["dataset"]["classes"]
+    lines = [f"# gslora detection run: {manifest['config']['method']['name']} on {manifest['dataset']['name']}", "",
+             f"Base checkpoint sha256 `{manifest['base']['sha256'][:16]}`, gslora {manifest['gslora_version']}, "
+             f"{manifest['hardware']}.", "",
+             "| request | forget | mAP50_f before -> after | mAP50_r before -> after | mAP50_o | mAP_f | mAP_r | H "
+             "| H_max | seconds |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in manifest["requests"]:
+        m = r["metrics"]
+        names = ", ".join(classes[c] for c in r["forget_classes"])
+        lines.append(f"| {r['index']} | {names} | {_fmt(m['map50_f_before'])} -> {_fmt(m['map50_f'])} | "
+                     f"{_fmt(m['map50_r_before'])} -> {_fmt(m['map50_r'])} | {_fmt(m['map50_o'])} | "
+                     f"{_fmt(m['map_f'])} | {_fmt(m['map_r'])} | {_fmt(m['h_mean'])} | {_fmt(m['h_max'])} | "
+                     f"{r['seconds']:.1f} |")
+    ratio = manifest["requests"][-1].get("trainable_ratio") if manifest["requests"] else None
+    if ratio is not None:
+        lines += ["", f"Trainable parameters: {100 * ratio:.2f}% of the base detector."]
+    lines += ["", "mAP: COCO AP over IoU 0.50:0.95, mAP50: AP at IoU 0.5 (torchmetrics, pycocotools backend), "
+              "averaged over the forget (f), retained (r) and earlier forgotten (o) classes. H = 2 dmAP50_f mAP50_r / "
+              "(dmAP50_f + mAP50_r).", ""]
+    return "\n".join(lines)
+
+
 def plot_accuracies(manifest: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -78,12 +110,10 @@ def plot_accuracies(manifest: dict[str, Any], path: Path) -> None:
 
     rows = task_rows(manifest)
     x = [row["task"] for row in rows]
+    detection = manifest.get("task") == "detection"
     fig, ax = plt.subplots(figsize=(6.4, 4))
-    for key, label, style in (("acc_r", "Acc_r (retained)", "o-"), ("acc_f", "Acc_f (forgotten now)", "s-"),
-                              ("acc_o", "Acc_o (forgotten before)", "^-"), ("acc_m", "Acc_m (no data)", "v-"),
-                              ("h_mean", "H-Mean", "d--"),
-                              ("acc_f_before", "Acc_f before request", "x:")):
-        points = [(t, row[key]) for t, row in zip(x, rows) if row[key] is not None]
+    for key, label, style in DETECTION_SERIES if detection else ACCURACY_SERIES:
+        points = [(t, row.get(key)) for t, row in zip(x, rows) if row.get(key) is not None]
         if points:
             ax.plot(*zip(*points), style, label=label)
     ax.set_xlabel("request")
@@ -92,7 +122,7 @@ def plot_accuracies(manifest: dict[str, Any], path: Path) -> None:
     ax.set_xticks(x)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title("Accuracy per request")
+    ax.set_title("mAP per request" if detection else "Accuracy per request")
     fig.tight_layout()
     atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
@@ -183,6 +213,7 @@ def write_report(manifest: dict[str, Any], directory: str | Path) -> None:
     """Write metrics.json, report.md, accuracy.png and group_norms.png into ``directory``."""
     directory = Path(directory)
     atomic_write_json(directory / "metrics.json", metrics_summary(manifest))
-    atomic_write_text(directory / "report.md", markdown_table(manifest))
+    table = detection_table(manifest) if manifest.get("task") == "detection" else markdown_table(manifest)
+    atomic_write_text(directory / "report.md", table)
     plot_accuracies(manifest, directory / "accuracy.png")
     plot_group_norms(manifest, directory / "group_norms.png")

@@ -1,0 +1,326 @@
+"""Pre-training a detector and continual forgetting on it, with the classification run directory.
+
+A detection run directory has the same layout and guarantees as a classification one (manifest,
+``requests/NNN/{adapter,model}``, report, lock, atomic commits); its metrics are mAP instead of accuracy
+and ``base_predictions.safetensors`` holds the original model's per-class AP.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+import gslora
+from gslora.config import SequenceConfig, TrainConfig, from_dict, to_dict
+from gslora.data import Request, build_requests
+from gslora.detection.data import (
+    DetectionDataConfig,
+    DetectionDataset,
+    DetectionSet,
+    images_only,
+    images_with,
+    load_detection_dataset,
+)
+from gslora.detection.gs_lora import DETECTION_METHODS
+from gslora.detection.metrics import detect, detection_metrics, per_class_ap
+from gslora.detection.model import Detector, DetectorConfig, build_detector, load_detector, save_detector
+from gslora.engine.continual import (
+    BASE_PREDICTIONS,
+    _commit,
+    _now,
+    _run_lock,
+    _RunState,
+    _staging_dir,
+    hardware,
+    read_manifest,
+)
+from gslora.engine.loop import (
+    ProgressFactory,
+    check_finite,
+    cosine_lr,
+    index_batches,
+    make_optimizer,
+    no_progress,
+    optimizer_step,
+    resolve_device,
+    set_lr,
+)
+from gslora.errors import GSLoRAError
+from gslora.io import sha256_file
+
+log = logging.getLogger(__name__)
+
+
+def _targets(split: DetectionSet, idx) -> list[dict[str, torch.Tensor]]:
+    return [{"labels": split.labels[int(i)], "boxes": split.boxes[int(i)]} for i in idx]
+
+
+def _to(targets: list[dict[str, torch.Tensor]], device: torch.device) -> list[dict[str, torch.Tensor]]:
+    return [{k: v.to(device) for k, v in t.items()} for t in targets]
+
+
+def evaluate_detector(model: Detector, split: DetectionSet, num_classes: int, *, device: torch.device,
+                      batch_size: int = 64) -> dict[str, list[float | None]]:
+    """Per-class AP and AP@0.5 (percent) on ``split``."""
+    return per_class_ap(detect(model, split, device=device, batch_size=batch_size), split, num_classes)
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def pretrain_detector(model_config: DetectorConfig, dataset: DetectionDataset, config: TrainConfig, *,
+                      progress: ProgressFactory = no_progress) -> tuple[Detector, dict[str, Any]]:
+    """Train a detector on every class; returns it and {seconds, map50, map, history}."""
+    torch.manual_seed(config.seed)
+    device = resolve_device(config.device)
+    if model_config.num_classes != dataset.num_classes:
+        model_config = dataclasses.replace(model_config, num_classes=dataset.num_classes)
+    model = build_detector(model_config).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, config)
+    generator = torch.Generator().manual_seed(config.seed)
+    train = dataset.train
+    steps = -(-len(train) // config.batch_size)
+    history = []
+    start = time.perf_counter()
+    with progress(config.epochs * steps, "pretrain detector") as bar:
+        for epoch in range(config.epochs):
+            set_lr(optimizer, epoch, config)
+            model.train()
+            total = 0.0
+            for step, idx in enumerate(index_batches(len(train), config.batch_size, generator)):
+                out = model(train.images[idx].to(device), _to(_targets(train, idx), device))
+                check_finite({"loss": out.loss}, epoch=epoch, step=step)
+                optimizer_step(optimizer, out.loss, params, config.max_grad_norm)
+                total += out.loss.item()
+                bar.update(1)
+            history.append({"epoch": epoch, "loss": total / steps})
+            bar.set_postfix({"loss": f"{total / steps:.3f}"})
+            log.info("pretrain detector epoch %d: loss %.4f", epoch, total / steps)
+    seconds = time.perf_counter() - start
+    ap = evaluate_detector(model, dataset.test, dataset.num_classes, device=device)
+    info = {"seconds": seconds, "map50": _mean(ap["ap50"]), "map": _mean(ap["ap"]), "ap50_per_class": ap["ap50"],
+            "history": history}
+    return model.cpu(), info
+
+
+@dataclass
+class DetectionForgetConfig:
+    """A detection forgetting run: as ``ForgetConfig`` with a detection data set and method.
+
+    ``sequence.ratio`` / ``sequence.shots``: the forget subset is that share (or ``shots`` per forget
+    class) of the training images holding a forget-class object; the retain subset the same share of
+    the images whose objects are all retained classes (``shots`` per retained class).
+    """
+
+    checkpoint: str = ""
+    data: DetectionDataConfig = field(default_factory=DetectionDataConfig)
+    sequence: SequenceConfig = field(default_factory=SequenceConfig)
+    method: dict[str, Any] = field(default_factory=lambda: {"name": "gs_lora"})
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval_batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.method, dict) or "name" not in self.method:
+            raise GSLoRAError("method must be a mapping with a 'name' (gs_lora or gs_lora_pp)")
+        build_detection_method(self.method)
+
+
+def build_detection_method(spec: dict[str, Any]):
+    cls = DETECTION_METHODS.get(spec["name"])
+    return cls(from_dict(cls.config_class, {k: v for k, v in spec.items() if k != "name"}, "method"))
+
+
+def _sample(pool: list[int], n_classes: int, sequence: SequenceConfig, seed: int) -> list[int]:
+    n = min(len(pool), sequence.shots * n_classes) if sequence.shots else max(1, round(sequence.ratio * len(pool)))
+    order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:n]
+    return sorted(pool[int(i)] for i in order)
+
+
+def request_subsets(dataset: DetectionDataset, request: Request, sequence: SequenceConfig
+                    ) -> tuple[DetectionSet, DetectionSet]:
+    """(forget subset with only forget-class objects, retain subset) of one request."""
+    forget, retain = set(request.forget), set(request.retain)
+    names = [dataset.classes[c] for c in request.forget]
+    forget_pool, retain_pool = images_with(dataset.train, forget), images_only(dataset.train, retain)
+    if not forget_pool:
+        raise GSLoRAError(f"request {request.index}: no training image holds {names}; nothing to forget")
+    if not retain_pool:
+        raise GSLoRAError(f"request {request.index}: no training image holds only retained classes; the retention "
+                          "loss needs some")
+    if not images_with(dataset.test, forget):
+        raise GSLoRAError(f"request {request.index}: no test image holds {names}; forgetting could not be measured")
+    seed = sequence.subset_seed + request.index
+    f = _sample(forget_pool, len(forget), sequence, seed)
+    r = _sample(retain_pool, len(retain), sequence, seed + 7919)
+    return dataset.train.subset(f).keep_classes(forget), dataset.train.subset(r)
+
+
+def train_detection_request(method, forget: DetectionSet, retain: DetectionSet, config: TrainConfig, *,
+                            request_index: int, device: torch.device,
+                            progress: ProgressFactory = no_progress) -> list[dict[str, float]]:
+    """One epoch = one pass over the retain subset; each step pairs it with the next cycled forget batch."""
+    params = method.trainable_parameters()
+    optimizer = make_optimizer(params, config)
+    generator = torch.Generator().manual_seed(config.seed + request_index)
+    steps = -(-len(retain) // config.batch_size)
+
+    def forget_batches():
+        while True:
+            yield from index_batches(len(forget), config.batch_size, generator)
+
+    cycled = forget_batches()
+    history = []
+    with progress(config.epochs * steps, f"request {request_index}") as bar:
+        for epoch in range(config.epochs):
+            set_lr(optimizer, epoch, config)
+            method.model.train()
+            sums: dict[str, float] = {}
+            for step, idx_r in enumerate(index_batches(len(retain), config.batch_size, generator)):
+                idx_f = next(cycled)
+                terms = method.training_step(
+                    (forget.images[idx_f].to(device), _to(_targets(forget, idx_f), device)),
+                    (retain.images[idx_r].to(device), _to(_targets(retain, idx_r), device)), epoch=epoch)
+                check_finite(terms, epoch=epoch, step=step)
+                optimizer_step(optimizer, terms["loss"], params, config.max_grad_norm)
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+                bar.update(1)
+            means = {k: v / steps for k, v in sums.items()}
+            history.append({"epoch": epoch, "lr": cosine_lr(epoch, config), **means})
+            bar.set_postfix({k: f"{v:.3g}" for k, v in means.items()})
+    return history
+
+
+def _ap_tensors(ap: dict[str, list[float | None]]) -> dict[str, torch.Tensor]:
+    return {k: torch.tensor([math.nan if v is None else v for v in values]) for k, values in ap.items()}
+
+
+def _ap_lists(tensors: dict[str, torch.Tensor]) -> dict[str, list[float | None]]:
+    return {k: [None if math.isnan(v) else v for v in t.tolist()] for k, t in tensors.items()}
+
+
+def run_detection_forgetting(config: DetectionForgetConfig, run_dir: str | Path, *, resume: bool = False,
+                             progress: ProgressFactory = no_progress) -> dict[str, Any]:
+    """Apply the requests of ``config`` to a detector; returns the run's manifest (see ``run_forgetting``)."""
+    run_dir = Path(run_dir)
+    device = resolve_device(config.train.device)
+    with _run_lock(run_dir, resume):
+        state = _resume(run_dir, config) if resume else _new(run_dir, config)
+        requests = build_requests(config.sequence, state.dataset.classes, forgotten=state.forgotten,
+                                  start_index=len(state.manifest["requests"]))
+        subsets = [request_subsets(state.dataset, r, config.sequence) for r in requests]  # validate all first
+        model = state.model.to(device)
+        before = evaluate_detector(model, state.dataset.test, state.dataset.num_classes, device=device,
+                                   batch_size=config.eval_batch_size)
+        if state.base_predictions is None:
+            state.base_predictions = _ap_tensors(before)
+        for request, (forget, retain) in zip(requests, subsets):
+            model, before = _apply(state, config, request, forget, retain, model, before, device, progress)
+    return state.manifest
+
+
+def _new(run_dir: Path, config: DetectionForgetConfig) -> _RunState:
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise GSLoRAError(f"run directory {str(run_dir)!r} already exists; pass --run {run_dir} to add requests to "
+                          "it, or choose a new --out")
+    if not config.checkpoint:
+        raise GSLoRAError("no base detector: set checkpoint (a directory written by `gslora pretrain --task "
+                          "detection`)")
+    model, meta = load_detector(config.checkpoint)
+    dataset = load_detection_dataset(config.data)
+    if meta.get("classes") != dataset.classes:
+        raise GSLoRAError(f"detector {config.checkpoint!r} was trained on classes {meta.get('classes', [])[:5]} but "
+                          f"the data set has {dataset.classes[:5]}; use the data set it was trained on")
+    out = to_dict(config)
+    out["sequence"]["requests"] = []
+    manifest = {
+        "gslora_version": gslora.__version__, "task": "detection", "created": _now(),
+        "base": {"checkpoint": str(Path(config.checkpoint).resolve()),
+                 "sha256": sha256_file(Path(config.checkpoint) / "model.safetensors")},
+        "dataset": {"name": dataset.name, "classes": dataset.classes, "train_images": len(dataset.train),
+                    "test_images": len(dataset.test)},
+        "config": out, "hardware": hardware(), "requests": [], "latest_checkpoint": None,
+    }
+    return _RunState(run_dir, manifest, model, dataset, [], True)
+
+
+def _resume(run_dir: Path, config: DetectionForgetConfig) -> _RunState:
+    manifest = read_manifest(run_dir)
+    if manifest.get("task") != "detection":
+        raise GSLoRAError(f"{str(run_dir)!r} is a classification run; use `gslora forget` without a detector")
+    dataset = load_detection_dataset(config.data)
+    if dataset.classes != manifest["dataset"]["classes"] or len(dataset.test) != manifest["dataset"]["test_images"]:
+        raise GSLoRAError(f"the data set is not the one run {str(run_dir)!r} was measured on; pass the run's data")
+    latest = manifest["latest_checkpoint"]
+    if latest and sha256_file(run_dir / latest / "model.safetensors") != manifest["requests"][-1]["checkpoint_sha256"]:
+        raise GSLoRAError(f"{run_dir / latest} does not match the hash in the manifest; the run directory was "
+                          "changed outside gslora")
+    model, _ = load_detector(run_dir / latest if latest else manifest["base"]["checkpoint"])
+    try:
+        base = load_file(str(run_dir / BASE_PREDICTIONS))
+    except (OSError, SafetensorError) as exc:
+        raise GSLoRAError(f"cannot read {run_dir / BASE_PREDICTIONS} ({exc}); the run directory is damaged") from exc
+    forgotten = [c for r in manifest["requests"] for c in r["forget_classes"]]
+    return _RunState(run_dir, manifest, model, dataset, forgotten, False, base)
+
+
+def _apply(state: _RunState, config: DetectionForgetConfig, request: Request, forget: DetectionSet,
+           retain: DetectionSet, model: Detector, before: dict[str, list], device: torch.device,
+           progress: ProgressFactory):
+    dataset: DetectionDataset = state.dataset
+    names = [dataset.classes[c] for c in request.forget]
+    log.info("request %d: forgetting %s (%d forget / %d retain training images)", request.index, ", ".join(names),
+             len(forget), len(retain))
+    method = build_detection_method(config.method)
+    torch.manual_seed(config.train.seed + request.index)
+    started, start = _now(), time.perf_counter()
+    method.setup_task(model, request.index)
+    history = train_detection_request(method, forget, retain, config.train, request_index=request.index,
+                                      device=device, progress=progress)
+    stage = _staging_dir(state)
+    try:
+        artifacts = method.save_artifacts(stage)
+        edited = method.end_task()
+        seconds = time.perf_counter() - start
+        digest = save_detector(edited.cpu(), stage / "model", classes=dataset.classes,
+                               extra={"run_request": request.index})
+        edited = edited.to(device)
+        after = evaluate_detector(edited, dataset.test, dataset.num_classes, device=device,
+                                  batch_size=config.eval_batch_size)
+        metrics = detection_metrics(after, before, forget=request.forget, retain=request.retain, old=request.old)
+        original = _ap_lists(state.base_predictions)
+        metrics["map50_f_original"] = detection_metrics(after, original, forget=request.forget,
+                                                        retain=request.retain, old=request.old)["map50_f_before"]
+        metrics["ap50_per_class"] = after["ap50"]
+        prefix = f"requests/{request.index:03d}"
+        record = {
+            "index": request.index, "forget_classes": list(request.forget), "forget_class_names": names,
+            "retain_classes": list(request.retain), "old_classes": list(request.old), "missing_classes": [],
+            "started": started, "seconds": seconds,
+            "train_images": {"forget": len(forget), "retain": len(retain)},
+            "method": copy.deepcopy(config.method), "train": to_dict(config.train),
+            **{k: f"{prefix}/{v}" for k, v in artifacts.items()},
+            "checkpoint": f"{prefix}/model", "checkpoint_sha256": digest, "metrics": metrics,
+            **method.diagnostics(), "history": history,
+        }
+        _commit(state, stage, request.index, record)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    state.forgotten.extend(request.forget)
+    log.info("request %d done in %.1fs: mAP50_f %.2f -> %.2f, mAP50_r %.2f -> %.2f", request.index, seconds,
+             metrics["map50_f_before"], metrics["map50_f"], metrics["map50_r_before"], metrics["map50_r"])
+    return edited, after

@@ -1,0 +1,170 @@
+"""Detection: composed COCO data, the Deformable DETR wrapper, LoRA groups, the forget loss and a tiny run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from gslora.adapters import attach_lora, find_ffn_groups, merge_adapter
+from gslora.cli import main
+from gslora.config import SequenceConfig
+from gslora.data import Request
+from gslora.detection import (
+    DetectionDataConfig,
+    DetectionGSLoRA,
+    DetectionGSLoRAConfig,
+    DetectorConfig,
+    build_detector,
+    compose_scenes,
+    load_coco,
+    load_detection_dataset,
+    load_detector,
+    request_subsets,
+    save_detector,
+    write_coco,
+)
+from gslora.detection.gs_lora import split_loss_dict
+from gslora.errors import GSLoRAError
+
+TINY = DetectorConfig(num_classes=4, d_model=32, ffn_dim=64, heads=2, num_queries=8, feature_levels=2,
+                      backbone_hidden=[8, 16, 32, 64])
+
+
+def _items(n: int = 40, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.zeros(n, 1, 28, 28, dtype=torch.uint8)
+    images[:, :, 6:22, 8:20] = torch.randint(100, 255, (n, 1, 16, 12), dtype=torch.uint8, generator=g)
+    return images, torch.arange(n) % 4
+
+
+def test_composed_scenes_are_deterministic_non_overlapping_and_round_trip_through_coco(tmp_path):
+    images, labels = _items()
+    a = compose_scenes(images, labels, 12, size=64, objects=(1, 3), seed=5)
+    b = compose_scenes(images, labels, 12, size=64, objects=(1, 3), seed=5)
+    assert torch.equal(a.images, b.images) and all(torch.equal(x, y) for x, y in zip(a.boxes, b.boxes))
+    for boxes in a.boxes:
+        assert 1 <= len(boxes) <= 3 and (boxes >= 0).all() and (boxes <= 64).all()
+        for i in range(len(boxes)):
+            for j in range(i):
+                p, q = boxes[i], boxes[j]
+                assert not (p[0] < q[2] and q[0] < p[2] and p[1] < q[3] and q[1] < p[3]), "boxes overlap"
+    classes = ["a", "b", "c", "d"]
+    write_coco(a, classes, tmp_path / "train.json", tmp_path / "train")
+    back, names = load_coco(tmp_path / "train.json", tmp_path / "train", image_size=64)
+    assert names == classes
+    assert torch.equal(back.images[:, 0], a.images[:, 0]) and back.images.shape[1] == 3
+    assert all(torch.equal(x, y) for x, y in zip(back.labels, a.labels))
+    assert all(torch.allclose(x, y) for x, y in zip(back.boxes, a.boxes))
+    half, _ = load_coco(tmp_path / "train.json", tmp_path / "train", image_size=32)  # boxes follow a resize
+    assert torch.allclose(half.boxes[0], a.boxes[0] / 2)
+
+
+def test_bad_coco_input_names_the_problem(tmp_path):
+    with pytest.raises(GSLoRAError, match="cannot read COCO annotations"):
+        load_coco(tmp_path / "none.json", tmp_path, image_size=64)
+    (tmp_path / "a.json").write_text(json.dumps({"images": [{"id": 1, "file_name": "x.png"}], "annotations": [],
+                                                 "categories": [{"id": 1, "name": "a"}]}))
+    with pytest.raises(GSLoRAError, match="cannot read image"):
+        load_coco(tmp_path / "a.json", tmp_path, image_size=64)
+    with pytest.raises(GSLoRAError, match="no .*train.json"):
+        load_detection_dataset(DetectionDataConfig(dataset=str(tmp_path)))
+
+
+def test_groups_are_the_ffn_of_every_encoder_and_decoder_layer():
+    groups = find_ffn_groups(build_detector(TINY))
+    assert [g.block for g in groups] == ["net.model.encoder.layers.0", "net.model.encoder.layers.1",
+                                         "net.model.decoder.layers.0", "net.model.decoder.layers.1"]
+    assert all(g.targets == (f"{g.block}.mlp.fc1", f"{g.block}.mlp.fc2") for g in groups)
+
+
+def test_merged_detector_equals_the_unmerged_one_and_checkpoints_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = build_detector(TINY).eval()
+    peft = attach_lora(model, find_ffn_groups(model), rank=4, lora_alpha=4.0)
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.5)
+    peft.eval()
+    x = torch.randint(0, 255, (2, 1, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        unmerged = peft.base_model.model(x)
+        merged_model = merge_adapter(peft).eval()
+        merged = merged_model(x)
+    assert torch.allclose(unmerged.logits, merged.logits, atol=1e-4)
+    assert torch.allclose(unmerged.pred_boxes, merged.pred_boxes, atol=1e-5)
+    save_detector(merged_model, tmp_path / "det", classes=list("abcd"))
+    loaded, meta = load_detector(tmp_path / "det")
+    assert meta["task"] == "detection" and meta["classes"] == list("abcd")
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(x).logits, merged.logits)
+
+
+def test_forget_classification_term_is_zero_past_bnd_and_box_terms_stay():
+    torch.manual_seed(0)
+    method = DetectionGSLoRA(DetectionGSLoRAConfig(bnd=1e-6, beta=1.0, alpha=0.0))
+    method.setup_task(build_detector(TINY), 0)
+    x = torch.randint(0, 255, (2, 1, 64, 64), dtype=torch.uint8)
+    targets = [{"labels": torch.tensor([1]), "boxes": torch.tensor([[4.0, 4.0, 30.0, 30.0]])}] * 2
+    terms = method.training_step((x, targets), (x, targets), epoch=0)
+    assert terms["forget_cls"].item() > 1e-6
+    assert terms["forget"].item() == pytest.approx(terms["forget_box"].item(), rel=1e-6)
+    loss_dict = {"loss_ce": torch.tensor(1.0), "loss_ce_0": torch.tensor(2.0), "loss_bbox": torch.tensor(0.1),
+                 "loss_bbox_0": torch.tensor(0.2), "loss_giou": torch.tensor(0.5), "loss_giou_0": torch.tensor(0.5),
+                 "cardinality_error": torch.tensor(3.0)}
+    cls, box = split_loss_dict(loss_dict, 5.0, 2.0)
+    assert cls.item() == 3.0 and box.item() == pytest.approx(5 * 0.3 + 2 * 1.0)
+    high = DetectionGSLoRA(DetectionGSLoRAConfig(bnd=1e6, w_f=0.5))
+    high.setup_task(build_detector(TINY), 0)
+    terms = high.training_step((x, targets), (x, targets), epoch=0)
+    assert terms["forget"].item() == pytest.approx(1e6 - terms["forget_cls"].item() + terms["forget_box"].item())
+    assert 0 < terms["prototype_push"].item() <= 18.0
+
+
+def test_request_subsets_keep_only_forget_objects_and_retained_only_images(tmp_path):
+    images, labels = _items(80)
+    scenes = compose_scenes(images, labels, 60, size=64, objects=(1, 3), seed=1)
+    from gslora.detection import DetectionDataset
+
+    dataset = DetectionDataset("toy", scenes, scenes, list("abcd"))
+    forget, retain = request_subsets(dataset, Request(0, (3,), (0, 1, 2), ()), SequenceConfig(ratio=0.5))
+    assert len(forget) and len(retain)
+    assert all(set(lab.tolist()) == {3} for lab in forget.labels)
+    assert all(3 not in lab.tolist() for lab in retain.labels)
+
+
+def test_cli_pretrains_a_detector_and_forgetting_drops_forget_map(tmp_path, capsys):
+    """Composed scenes of two easy, distinct shapes; a tiny detector learns them in a few epochs."""
+    items = torch.zeros(2, 1, 28, 28, dtype=torch.uint8)
+    items[0, :, 4:24, 4:24] = 255  # a filled square
+    items[1, :, 12:16, 2:26] = 255  # a horizontal bar
+    items[1, :, 2:26, 12:16] = 255  # ... and a vertical one: a cross
+    labels = torch.tensor([0, 1])
+    for split, n, seed in (("train", 160, 0), ("test", 40, 1)):
+        scenes = compose_scenes(items, labels, n, size=64, objects=(1, 2), seed=seed)
+        write_coco(scenes, ["square", "cross"], tmp_path / f"{split}.json", tmp_path / split)
+    det = tmp_path / "det"
+    model = ["--set", "model.d_model=32", "--set", "model.ffn_dim=64", "--set", "model.heads=2",
+             "--set", "model.num_queries=6", "--set", "model.feature_levels=1",
+             "--set", "model.backbone_hidden=[8,16,32,64]"]
+    assert main(["pretrain", "--task", "detection", "--data", str(tmp_path), "--epochs", "25", "--lr", "1e-3",
+                 "--batch-size", "8", "--device", "cpu", "--out", str(det), "-q", *model]) == 0
+    meta = json.loads((det / "config.json").read_text())
+    assert meta["pretrain"]["map50"] > 20, meta["pretrain"]
+    run = tmp_path / "run"
+    assert main(["forget", "--checkpoint", str(det), "--data", str(tmp_path), "--classes", "cross", "--ratio", "1.0",
+                 "--epochs", "8", "--lr", "3e-3", "--batch-size", "8", "--device", "cpu", "--bnd", "15",
+                 "--beta", "0.3", "--out", str(run), "-q"]) == 0
+    manifest = json.loads((run / "manifest.json").read_text())
+    [request] = manifest["requests"]
+    m = request["metrics"]
+    assert manifest["task"] == "detection" and request["forget_class_names"] == ["cross"]
+    assert m["map50_f"] < 0.5 * m["map50_f_before"], m
+    for name in ("report.md", "metrics.json", "accuracy.png", "group_norms.png", "requests/000/adapter"):
+        assert (run / name).exists(), name
+    assert "| 0 | cross |" in (run / "report.md").read_text()
+    capsys.readouterr()
+    assert main(["forget", "--run", str(run), "--data", str(tmp_path), "--classes", "cross", "-q"]) == 2
+    assert "already forgotten" in capsys.readouterr().err

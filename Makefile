@@ -24,11 +24,13 @@ test-slow: venv system
 bench: venv system
 	$(PY) benchmarks/fashion_mnist_continual/run.py
 
-# Every benchmark (the face ones read ../shared/data/celeba_faces100); about 2.5 h on 2 CPU cores.
+# Every benchmark (the face ones read ../shared/data/celeba_faces100); about 3 h on 2 CPU cores.
 bench-all: bench
 	for b in fashion_mnist_4shot fashion_mnist_baselines fashion_mnist_baselines_4shot \
 		faces_4shot faces_full faces_missing faces_4shot_wr faces_4shot_cosine; do \
 		$(PY) benchmarks/run_methods.py benchmarks/$$b || exit 1; done
+	$(PY) benchmarks/step_cost/run.py
+	$(PY) benchmarks/fashion_mnist_det/run.py
 
 lint: venv
 	$(VENV)/bin/ruff check .

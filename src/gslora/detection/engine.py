@@ -136,6 +136,8 @@ class DetectionForgetConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.method, dict) or "name" not in self.method:
             raise GSLoRAError("method must be a mapping with a 'name' (gs_lora or gs_lora_pp)")
+        if self.sequence.missing_classes:
+            raise GSLoRAError("sequence.missing_classes is not supported for detection; drop --missing-classes")
         build_detection_method(self.method)
 
 

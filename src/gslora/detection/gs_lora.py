@@ -8,8 +8,13 @@ forget-class objects (targets: those objects only) and r a batch of retained-cla
         [+ w_f * ReLU(BND_pro - KL(softmax(p_y) || softmax(q)))]                        (GS-LoRA++)
 
 L_set is the detector's own Hungarian set-prediction loss (focal classification, L1 and GIoU box terms,
-decoder auxiliary losses); L_cls(f) sums the classification terms of the forget targets over the decoder
-layers and L_box(f) keeps their box terms positive, as the reference does. For GS-LoRA++ q are the
+decoder auxiliary losses). L_cls(f) is the classification loss *of the forget objects*: the mean
+-log sigmoid(s_{q,y}) of the final decoder layer's queries q matched (Hungarian, the detector's own
+costs) to forget objects of class y; L_box(f) keeps their box terms positive, as the reference does.
+The reference instead negates the whole focal loss of the forget images, whose negative terms cover
+every other (query, class) pair: ascending it is most easily done by raising false-positive scores,
+which on our benchmark (beta 1, lr 1e-2, one try) cut retained mAP@0.5 from 50.5 to 16.9 while forget
+mAP@0.5 only fell from 70.9 to 54.9 (section "Object detection" of the README). For GS-LoRA++ q are the
 decoder embeddings of the queries matched to forget objects and p_y the rows of the class-embedding
 matrix for their classes (frozen, so they are the prototypes of the model at the request's start).
 """
@@ -23,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from gslora.adapters import (
     attach_lora,
@@ -50,7 +56,8 @@ class DetectionGSLoRAConfig:
         rank, lora_alpha: LoRA rank [8] and peft's lora_alpha (scaling lora_alpha / rank).
         alpha: group-lasso weight [3e-4].
         beta: forgetting weight, one per request (the last repeats) [0.15, 0.15, 0.35, 0.6, ...].
-        bnd: bound of the forget classification loss [15].
+        bnd: bound of the forget objects' classification loss, -log sigmoid(score) [the reference's 15
+            bounds its summed focal loss; 10 here: forget scores are pushed to sigmoid(-10)].
         keep_box_terms: keep the forget objects' box losses positive [true].
         w_f: GS-LoRA++ prototype push weight (0 = GS-LoRA) [0.005].
         bnd_pro: bound of the push [18].
@@ -60,7 +67,7 @@ class DetectionGSLoRAConfig:
     lora_alpha: float = 1.0
     alpha: float = 3e-4
     beta: float | list[float] = 0.15
-    bnd: float = 15.0
+    bnd: float = 10.0
     keep_box_terms: bool = True
     w_f: float = 0.0
     bnd_pro: float = 18.0
@@ -115,7 +122,11 @@ class DetectionGSLoRA:
         (x_f, t_f), (x_r, t_r) = forget_batch, retain_batch
         retain = self.detector(x_r, t_r).loss
         out_f = self.detector(x_f, t_f)
-        forget_cls, forget_box = split_loss_dict(out_f.loss_dict, self.bbox_coef, self.giou_coef)
+        _, forget_box = split_loss_dict(out_f.loss_dict, self.bbox_coef, self.giou_coef)
+        queries, classes = self.match(out_f, t_f, x_f.shape[-1])
+        scores = out_f.logits[queries[:, 0], queries[:, 1], classes]
+        zero = out_f.logits.sum() * 0.0
+        forget_cls = F.softplus(-scores).mean() if len(scores) else zero
         forget = bounded_forgetting_loss(forget_cls, self.config.bnd)
         if self.config.keep_box_terms:
             forget = forget + forget_box
@@ -124,28 +135,36 @@ class DetectionGSLoRA:
         terms = {"retain": retain, "forget": forget, "forget_cls": forget_cls, "forget_box": forget_box,
                  "group_lasso": lasso}
         if self.config.w_f > 0:
-            push = self.prototype_push(out_f, t_f, x_f.shape[-1])
+            push = self.prototype_push(out_f, queries, classes)
             loss = loss + self.config.w_f * push
             terms["prototype_push"] = push
         return {"loss": loss, **terms}
 
-    def prototype_push(self, out, targets: list[dict[str, torch.Tensor]], size: int) -> torch.Tensor:
-        """ReLU(BND_pro - KL) between the class-embedding rows of forget objects and their matched queries."""
+    def match(self, out, targets: list[dict[str, torch.Tensor]], size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hungarian matching of the final layer's queries to the targets.
+
+        Returns ((K, 2) image and query indices, (K,) classes)."""
         from transformers.loss.loss_deformable_detr import DeformableDetrHungarianMatcher
 
         hf = self.detector.net.config
         matcher = DeformableDetrHungarianMatcher(class_cost=hf.class_cost, bbox_cost=hf.bbox_cost,
                                                  giou_cost=hf.giou_cost)
         hf_targets = [hf_target(t, size) for t in targets]
-        indices = matcher({"logits": out.logits.detach(), "pred_boxes": out.pred_boxes.detach()}, hf_targets)
-        queries, classes = [], []
+        with torch.no_grad():
+            indices = matcher({"logits": out.logits.detach(), "pred_boxes": out.pred_boxes.detach()}, hf_targets)
+        pairs, classes = [], []
         for i, (q, t) in enumerate(indices):
-            queries.append(out.last_hidden_state[i, q])
-            classes.append(hf_targets[i]["class_labels"][t])
-        z, y = torch.cat(queries), torch.cat(classes)
-        if len(y) == 0:
+            pairs.append(torch.stack([torch.full_like(q, i), q], 1))
+            classes.append(hf_targets[i]["class_labels"][t.to(hf_targets[i]["class_labels"].device)])
+        device = out.logits.device
+        return torch.cat(pairs).to(device).long(), torch.cat(classes).to(device).long()
+
+    def prototype_push(self, out, queries: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """ReLU(BND_pro - KL) between the class-embedding rows of forget objects and their matched queries."""
+        if len(classes) == 0:
             return out.logits.sum() * 0.0
-        prototypes = self.detector.class_embeddings()[y].detach()
+        z = out.last_hidden_state[queries[:, 0], queries[:, 1]]
+        prototypes = self.detector.class_embeddings()[classes].detach()
         return prototype_push_loss(z, prototypes, self.config.bnd_pro, "kl")
 
     def after_step(self) -> None:

@@ -191,21 +191,27 @@ def plot_comparison(comparison: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.2, 4.4))
+    fig, ax = plt.subplots(figsize=(9, 4.8))
     markers = "os^vd<>ph*xP"
+    colours = plt.get_cmap("tab20").colors
+    requests: set[int] = set()
     for i, (label, result) in enumerate(comparison["methods"].items()):
         tasks = result.get("tasks") or []
         if tasks:
+            requests.update(t["task"] for t in tasks)
+            ours = result.get("name", "").startswith("gs_lora")
             ax.plot([t["task"] for t in tasks], [t["h_mean"] for t in tasks], f"{markers[i % len(markers)]}-",
-                    label=label, linewidth=2.5 if result.get("name", "").startswith("gs_lora") else 1.2)
+                    color=colours[i % len(colours)], label=label, linewidth=2.8 if ours else 1.2,
+                    zorder=3 if ours else 2)
     ax.set_xlabel("request")
     ax.set_ylabel("H-Mean (percent)")
     ax.set_ylim(-2, 102)
+    ax.set_xticks(sorted(requests))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="lower left")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_title("H-Mean per request")
     fig.tight_layout()
-    atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)
 
 

@@ -96,11 +96,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
                           ("distill.teacher", args.teacher), ("distill.weight", args.distill_weight)):
         _set(tree, dotted, value)
     _apply_sets(tree, args.set)
-    out = tree.pop("out", None)
-    if not out:
-        raise GSLoRAError("no output directory: pass --out DIR (or 'out:' in the config file)")
-    if Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())) and not args.overwrite:
-        raise GSLoRAError(f"{out!r} already exists; pass --overwrite to replace it or choose another --out")
+    out = _pretrain_out(tree, args.overwrite)
     data_cfg = from_dict(DataConfig, tree.get("data"), "data")
     dataset = load_dataset(data_cfg)
     model_tree = {"num_classes": dataset.num_classes, "in_chans": dataset.image_shape[0],
@@ -131,6 +127,16 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pretrain_out(tree: dict[str, Any], overwrite: bool) -> str:
+    """The checkpoint directory to write (``out`` of the config), refused if it holds something already."""
+    out = tree.pop("out", None)
+    if not out:
+        raise GSLoRAError("no output directory: pass --out DIR (or 'out:' in the config file)")
+    if Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())) and not overwrite:
+        raise GSLoRAError(f"{out!r} already exists; pass --overwrite to replace it or choose another --out")
+    return out
+
+
 def _pretrain_detection(args: argparse.Namespace, tree: dict[str, Any]) -> int:
     from gslora.config import TrainConfig, from_dict, to_dict
     from gslora.detection import (
@@ -151,11 +157,7 @@ def _pretrain_detection(args: argparse.Namespace, tree: dict[str, Any]) -> int:
                           ("out", args.out)):
         _set(tree, dotted, value)
     _apply_sets(tree, args.set)
-    out = tree.pop("out", None)
-    if not out:
-        raise GSLoRAError("no output directory: pass --out DIR (or 'out:' in the config file)")
-    if Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())) and not args.overwrite:
-        raise GSLoRAError(f"{out!r} already exists; pass --overwrite to replace it or choose another --out")
+    out = _pretrain_out(tree, args.overwrite)
     data_cfg = from_dict(DetectionDataConfig, tree.get("data"), "data")
     dataset = load_detection_dataset(data_cfg)
     model_cfg = from_dict(DetectorConfig, {"num_classes": dataset.num_classes, "image_size": data_cfg.image_size,

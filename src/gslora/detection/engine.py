@@ -296,7 +296,7 @@ def _apply(state: _RunState, config: DetectionForgetConfig, request: Request, fo
     stage = _staging_dir(state)
     try:
         artifacts = method.save_artifacts(stage)
-        edited = method.end_task()
+        edited = method.end_task(None)
         seconds = time.perf_counter() - start
         digest = save_detector(edited.cpu(), stage / "model", classes=dataset.classes,
                                extra={"run_request": request.index})

@@ -24,25 +24,15 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from gslora.adapters import (
-    attach_lora,
-    delta_norms,
-    find_ffn_groups,
-    group_lasso,
-    group_norms,
-    group_parameters,
-    merge_adapter,
-    save_adapter,
-)
+from gslora.adapters import attach_lora, find_ffn_groups, group_lasso, group_parameters
 from gslora.config import require
 from gslora.detection.model import Detector, hf_target
 from gslora.losses import bounded_forgetting_loss, prototype_push_loss
+from gslora.methods.gs_lora import GSLoRA
 from gslora.registry import Registry
 
 DETECTION_METHODS: Registry = Registry("detection method")
@@ -97,13 +87,12 @@ def split_loss_dict(loss_dict: dict[str, torch.Tensor], bbox_coef: float, giou_c
 
 
 @DETECTION_METHODS.register("gs_lora")
-class DetectionGSLoRA:
+class DetectionGSLoRA(GSLoRA):
+    """GS-LoRA's adapters, merge, artifacts and diagnostics with the detection loss."""
+
     config_class = DetectionGSLoRAConfig
 
-    def __init__(self, config: DetectionGSLoRAConfig) -> None:
-        self.config = config
-
-    def setup_task(self, model: Detector, request_index: int) -> None:
+    def setup_task(self, model: Detector, request_index: int) -> None:  # type: ignore[override]
         self.groups = find_ffn_groups(model)
         self.peft_model = attach_lora(copy.deepcopy(model), self.groups, rank=self.config.rank,
                                       lora_alpha=self.config.lora_alpha)
@@ -114,9 +103,6 @@ class DetectionGSLoRA:
         self.base_parameters = sum(p.numel() for p in model.parameters())
         hf = self.detector.net.config
         self.bbox_coef, self.giou_coef = float(hf.bbox_loss_coefficient), float(hf.giou_loss_coefficient)
-
-    def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        return [p for group in self.group_params for p in group]
 
     def training_step(self, forget_batch: Batch, retain_batch: Batch, *, epoch: int) -> dict[str, torch.Tensor]:
         (x_f, t_f), (x_r, t_r) = forget_batch, retain_batch
@@ -166,25 +152,6 @@ class DetectionGSLoRA:
         z = out.last_hidden_state[queries[:, 0], queries[:, 1]]
         prototypes = self.detector.class_embeddings()[classes].detach()
         return prototype_push_loss(z, prototypes, self.config.bnd_pro, "kl")
-
-    def after_step(self) -> None:
-        return None
-
-    def end_task(self) -> Detector:
-        self.final_norms = group_norms(self.group_params).detach().tolist()
-        self.final_deltas = delta_norms(self.peft_model, self.groups)
-        return merge_adapter(self.peft_model)
-
-    def save_artifacts(self, directory: Path) -> dict[str, str]:
-        save_adapter(self.peft_model, directory / "adapter")
-        return {"adapter": "adapter"}
-
-    def diagnostics(self) -> dict[str, Any]:
-        trainable = sum(p.numel() for group in self.group_params for p in group)
-        return {"group_norms": {g.block: n for g, n in zip(self.groups, self.final_norms)},
-                "delta_norms": {g.block: n for g, n in zip(self.groups, self.final_deltas)},
-                "trainable_parameters": trainable, "base_parameters": self.base_parameters,
-                "trainable_ratio": trainable / self.base_parameters}
 
 
 @dataclass

@@ -18,10 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
-import gslora
 from gslora.config import SequenceConfig, TrainConfig, from_dict, to_dict
 from gslora.data import Request, build_requests
 from gslora.detection.data import (
@@ -33,31 +30,32 @@ from gslora.detection.data import (
     load_detection_dataset,
 )
 from gslora.detection.gs_lora import DETECTION_METHODS
-from gslora.detection.metrics import detect, detection_metrics, per_class_ap
+from gslora.detection.metrics import detect, detection_metrics, group_map, per_class_ap
 from gslora.detection.model import Detector, DetectorConfig, build_detector, load_detector, save_detector
 from gslora.engine.continual import (
-    BASE_PREDICTIONS,
     _commit,
     _now,
     _run_lock,
     _RunState,
     _staging_dir,
-    hardware,
+    load_base_predictions,
+    new_manifest,
     read_manifest,
+    refuse_existing_run,
+    verify_latest,
 )
 from gslora.engine.loop import (
     ProgressFactory,
     check_finite,
-    cosine_lr,
     index_batches,
     make_optimizer,
     no_progress,
+    optimise,
     optimizer_step,
     resolve_device,
     set_lr,
 )
 from gslora.errors import GSLoRAError
-from gslora.io import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +72,6 @@ def evaluate_detector(model: Detector, split: DetectionSet, num_classes: int, *,
                       batch_size: int = 64) -> dict[str, list[float | None]]:
     """Per-class AP and AP@0.5 (percent) on ``split``."""
     return per_class_ap(detect(model, split, device=device, batch_size=batch_size), split, num_classes)
-
-
-def _mean(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return sum(present) / len(present) if present else None
 
 
 def pretrain_detector(model_config: DetectorConfig, dataset: DetectionDataset, config: TrainConfig, *,
@@ -112,7 +105,9 @@ def pretrain_detector(model_config: DetectorConfig, dataset: DetectionDataset, c
             log.info("pretrain detector epoch %d: loss %.4f", epoch, total / steps)
     seconds = time.perf_counter() - start
     ap = evaluate_detector(model, dataset.test, dataset.num_classes, device=device)
-    info = {"seconds": seconds, "map50": _mean(ap["ap50"]), "map": _mean(ap["ap"]), "ap50_per_class": ap["ap50"],
+    every = range(dataset.num_classes)
+    info = {"seconds": seconds, "map50": group_map(ap["ap50"], every), "map": group_map(ap["ap"], every),
+            "ap50_per_class": ap["ap50"],
             "history": history}
     return model.cpu(), info
 
@@ -175,36 +170,22 @@ def train_detection_request(method, forget: DetectionSet, retain: DetectionSet, 
                             request_index: int, device: torch.device,
                             progress: ProgressFactory = no_progress) -> list[dict[str, float]]:
     """One epoch = one pass over the retain subset; each step pairs it with the next cycled forget batch."""
-    params = method.trainable_parameters()
-    optimizer = make_optimizer(params, config)
     generator = torch.Generator().manual_seed(config.seed + request_index)
-    steps = -(-len(retain) // config.batch_size)
 
-    def forget_batches():
+    def cycled():
         while True:
             yield from index_batches(len(forget), config.batch_size, generator)
 
-    cycled = forget_batches()
-    history = []
-    with progress(config.epochs * steps, f"request {request_index}") as bar:
-        for epoch in range(config.epochs):
-            set_lr(optimizer, epoch, config)
-            method.model.train()
-            sums: dict[str, float] = {}
-            for step, idx_r in enumerate(index_batches(len(retain), config.batch_size, generator)):
-                idx_f = next(cycled)
-                terms = method.training_step(
-                    (forget.images[idx_f].to(device), _to(_targets(forget, idx_f), device)),
-                    (retain.images[idx_r].to(device), _to(_targets(retain, idx_r), device)), epoch=epoch)
-                check_finite(terms, epoch=epoch, step=step)
-                optimizer_step(optimizer, terms["loss"], params, config.max_grad_norm)
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach())
-                bar.update(1)
-            means = {k: v / steps for k, v in sums.items()}
-            history.append({"epoch": epoch, "lr": cosine_lr(epoch, config), **means})
-            bar.set_postfix({k: f"{v:.3g}" for k, v in means.items()})
-    return history
+    forget_indices = cycled()
+
+    def epoch_batches():
+        for idx_r in index_batches(len(retain), config.batch_size, generator):
+            idx_f = next(forget_indices)
+            yield ((forget.images[idx_f].to(device), _to(_targets(forget, idx_f), device)),
+                   (retain.images[idx_r].to(device), _to(_targets(retain, idx_r), device)))
+
+    return optimise(method, config, steps_per_epoch=-(-len(retain) // config.batch_size),
+                    epoch_batches=epoch_batches, desc=f"request {request_index}", progress=progress)
 
 
 def _ap_tensors(ap: dict[str, list[float | None]]) -> dict[str, torch.Tensor]:
@@ -236,9 +217,7 @@ def run_detection_forgetting(config: DetectionForgetConfig, run_dir: str | Path,
 
 
 def _new(run_dir: Path, config: DetectionForgetConfig) -> _RunState:
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise GSLoRAError(f"run directory {str(run_dir)!r} already exists; pass --run {run_dir} to add requests to "
-                          "it, or choose a new --out")
+    refuse_existing_run(run_dir)
     if not config.checkpoint:
         raise GSLoRAError("no base detector: set checkpoint (a directory written by `gslora pretrain --task "
                           "detection`)")
@@ -247,16 +226,9 @@ def _new(run_dir: Path, config: DetectionForgetConfig) -> _RunState:
     if meta.get("classes") != dataset.classes:
         raise GSLoRAError(f"detector {config.checkpoint!r} was trained on classes {meta.get('classes', [])[:5]} but "
                           f"the data set has {dataset.classes[:5]}; use the data set it was trained on")
-    out = to_dict(config)
-    out["sequence"]["requests"] = []
-    manifest = {
-        "gslora_version": gslora.__version__, "task": "detection", "created": _now(),
-        "base": {"checkpoint": str(Path(config.checkpoint).resolve()),
-                 "sha256": sha256_file(Path(config.checkpoint) / "model.safetensors")},
-        "dataset": {"name": dataset.name, "classes": dataset.classes, "train_images": len(dataset.train),
-                    "test_images": len(dataset.test)},
-        "config": out, "hardware": hardware(), "requests": [], "latest_checkpoint": None,
-    }
+    manifest = new_manifest(config.checkpoint, Path(config.checkpoint) / "model.safetensors", {
+        "name": dataset.name, "classes": dataset.classes, "train_images": len(dataset.train),
+        "test_images": len(dataset.test)}, to_dict(config), task="detection")
     return _RunState(run_dir, manifest, model, dataset, [], True)
 
 
@@ -267,17 +239,10 @@ def _resume(run_dir: Path, config: DetectionForgetConfig) -> _RunState:
     dataset = load_detection_dataset(config.data)
     if dataset.classes != manifest["dataset"]["classes"] or len(dataset.test) != manifest["dataset"]["test_images"]:
         raise GSLoRAError(f"the data set is not the one run {str(run_dir)!r} was measured on; pass the run's data")
-    latest = manifest["latest_checkpoint"]
-    if latest and sha256_file(run_dir / latest / "model.safetensors") != manifest["requests"][-1]["checkpoint_sha256"]:
-        raise GSLoRAError(f"{run_dir / latest} does not match the hash in the manifest; the run directory was "
-                          "changed outside gslora")
-    model, _ = load_detector(run_dir / latest if latest else manifest["base"]["checkpoint"])
-    try:
-        base = load_file(str(run_dir / BASE_PREDICTIONS))
-    except (OSError, SafetensorError) as exc:
-        raise GSLoRAError(f"cannot read {run_dir / BASE_PREDICTIONS} ({exc}); the run directory is damaged") from exc
+    latest = verify_latest(run_dir, manifest)
+    model, _ = load_detector(latest or manifest["base"]["checkpoint"])
     forgotten = [c for r in manifest["requests"] for c in r["forget_classes"]]
-    return _RunState(run_dir, manifest, model, dataset, forgotten, False, base)
+    return _RunState(run_dir, manifest, model, dataset, forgotten, False, load_base_predictions(run_dir, "ap50"))
 
 
 def _apply(state: _RunState, config: DetectionForgetConfig, request: Request, forget: DetectionSet,

@@ -136,34 +136,59 @@ def _labels_digest(labels: torch.Tensor) -> str:
     return hashlib.sha256(labels.to(torch.int64).numpy().tobytes()).hexdigest()
 
 
-def _new_state(config: ForgetConfig, run_dir: Path) -> _RunState:
+def refuse_existing_run(run_dir: Path) -> None:
+    """A new run needs an empty or absent directory."""
     if run_dir.exists() and any(run_dir.iterdir()):
         raise GSLoRAError(f"run directory {str(run_dir)!r} already exists; pass --run {run_dir} to add requests to "
                           "it, or choose a new --out")
+
+
+def new_manifest(checkpoint: str, weights: Path, dataset: dict[str, Any], config: dict[str, Any],
+                 **extra: Any) -> dict[str, Any]:
+    """The manifest of a new run: base checkpoint and its hash, data set, config (requests are recorded one by
+    one), hardware; ``extra`` adds keys such as ``task``."""
+    config["sequence"]["requests"] = []
+    return {"gslora_version": gslora.__version__, **extra, "created": _now(),
+            "base": {"checkpoint": str(Path(checkpoint).resolve()), "sha256": sha256_file(weights)},
+            "dataset": dataset, "config": config, "hardware": hardware(), "requests": [], "latest_checkpoint": None}
+
+
+def verify_latest(run_dir: Path, manifest: dict[str, Any]) -> Path | None:
+    """The run's latest model directory (None before the first request), checked against the manifest's hash."""
+    latest = manifest["latest_checkpoint"]
+    if not latest:
+        return None
+    weights, _ = read_checkpoint_meta(run_dir / latest)
+    if sha256_file(weights) != manifest["requests"][-1]["checkpoint_sha256"]:
+        raise GSLoRAError(f"{weights} does not match the hash in the manifest; the run directory was changed "
+                          "outside gslora")
+    return run_dir / latest
+
+
+def load_base_predictions(run_dir: Path, key: str) -> dict[str, torch.Tensor]:
+    """The original model's saved predictions (``key`` must be among them)."""
+    try:
+        base = load_file(str(run_dir / BASE_PREDICTIONS))
+    except (OSError, SafetensorError) as exc:
+        raise GSLoRAError(f"cannot read {run_dir / BASE_PREDICTIONS} ({exc}); the run directory is damaged") from exc
+    if key not in base:
+        raise GSLoRAError(f"{run_dir / BASE_PREDICTIONS} lacks the original model's predictions; the run directory "
+                          "is damaged")
+    return base
+
+
+def _new_state(config: ForgetConfig, run_dir: Path) -> _RunState:
+    refuse_existing_run(run_dir)
     if not config.checkpoint:
         raise GSLoRAError("no base model: set checkpoint (a directory written by `gslora pretrain`)")
     weights, meta = read_checkpoint_meta(config.checkpoint)
     dataset = load_dataset(config.data)
     _check_classes(dataset, meta, config.checkpoint)
     model, _ = load_checkpoint(config.checkpoint)
-    manifest = {
-        "gslora_version": gslora.__version__,
-        "created": _now(),
-        "base": {"checkpoint": str(Path(config.checkpoint).resolve()), "sha256": sha256_file(weights)},
-        "dataset": {"name": dataset.name, "classes": dataset.classes, "train_images": len(dataset.train),
-                    "test_images": len(dataset.test), "test_labels_sha256": _labels_digest(dataset.test.labels)},
-        "config": _config_dict(config),
-        "hardware": hardware(),
-        "requests": [],
-        "latest_checkpoint": None,
-    }
+    manifest = new_manifest(config.checkpoint, weights, {
+        "name": dataset.name, "classes": dataset.classes, "train_images": len(dataset.train),
+        "test_images": len(dataset.test), "test_labels_sha256": _labels_digest(dataset.test.labels)}, to_dict(config))
     return _RunState(run_dir, manifest, model, dataset, [], True)
-
-
-def _config_dict(config: ForgetConfig) -> dict[str, Any]:
-    out = to_dict(config)
-    out["sequence"]["requests"] = []  # requests are recorded one by one in the manifest
-    return out
 
 
 def read_manifest(run_dir: str | Path) -> dict[str, Any]:
@@ -185,21 +210,9 @@ def _resume_state(run_dir: Path, config: ForgetConfig) -> _RunState:
             _labels_digest(dataset.test.labels) != recorded.get("test_labels_sha256"):
         raise GSLoRAError(f"data set {dataset.name!r} is not the one run {str(run_dir)!r} was measured on (other "
                           "classes or test split); pass the run's data set")
-    latest = manifest["latest_checkpoint"]
-    if latest:
-        weights, _ = read_checkpoint_meta(run_dir / latest)
-        expected = manifest["requests"][-1]["checkpoint_sha256"]
-        if sha256_file(weights) != expected:
-            raise GSLoRAError(f"{weights} does not match the hash in the manifest; the run directory was changed "
-                              "outside gslora")
-    model, _ = load_checkpoint(run_dir / latest) if latest else load_checkpoint(manifest["base"]["checkpoint"])
-    try:
-        base_predictions = load_file(str(run_dir / BASE_PREDICTIONS))
-    except (OSError, SafetensorError) as exc:
-        raise GSLoRAError(f"cannot read {run_dir / BASE_PREDICTIONS} ({exc}); the run directory is damaged") from exc
-    if "top1" not in base_predictions:
-        raise GSLoRAError(f"{run_dir / BASE_PREDICTIONS} lacks the original model's predictions; the run directory "
-                          "is damaged")
+    latest = verify_latest(run_dir, manifest)
+    model, _ = load_checkpoint(latest or manifest["base"]["checkpoint"])
+    base_predictions = load_base_predictions(run_dir, "top1")
     forgotten = [c for r in manifest["requests"] for c in r["forget_classes"]]
     return _RunState(run_dir, manifest, model, dataset, forgotten, False, base_predictions)
 

@@ -123,6 +123,38 @@ def check_finite(terms: dict[str, torch.Tensor], *, epoch: int, step: int) -> No
                                  "train.lr or the loss weights (method.beta, method.bnd)")
 
 
+PairedBatches = Iterator[tuple[Any, Any]]
+
+
+def optimise(method: Method, config: TrainConfig, *, steps_per_epoch: int, epoch_batches: Callable[[], PairedBatches],
+             desc: str, progress: ProgressFactory = no_progress) -> list[dict[str, float]]:
+    """The loop every forgetting request runs: per epoch set the lr, take ``method.training_step`` on each
+    (forget batch, retain batch) of ``epoch_batches()``, step the optimiser; returns each term's epoch mean."""
+    params = method.trainable_parameters()
+    if not params:
+        raise GSLoRAError(f"{type(method).__name__} has no trainable parameters; nothing to optimise")
+    optimizer = make_optimizer(params, config)
+    history = []
+    with progress(config.epochs * steps_per_epoch, desc) as bar:
+        for epoch in range(config.epochs):
+            set_lr(optimizer, epoch, config)
+            method.model.train()
+            sums: dict[str, float] = {}
+            for step, (forget_batch, retain_batch) in enumerate(epoch_batches()):
+                terms = method.training_step(forget_batch, retain_batch, epoch=epoch)
+                check_finite(terms, epoch=epoch, step=step)
+                optimizer_step(optimizer, terms["loss"], params, config.max_grad_norm)
+                method.after_step()
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + v.item()
+                bar.update(1)
+            means = {k: v / steps_per_epoch for k, v in sums.items()}
+            history.append({"epoch": epoch, "lr": cosine_lr(epoch, config), **means})
+            bar.set_postfix({k: f"{v:.3g}" for k, v in means.items()})
+            log.debug("%s epoch %d: %s", desc, epoch, means)
+    return history
+
+
 def train_request(method: Method, task: TaskContext, forget: ImageSet, retain: ImageSet, config: TrainConfig, *,
                   device: torch.device, progress: ProgressFactory = no_progress) -> list[dict[str, float]]:
     """Optimise ``method`` on one request; returns the mean of every loss term per epoch.
@@ -132,34 +164,16 @@ def train_request(method: Method, task: TaskContext, forget: ImageSet, retain: I
     """
     if method.training_free:
         return []
-    params = method.trainable_parameters()
-    if not params:
-        raise GSLoRAError(f"{type(method).__name__} has no trainable parameters; nothing to optimise")
-    optimizer = make_optimizer(params, config)
     generator = torch.Generator().manual_seed(config.seed + task.request.index)
     forget_batches = cycle(forget, config.batch_size, generator)
-    model = method.model
-    history = []
-    with progress(config.epochs * task.steps_per_epoch, f"request {task.request.index}") as bar:
-        for epoch in range(config.epochs):
-            set_lr(optimizer, epoch, config)
-            model.train()
-            sums: dict[str, float] = {}
-            for step, (x_r, y_r) in enumerate(batches(retain, config.batch_size, generator)):
-                x_f, y_f = next(forget_batches)
-                if config.augment:
-                    x_r = augment(x_r, generator, jitter=config.jitter)
-                    x_f = augment(x_f, generator, jitter=config.jitter)
-                terms = method.training_step((x_f.to(device), y_f.to(device)), (x_r.to(device), y_r.to(device)),
-                                             epoch=epoch)
-                check_finite(terms, epoch=epoch, step=step)
-                optimizer_step(optimizer, terms["loss"], params, config.max_grad_norm)
-                method.after_step()
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + v.item()
-                bar.update(1)
-            means = {k: v / task.steps_per_epoch for k, v in sums.items()}
-            history.append({"epoch": epoch, "lr": cosine_lr(epoch, config), **means})
-            bar.set_postfix({k: f"{v:.3g}" for k, v in means.items() if k != "epoch"})
-            log.debug("request %d epoch %d: %s", task.request.index, epoch, means)
-    return history
+
+    def epoch_batches() -> PairedBatches:
+        for x_r, y_r in batches(retain, config.batch_size, generator):
+            x_f, y_f = next(forget_batches)
+            if config.augment:
+                x_r = augment(x_r, generator, jitter=config.jitter)
+                x_f = augment(x_f, generator, jitter=config.jitter)
+            yield (x_f.to(device), y_f.to(device)), (x_r.to(device), y_r.to(device))
+
+    return optimise(method, config, steps_per_epoch=task.steps_per_epoch, epoch_batches=epoch_batches,
+                    desc=f"request {task.request.index}", progress=progress)

@@ -13,20 +13,18 @@ import torch.nn.functional as F
 
 from gslora.config import require
 from gslora.methods.base import METHODS
-from gslora.methods.finetune import FineTuneConfig, FineTuneMethod
+from gslora.methods.finetune import FineTuneMethod
 
 
 @dataclass
-class NegGradConfig(FineTuneConfig):
+class NegGradConfig:
     """Args:
         retain_weight: beta in [0, 1): weight of CE(retain); the forget ascent has 1 - beta [0.9].
     """
 
     retain_weight: float = 0.9
-    rehearsal: float = 0.0  # unused: ``retain_weight`` weighs the retained cross-entropy
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         require(0 <= self.retain_weight < 1, "method.retain_weight", self.retain_weight, "must be in [0, 1)")
 
 

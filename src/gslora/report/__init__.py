@@ -31,12 +31,16 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def _run_header(manifest: dict[str, Any], title: str) -> list[str]:
+    return [f"# {title}: {manifest['config']['method']['name']} on {manifest['dataset']['name']}", "",
+            f"Base checkpoint sha256 `{manifest['base']['sha256'][:16]}`, gslora {manifest['gslora_version']}, "
+            f"{manifest['hardware']}.", ""]
+
+
 def markdown_table(manifest: dict[str, Any]) -> str:
     """The per-request table: accuracies in percent; H vs the model before the request and vs the original."""
     classes = manifest["dataset"]["classes"]
-    lines = [f"# gslora run: {manifest['config']['method']['name']} on {manifest['dataset']['name']}", "",
-             f"Base checkpoint sha256 `{manifest['base']['sha256'][:16]}`, gslora {manifest['gslora_version']}, "
-             f"{manifest['hardware']}.", "",
+    lines = [*_run_header(manifest, "gslora run"),
              "| request | forget | Acc_f before -> after | Acc_r before -> after | Acc_o | H | H (vs original) "
              "| H_max | seconds |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -81,9 +85,7 @@ DETECTION_SERIES = (("map50_r", "mAP@0.5 retained", "o-"), ("map50_f", "mAP@0.5 
 def detection_table(manifest: dict[str, Any]) -> str:
     """The per-request table of a detection run: mAP@0.5 and mAP (percent) per class group."""
     classes = manifest["dataset"]["classes"]
-    lines = [f"# gslora detection run: {manifest['config']['method']['name']} on {manifest['dataset']['name']}", "",
-             f"Base checkpoint sha256 `{manifest['base']['sha256'][:16]}`, gslora {manifest['gslora_version']}, "
-             f"{manifest['hardware']}.", "",
+    lines = [*_run_header(manifest, "gslora detection run"),
              "| request | forget | mAP50_f before -> after | mAP50_r before -> after | mAP50_o | mAP_f | mAP_r | H "
              "| H_max | seconds |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in manifest["requests"]:

@@ -99,3 +99,32 @@ def test_yaml_scalars_are_coerced_per_field():
         TrainConfig(lr=1e-3, min_lr=1e-2)
     with pytest.raises(GSLoRAError, match="sequence.requests\\[0\\]"):
         SequenceConfig(requests=[[1.5]])
+
+
+def test_min_steps_raises_the_epochs_of_a_small_request_and_the_loop_takes_them():
+    from gslora.engine.loop import optimise
+
+    config = TrainConfig(epochs=2, min_steps=10, batch_size=4, lr=1e-2, device="cpu")
+    assert config.for_steps_per_epoch(3).epochs == 4  # ceil(10 / 3)
+    assert config.for_steps_per_epoch(8).epochs == 2  # already 16 steps
+    assert TrainConfig(epochs=2).for_steps_per_epoch(1).epochs == 2  # min_steps 0: off
+    with pytest.raises(GSLoRAError, match="train.min_steps=-1"):
+        TrainConfig(min_steps=-1)
+
+    class Counting:
+        model = torch.nn.Linear(2, 1)
+        steps = 0
+
+        def trainable_parameters(self):
+            return list(self.model.parameters())
+
+        def training_step(self, forget, retain, *, epoch):
+            self.steps += 1
+            return {"loss": self.model(torch.ones(1, 2)).sum()}
+
+        def after_step(self):
+            pass
+
+    method = Counting()
+    history = optimise(method, config, steps_per_epoch=3, epoch_batches=lambda: iter([(None, None)] * 3), desc="t")
+    assert method.steps == 12 and len(history) == 4

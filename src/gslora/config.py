@@ -152,6 +152,9 @@ class TrainConfig:
 
     Args:
         epochs: passes over the retained (or, for pre-training, the whole) training subset.
+        min_steps: a forgetting request takes at least this many optimiser steps: when ``epochs``
+            passes over its retain subset are fewer, the epochs are raised to reach it (0 = off). Later
+            requests retain fewer classes, so their subsets, and steps per epoch, shrink.
         batch_size: images per batch; forgetting uses one retain and one forget batch per step.
         lr, weight_decay, min_lr: AdamW with a cosine schedule from ``lr`` to ``min_lr``.
         warmup_epochs: linear learning-rate warm-up (pre-training).
@@ -164,6 +167,7 @@ class TrainConfig:
     """
 
     epochs: int = 10
+    min_steps: int = 0
     batch_size: int = 48
     lr: float = 1e-2
     weight_decay: float = 0.05
@@ -178,6 +182,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         require(self.epochs >= 1, "train.epochs", self.epochs, "must be >= 1")
+        require(self.min_steps >= 0, "train.min_steps", self.min_steps, "must be >= 0 (0 = off)")
         require(self.batch_size >= 1, "train.batch_size", self.batch_size, "must be >= 1")
         require(self.lr > 0 and math.isfinite(self.lr), "train.lr", self.lr, "must be a positive number")
         require(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "must be >= 0")
@@ -188,6 +193,11 @@ class TrainConfig:
                 "must be >= 0 and < epochs")
         require(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "train.device",
                 self.device, "must be auto, cpu, cuda or cuda:N")
+
+    def for_steps_per_epoch(self, steps_per_epoch: int) -> TrainConfig:
+        """These settings with ``epochs`` raised so that a request takes at least ``min_steps`` steps."""
+        epochs = max(self.epochs, -(-self.min_steps // max(1, steps_per_epoch)))
+        return self if epochs == self.epochs else dataclasses.replace(self, epochs=epochs)
 
 
 def from_dict(cls: type[C], data: dict[str, Any] | None, where: str = "") -> C:

@@ -260,8 +260,3 @@ def load_detection_dataset(config: DetectionDataConfig) -> DetectionDataset:
 def images_with(split: DetectionSet, classes: set[int]) -> list[int]:
     """Indices of images holding at least one object of ``classes``."""
     return [i for i, lab in enumerate(split.labels) if any(int(c) in classes for c in lab)]
-
-
-def images_only(split: DetectionSet, classes: set[int]) -> list[int]:
-    """Indices of images whose objects all belong to ``classes`` (and that have at least one)."""
-    return [i for i, lab in enumerate(split.labels) if len(lab) and all(int(c) in classes for c in lab)]

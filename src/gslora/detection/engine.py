@@ -25,7 +25,6 @@ from gslora.detection.data import (
     DetectionDataConfig,
     DetectionDataset,
     DetectionSet,
-    images_only,
     images_with,
     load_detection_dataset,
 )
@@ -118,7 +117,7 @@ class DetectionForgetConfig:
 
     ``sequence.ratio`` / ``sequence.shots``: the forget subset is that share (or ``shots`` per forget
     class) of the training images holding a forget-class object; the retain subset the same share of
-    the images whose objects are all retained classes (``shots`` per retained class).
+    the images holding a retained-class object (``shots`` per retained class), see ``request_subsets``.
     """
 
     checkpoint: str = ""
@@ -149,10 +148,16 @@ def _sample(pool: list[int], n_classes: int, sequence: SequenceConfig, seed: int
 
 def request_subsets(dataset: DetectionDataset, request: Request, sequence: SequenceConfig
                     ) -> tuple[DetectionSet, DetectionSet]:
-    """(forget subset with only forget-class objects, retain subset) of one request."""
+    """(forget subset, retain subset) of one request.
+
+    Forget images hold a forget-class object and keep only those objects. Retain images hold a retained
+    object and no forget-class one, and keep only their retained objects: objects of classes forgotten
+    by earlier requests are background now, so the retention loss keeps them undetected.
+    """
     forget, retain = set(request.forget), set(request.retain)
     names = [dataset.classes[c] for c in request.forget]
-    forget_pool, retain_pool = images_with(dataset.train, forget), images_only(dataset.train, retain)
+    forget_pool = images_with(dataset.train, forget)
+    retain_pool = images_with(dataset.train, retain)
     if not forget_pool:
         raise GSLoRAError(f"request {request.index}: no training image holds {names}; nothing to forget")
     if not retain_pool:
@@ -163,7 +168,7 @@ def request_subsets(dataset: DetectionDataset, request: Request, sequence: Seque
     seed = sequence.subset_seed + request.index
     f = _sample(forget_pool, len(forget), sequence, seed)
     r = _sample(retain_pool, len(retain), sequence, seed + 7919)
-    return dataset.train.subset(f).keep_classes(forget), dataset.train.subset(r)
+    return dataset.train.subset(f).keep_classes(forget), dataset.train.subset(r).keep_classes(retain)
 
 
 def train_detection_request(method, forget: DetectionSet, retain: DetectionSet, config: TrainConfig, *,

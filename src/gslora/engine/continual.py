@@ -347,7 +347,9 @@ def _apply_request(state: _RunState, config: ForgetConfig, request: Request, sub
     names = [dataset.classes[c] for c in request.forget]
     log.info("request %d: forgetting %s (%d forget / %d retain training images)", request.index, ", ".join(names),
              len(forget), len(retain))
-    task = TaskContext(request, config.train.epochs, -(-len(retain) // config.train.batch_size), forget_data=forget,
+    steps_per_epoch = -(-len(retain) // config.train.batch_size)
+    task = TaskContext(request, config.train.for_steps_per_epoch(steps_per_epoch).epochs, steps_per_epoch,
+                       forget_data=forget,
                        retain_data=retain, original_model=_original_model_loader(state), device=device)
     method = build_method(config.method)
     torch.manual_seed(config.train.seed + request.index)

@@ -129,7 +129,9 @@ PairedBatches = Iterator[tuple[Any, Any]]
 def optimise(method: Method, config: TrainConfig, *, steps_per_epoch: int, epoch_batches: Callable[[], PairedBatches],
              desc: str, progress: ProgressFactory = no_progress) -> list[dict[str, float]]:
     """The loop every forgetting request runs: per epoch set the lr, take ``method.training_step`` on each
-    (forget batch, retain batch) of ``epoch_batches()``, step the optimiser; returns each term's epoch mean."""
+    (forget batch, retain batch) of ``epoch_batches()``, step the optimiser; returns each term's epoch mean.
+    The epochs are raised to reach ``config.min_steps``."""
+    config = config.for_steps_per_epoch(steps_per_epoch)
     params = method.trainable_parameters()
     if not params:
         raise GSLoRAError(f"{type(method).__name__} has no trainable parameters; nothing to optimise")

@@ -45,14 +45,11 @@ from gslora.engine.continual import (
 )
 from gslora.engine.loop import (
     ProgressFactory,
-    check_finite,
     index_batches,
-    make_optimizer,
     no_progress,
     optimise,
-    optimizer_step,
     resolve_device,
-    set_lr,
+    train_epochs,
 )
 from gslora.errors import GSLoRAError
 
@@ -82,26 +79,11 @@ def pretrain_detector(model_config: DetectorConfig, dataset: DetectionDataset, c
         model_config = dataclasses.replace(model_config, num_classes=dataset.num_classes)
     model = build_detector(model_config).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, config)
-    generator = torch.Generator().manual_seed(config.seed)
     train = dataset.train
-    steps = -(-len(train) // config.batch_size)
-    history = []
     start = time.perf_counter()
-    with progress(config.epochs * steps, "pretrain detector") as bar:
-        for epoch in range(config.epochs):
-            set_lr(optimizer, epoch, config)
-            model.train()
-            total = 0.0
-            for step, idx in enumerate(index_batches(len(train), config.batch_size, generator)):
-                out = model(train.images[idx].to(device), _to(_targets(train, idx), device))
-                check_finite({"loss": out.loss}, epoch=epoch, step=step)
-                optimizer_step(optimizer, out.loss, params, config.max_grad_norm)
-                total += out.loss.item()
-                bar.update(1)
-            history.append({"epoch": epoch, "loss": total / steps})
-            bar.set_postfix({"loss": f"{total / steps:.3f}"})
-            log.info("pretrain detector epoch %d: loss %.4f", epoch, total / steps)
+    history = train_epochs(model, params, len(train), config,
+                           lambda idx, _: model(train.images[idx].to(device), _to(_targets(train, idx), device)).loss,
+                           desc="pretrain detector", progress=progress)
     seconds = time.perf_counter() - start
     ap = evaluate_detector(model, dataset.test, dataset.num_classes, device=device)
     every = range(dataset.num_classes)

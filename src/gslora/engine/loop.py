@@ -123,6 +123,32 @@ def check_finite(terms: dict[str, torch.Tensor], *, epoch: int, step: int) -> No
                                  "train.lr or the loss weights (method.beta, method.bnd)")
 
 
+def train_epochs(model: nn.Module, params: list[nn.Parameter], n: int, config: TrainConfig,
+                 batch_loss: Callable[[torch.Tensor, torch.Generator], torch.Tensor], *, desc: str,
+                 progress: ProgressFactory = no_progress) -> list[dict[str, float]]:
+    """Pre-training: ``config.epochs`` shuffled passes over ``n`` samples, each batch's loss from
+    ``batch_loss(indices, generator)``; returns the mean loss per epoch."""
+    optimizer = make_optimizer(params, config)
+    generator = torch.Generator().manual_seed(config.seed)
+    steps = -(-n // config.batch_size)
+    history = []
+    with progress(config.epochs * steps, desc) as bar:
+        for epoch in range(config.epochs):
+            set_lr(optimizer, epoch, config)
+            model.train()
+            total = 0.0
+            for step, idx in enumerate(index_batches(n, config.batch_size, generator)):
+                loss = batch_loss(idx, generator)
+                check_finite({"loss": loss}, epoch=epoch, step=step)
+                optimizer_step(optimizer, loss, params, config.max_grad_norm)
+                total += loss.item()
+                bar.update(1)
+            history.append({"epoch": epoch, "loss": total / steps})
+            bar.set_postfix({"loss": f"{total / steps:.3f}"})
+            log.info("%s epoch %d: loss %.4f", desc, epoch, total / steps)
+    return history
+
+
 PairedBatches = Iterator[tuple[Any, Any]]
 
 

@@ -15,13 +15,9 @@ from gslora.engine.evaluate import predict
 from gslora.engine.loop import (
     ProgressFactory,
     augment,
-    check_finite,
-    index_batches,
-    make_optimizer,
     no_progress,
-    optimizer_step,
     resolve_device,
-    set_lr,
+    train_epochs,
 )
 from gslora.errors import GSLoRAError
 from gslora.metrics import accuracy
@@ -51,32 +47,20 @@ def pretrain(model_config: ModelConfig, dataset: Dataset, config: TrainConfig, *
         projection = torch.nn.Linear(model.embed_dim, teacher.shape[1]).to(device)
         teacher = F.normalize(teacher.float(), dim=1)
     params = [p for p in model.parameters() if p.requires_grad] + list(projection.parameters() if projection else [])
-    optimizer = make_optimizer(params, config)
-    generator = torch.Generator().manual_seed(config.seed)
-    steps = -(-len(dataset.train) // config.batch_size)
-    history = []
+
+    def batch_loss(idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        x, y = dataset.train.images[idx], dataset.train.labels[idx].to(device)
+        if config.augment:
+            x = augment(x, generator, jitter=config.jitter)
+        logits, embedding = model.forward_features(x.to(device), y)  # a margin head needs the labels
+        loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+        if projection is not None:
+            target = teacher[idx].to(device)
+            loss = loss + distill_weight * (1 - F.cosine_similarity(projection(embedding), target)).mean()
+        return loss
+
     start = time.perf_counter()
-    with progress(config.epochs * steps, "pretrain") as bar:
-        for epoch in range(config.epochs):
-            set_lr(optimizer, epoch, config)
-            model.train()
-            total = 0.0
-            for step, idx in enumerate(index_batches(len(dataset.train), config.batch_size, generator)):
-                x, y = dataset.train.images[idx], dataset.train.labels[idx].to(device)
-                if config.augment:
-                    x = augment(x, generator, jitter=config.jitter)
-                logits, embedding = model.forward_features(x.to(device), y)  # a margin head needs the labels
-                loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
-                if projection is not None:
-                    target = teacher[idx].to(device)
-                    loss = loss + distill_weight * (1 - F.cosine_similarity(projection(embedding), target)).mean()
-                check_finite({"loss": loss}, epoch=epoch, step=step)
-                optimizer_step(optimizer, loss, params, config.max_grad_norm)
-                total += loss.item()
-                bar.update(1)
-            history.append({"epoch": epoch, "loss": total / steps})
-            bar.set_postfix({"loss": f"{total / steps:.3f}"})
-            log.info("pretrain epoch %d: loss %.4f", epoch, total / steps)
+    history = train_epochs(model, params, len(dataset.train), config, batch_loss, desc="pretrain", progress=progress)
     seconds = time.perf_counter() - start
     predictions = predict(model, dataset.test, device=device)
     classes = range(dataset.num_classes)

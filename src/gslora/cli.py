@@ -74,19 +74,14 @@ def _load_config(path: str | None, sections: tuple[str, ...]) -> dict[str, Any]:
 # -- pretrain -------------------------------------------------------------------------------------
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from gslora.config import DataConfig, ModelConfig, TrainConfig, from_dict, to_dict
-    from gslora.data import load_dataset, load_embeddings
-    from gslora.engine import pretrain
-    from gslora.models import save_checkpoint
+    from gslora.config import PretrainConfig, from_dict
+    from gslora.data import load_dataset
+    from gslora.engine import run_pretraining
 
     tree = _load_config(args.config, ("model", "data", "train", "distill"))
     if (args.task or tree.get("task")) == "detection":
         return _pretrain_detection(args, tree)
     tree.pop("task", None)
-    unknown = set(tree) - {"model", "data", "train", "distill", "out"}
-    if unknown:
-        raise GSLoRAError(f"unknown key(s) {', '.join(sorted(unknown))} in {args.config}; valid: data, distill, "
-                          "model, out, train")
     for dotted, value in (("data.dataset", args.data), ("model.family", args.family), ("model.name", args.name),
                           ("model.depth", args.depth), ("model.width", args.width), ("model.heads", args.heads),
                           ("model.patch_size", args.patch_size), ("model.image_size", args.image_size),
@@ -97,31 +92,17 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         _set(tree, dotted, value)
     _apply_sets(tree, args.set)
     out = _pretrain_out(tree, args.overwrite)
-    data_cfg = from_dict(DataConfig, tree.get("data"), "data")
-    dataset = load_dataset(data_cfg)
-    model_tree = {"num_classes": dataset.num_classes, "in_chans": dataset.image_shape[0],
-                  "image_size": dataset.image_shape[1], **tree.get("model", {})}
-    model_cfg = from_dict(ModelConfig, model_tree, "model")
-    train_tree = {"lr": 1e-3, "batch_size": 128, **tree.get("train", {})}
-    train_tree.setdefault("warmup_epochs", 1 if train_tree.get("epochs", 10) > 1 else 0)
-    train_cfg = from_dict(TrainConfig, train_tree, "train")
-    if model_cfg.num_classes != dataset.num_classes:
-        raise GSLoRAError(f"model.num_classes={model_cfg.num_classes} but {dataset.name} has {dataset.num_classes} "
-                          "classes; drop model.num_classes to take it from the data")
-    distill = tree.get("distill", {})
-    unknown = set(distill) - {"teacher", "key", "weight"}
-    if unknown:
-        raise GSLoRAError(f"unknown key(s) distill.{', distill.'.join(sorted(unknown))}; valid: key, teacher, weight")
-    teacher = load_embeddings(distill["teacher"], distill.get("key", "train")) if distill.get("teacher") else None
-    weight = float(distill.get("weight", 10.0))
-    model, info = pretrain(model_cfg, dataset, train_cfg, teacher=teacher, distill_weight=weight,
-                           progress=_progress_factory(not args.quiet))
-    digest = save_checkpoint(model, out, classes=dataset.classes, replace=Path(out).exists(),
-                             extra={"pretrain": {**{k: v for k, v in info.items() if k != "history"},
-                                                 "dataset": dataset.name, "train": to_dict(train_cfg),
-                                                 "distill": distill or None}})
+    config = from_dict(PretrainConfig, tree)  # unknown keys and bad values fail here, before the data loads
+    dataset = load_dataset(config.data)
+    model = tree.get("model", {})
+    tree["model"] = {"num_classes": dataset.num_classes, "in_chans": dataset.image_shape[0],
+                     "image_size": dataset.image_shape[1], **model}  # the data's shape unless given
+    if "warmup_epochs" not in tree.get("train", {}) and config.train.epochs <= 1:
+        tree.setdefault("train", {})["warmup_epochs"] = 0
+    config = from_dict(PretrainConfig, tree)
+    digest, info = run_pretraining(config, out, overwrite=args.overwrite, dataset=dataset, progress=_progress_factory(not args.quiet))
     margin = f" (margin-penalised {info['test_acc_margin']:.2f}%)" if "test_acc_margin" in info else ""
-    print(f"pre-trained {model_cfg.family} model on {dataset.name}: test accuracy {info['test_acc']:.2f}%{margin} "
+    print(f"pre-trained {config.model.family} model on {dataset.name}: test accuracy {info['test_acc']:.2f}%{margin} "
           f"in {info['seconds']:.0f}s")
     print(f"checkpoint: {out} (sha256 {digest[:16]})")
     return 0
@@ -466,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from gslora import __version__
+    from gslora.version import __version__
 
     return f"gslora {__version__}"
 

@@ -20,8 +20,6 @@ from gslora.errors import GSLoRAError
 
 C = TypeVar("C")
 
-MODEL_FAMILIES = ("timm", "torchvision", "hf")
-
 
 def require(ok: bool, field_name: str, value: Any, rule: str) -> None:
     if not ok:
@@ -33,7 +31,7 @@ class ModelConfig:
     """Which transformer to build.
 
     Args:
-        family: ``timm``, ``torchvision`` or ``hf`` (Hugging Face transformers).
+        family: a registered model family (``gslora.models.FAMILIES``: ``timm``, ``torchvision``, ``hf``).
         name: a model name of that family (``vit_tiny_patch16_224``, ``vit_b_16``, a hub id); ``None``
             builds a ViT from the shape fields below.
         num_classes: size of the classification head.
@@ -73,14 +71,19 @@ class ModelConfig:
     stem: str = "patch"
 
     def __post_init__(self) -> None:
-        require(self.family in MODEL_FAMILIES, "model.family", self.family, f"must be one of {MODEL_FAMILIES}")
+        require(isinstance(self.family, str) and bool(self.family), "model.family", self.family,
+                "must name a registered model family")
         for name in ("num_classes", "depth", "width", "heads", "patch_size", "image_size", "in_chans"):
             require(getattr(self, name) >= 1, f"model.{name}", getattr(self, name), "must be >= 1")
         require(self.width % self.heads == 0, "model.width", self.width, f"must be divisible by heads={self.heads}")
         require(self.std > 0, "model.std", self.std, "must be > 0")
         require(self.stem in ("patch", "conv"), "model.stem", self.stem, "must be patch or conv")
-        require(self.stem == "patch" or (self.family == "timm" and self.name is None), "model.stem", self.stem,
-                "a conv stem is available for timm models built by shape (family timm, no name)")
+        if self.name is None:  # a ViT built by shape: its patches must tile the image
+            require(self.image_size % self.patch_size == 0, "model.patch_size", self.patch_size,
+                    f"must divide model.image_size={self.image_size} ({self.image_size // self.patch_size}x"
+                    f"{self.image_size // self.patch_size} patches would cover "
+                    f"{self.image_size // self.patch_size * self.patch_size} of {self.image_size} px); pick a "
+                    f"divisor of {self.image_size}")
         require(0 <= self.drop_path < 1, "model.drop_path", self.drop_path, "must be in [0, 1)")
         require(self.head in ("linear", "cosface"), "model.head", self.head, "must be linear or cosface")
         require(self.cosface_s > 0 and self.cosface_m >= 0, "model.cosface_s/cosface_m",
@@ -189,8 +192,8 @@ class TrainConfig:
         require(0 <= self.min_lr <= self.lr, "train.min_lr", self.min_lr, f"must be in [0, lr={self.lr}]")
         require(0 <= self.label_smoothing < 1, "train.label_smoothing", self.label_smoothing, "must be in [0, 1)")
         require(self.max_grad_norm >= 0, "train.max_grad_norm", self.max_grad_norm, "must be >= 0 (0 disables)")
-        require(0 <= self.warmup_epochs < self.epochs, "train.warmup_epochs", self.warmup_epochs,
-                "must be >= 0 and < epochs")
+        require(0 <= self.warmup_epochs <= self.epochs, "train.warmup_epochs", self.warmup_epochs,
+                f"must be in [0, epochs={self.epochs}]")
         require(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "train.device",
                 self.device, "must be auto, cpu, cuda or cuda:N")
 
@@ -198,6 +201,45 @@ class TrainConfig:
         """These settings with ``epochs`` raised so that a request takes at least ``min_steps`` steps."""
         epochs = max(self.epochs, -(-self.min_steps // max(1, steps_per_epoch)))
         return self if epochs == self.epochs else dataclasses.replace(self, epochs=epochs)
+
+
+#: pre-training's optimisation defaults (a ViT from scratch on a whole data set), used by the CLI and the API
+PRETRAIN_TRAIN = {"lr": 1e-3, "batch_size": 128, "warmup_epochs": 1}
+
+
+@dataclass
+class DistillConfig:
+    """Distillation toward given per-image embeddings during pre-training (a face descriptor, say).
+
+    Args:
+        teacher: ``.npz`` with one target embedding per training image (None: no distillation).
+        key: the array of that file to read.
+        weight: weight of the ``1 - cos`` term between a linear map of the embedding and the target.
+    """
+
+    teacher: str | None = None
+    key: str = "train"
+    weight: float = 10.0
+
+    def __post_init__(self) -> None:
+        require(self.weight >= 0 and math.isfinite(self.weight), "distill.weight", self.weight, "must be >= 0")
+
+
+@dataclass
+class PretrainConfig:
+    """Pre-training a base classifier (``gslora pretrain`` and ``gslora.run_pretraining``).
+
+    Args:
+        data: the data set; the model's ``num_classes`` must be its class count.
+        model: the model to build (``model.weights`` starts from local weights).
+        train: optimisation, with pre-training's defaults (lr 1e-3, batch 128, one warm-up epoch).
+        distill: optional distillation toward teacher embeddings.
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(**PRETRAIN_TRAIN))
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 def from_dict(cls: type[C], data: dict[str, Any] | None, where: str = "") -> C:
@@ -220,6 +262,9 @@ def from_dict(cls: type[C], data: dict[str, Any] | None, where: str = "") -> C:
     for key, value in data.items():
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
+            default = fields[key].default_factory  # a section's own defaults (PretrainConfig's train, say)
+            if isinstance(value, dict) and default is not dataclasses.MISSING:
+                value = {**to_dict(default()), **value}
             kwargs[key] = from_dict(hint, value, prefix + key)
         else:
             kwargs[key] = _coerce(value, hint, prefix + key)

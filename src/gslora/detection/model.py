@@ -20,10 +20,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-import gslora
 from gslora.config import from_dict, require, to_dict
 from gslora.errors import GSLoRAError
 from gslora.io import atomic_directory, atomic_write_json, sha256_file
+from gslora.version import __version__
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -145,10 +145,10 @@ def save_detector(model: Detector, directory: str | Path, *, classes: list[str],
 
     The class and box heads of the decoder layers share tensors; ``save_model`` stores each once."""
     with atomic_directory(directory, replace=replace) as tmp:
-        save_model(model, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "gslora_version": gslora.__version__})
+        save_model(model, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "gslora_version": __version__})
         digest = sha256_file(tmp / WEIGHTS_FILE)
         config = to_dict(model.config) | {"pretrained": False, "hf_config": model.net.config.to_dict()}
-        atomic_write_json(tmp / CONFIG_FILE, {"gslora_version": gslora.__version__, "task": "detection",
+        atomic_write_json(tmp / CONFIG_FILE, {"gslora_version": __version__, "task": "detection",
                                               "model": config, "classes": list(classes), "sha256": digest,
                                               **(extra or {})})
     return digest

@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import gslora
 from gslora.config import DataConfig, SequenceConfig, TrainConfig, from_dict, to_dict
 from gslora.engine.continual import ForgetConfig, hardware, run_forgetting
 from gslora.engine.loop import ProgressFactory, no_progress
 from gslora.errors import GSLoRAError, NonFiniteLossError
 from gslora.io import atomic_write_json, atomic_write_text
 from gslora.report import comparison_markdown, plot_comparison
+from gslora.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def compare(config: CompareConfig, out_dir: str | Path, *, only: list[str] | Non
             log.warning("%s failed: %s", label, exc)
             continue
         results[label] = {**summarize(manifest), "run_dir": str(Path("runs") / slug(label))}
-    comparison = {"methods": results, "config": to_dict(config), "version": gslora.__version__,
+    comparison = {"methods": results, "config": to_dict(config), "version": __version__,
                   "hardware": hardware()}
     write_comparison(comparison, out_dir)
     return comparison

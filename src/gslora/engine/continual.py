@@ -36,7 +36,6 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-import gslora
 from gslora.config import DataConfig, SequenceConfig, TrainConfig, from_dict, require, to_dict
 from gslora.data import Dataset, Request, build_requests, load_dataset, request_data, sample_per_class
 from gslora.engine.evaluate import Predictions, predict
@@ -46,6 +45,7 @@ from gslora.io import atomic_directory, atomic_write_json, sha256_file
 from gslora.methods import METHODS, Method, TaskContext
 from gslora.metrics import accuracy, request_metrics, verification
 from gslora.models import VisionClassifier, load_checkpoint, read_checkpoint_meta, save_checkpoint
+from gslora.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def new_manifest(checkpoint: str, weights: Path, dataset: dict[str, Any], config
     """The manifest of a new run: base checkpoint and its hash, data set, config (requests are recorded one by
     one), hardware; ``extra`` adds keys such as ``task``."""
     config["sequence"]["requests"] = []
-    return {"gslora_version": gslora.__version__, **extra, "created": _now(),
+    return {"gslora_version": __version__, **extra, "created": _now(),
             "base": {"checkpoint": str(Path(checkpoint).resolve()), "sha256": sha256_file(weights)},
             "dataset": dataset, "config": config, "hardware": hardware(), "requests": [], "latest_checkpoint": None}
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from gslora.config import ModelConfig, TrainConfig
-from gslora.data import Dataset
+from gslora.config import ModelConfig, PretrainConfig, TrainConfig, to_dict
+from gslora.data import Dataset, load_dataset, load_embeddings
 from gslora.engine.evaluate import predict
 from gslora.engine.loop import (
     ProgressFactory,
@@ -21,21 +22,23 @@ from gslora.engine.loop import (
 )
 from gslora.errors import GSLoRAError
 from gslora.metrics import accuracy
-from gslora.models import VisionClassifier, build_model
+from gslora.models import VisionClassifier, build_model, save_checkpoint
 
 log = logging.getLogger(__name__)
 
 
-def pretrain(model_config: ModelConfig, dataset: Dataset, config: TrainConfig, *,
+def pretrain(model_config: ModelConfig, dataset: Dataset, config: TrainConfig | None = None, *,
              teacher: torch.Tensor | None = None, distill_weight: float = 0.0,
              progress: ProgressFactory = no_progress) -> tuple[VisionClassifier, dict[str, Any]]:
     """Train a model on every class of ``dataset``; returns the model and {seconds, test_acc, history}.
 
     Args:
+        config: optimisation settings; ``None`` takes pre-training's defaults (``PretrainConfig().train``).
         teacher: optional (N_train, T) target embeddings, one per training image (for example a face
             descriptor). A linear map of the model's embedding is then pulled toward them with
             ``distill_weight * (1 - cos)``; the map is dropped after training.
     """
+    config = config or PretrainConfig().train
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     model = build_model(model_config).to(device)
@@ -69,3 +72,29 @@ def pretrain(model_config: ModelConfig, dataset: Dataset, config: TrainConfig, *
     if predictions.margin_top1 is not None:
         info["test_acc_margin"] = accuracy(predictions.margin_top1, dataset.test.labels, classes)
     return model.cpu(), info
+
+
+def run_pretraining(config: PretrainConfig, out: str | Path, *, overwrite: bool = False, dataset: Dataset | None = None,
+                    progress: ProgressFactory = no_progress) -> tuple[str, dict[str, Any]]:
+    """Pre-train the model of ``config`` on its data set and write a checkpoint to ``out``.
+
+    Returns the weights' SHA-256 and {seconds, test_acc[, test_acc_margin]}. ``dataset``: the data set of
+    ``config.data`` when the caller has loaded it already.
+
+    Raises:
+        GSLoRAError: ``out`` exists (without ``overwrite``), or the model does not fit the data.
+    """
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise GSLoRAError(f"{str(out)!r} already exists; pass --overwrite to replace it or choose another --out")
+    dataset = dataset or load_dataset(config.data)
+    if config.model.num_classes != dataset.num_classes:
+        raise GSLoRAError(f"model.num_classes={config.model.num_classes} but {dataset.name} has {dataset.num_classes} "
+                          "classes; drop model.num_classes to take it from the data")
+    teacher = load_embeddings(config.distill.teacher, config.distill.key) if config.distill.teacher else None
+    model, info = pretrain(config.model, dataset, config.train, teacher=teacher, distill_weight=config.distill.weight,
+                           progress=progress)
+    info.pop("history")
+    digest = save_checkpoint(model, out, classes=dataset.classes, replace=out.exists(),
+                             extra={"pretrain": {**info, "dataset": dataset.name, "config": to_dict(config)}})
+    return digest, info

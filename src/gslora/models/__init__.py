@@ -1,7 +1,9 @@
 """Model builders (timm, torchvision, Hugging Face) and checkpoint I/O."""
 
-from gslora.models.builders import FAMILIES, VisionClassifier, build_model
-from gslora.models.checkpoint import load_checkpoint, load_weights, read_checkpoint_meta, save_checkpoint
+from gslora.models.builders import VisionClassifier, build_model
+from gslora.models.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
+from gslora.models.families import FAMILIES, Family
+from gslora.models.weights import load_weights
 
-__all__ = ["FAMILIES", "VisionClassifier", "build_model", "load_checkpoint", "load_weights",
+__all__ = ["FAMILIES", "Family", "VisionClassifier", "build_model", "load_checkpoint", "load_weights",
            "read_checkpoint_meta", "save_checkpoint"]

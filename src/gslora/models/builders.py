@@ -14,14 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from gslora.config import ModelConfig
-from gslora.errors import GSLoRAError
+from gslora.models.families import FAMILIES, Family
 from gslora.models.heads import CosFaceHead
-from gslora.models.stems import ConvStem
-from gslora.registry import Registry
+from gslora.models.weights import load_weights
 
 log = logging.getLogger(__name__)
-
-FAMILIES: Registry = Registry("model family")
 
 
 class VisionClassifier(nn.Module):
@@ -44,9 +41,10 @@ class VisionClassifier(nn.Module):
         self.config = config
         self.in_chans = in_chans
         self.embed_dim = embed_dim
+        self.family: Family = FAMILIES.get(config.family)()
         self.head: CosFaceHead | None = None
         if config.head == "cosface":
-            _drop_family_head(net, config.family)
+            self.family.drop_head(net)
             self.head = CosFaceHead(embed_dim, config.num_classes, s=config.cosface_s, m=config.cosface_m)
 
     @property
@@ -80,30 +78,15 @@ class VisionClassifier(nn.Module):
 
     def head_module(self) -> nn.Module:
         """The module that maps the embedding to logits (frozen by the full-fine-tuning baselines)."""
-        if self.head is not None:
-            return self.head
-        return {"timm": lambda: self.net.head, "torchvision": lambda: self.net.heads,
-                "hf": lambda: self.net.classifier}[self.config.family]()
+        return self.head if self.head is not None else self.family.head(self.net)
 
     def classify(self, embedding: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if self.head is not None:
             return self.head(embedding, labels)
-        family = self.config.family
-        if family == "timm":
-            return self.net.head(embedding)
-        if family == "torchvision":
-            return self.net.heads(embedding)
-        return self.net.classifier(embedding)
+        return self.family.classify(self.net, embedding)
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        family = self.config.family
-        if family == "timm":
-            return self.net.forward_head(self.net.forward_features(x), pre_logits=True)
-        if family == "torchvision":
-            tokens = self.net._process_input(x)
-            cls = self.net.class_token.expand(tokens.shape[0], -1, -1)
-            return self.net.encoder(torch.cat([cls, tokens], dim=1))[:, 0]
-        return self.net.vit(pixel_values=x).last_hidden_state[:, 0]
+        return self.family.embed(self.net, x)
 
 
 def build_model(config: ModelConfig) -> VisionClassifier:
@@ -112,83 +95,9 @@ def build_model(config: ModelConfig) -> VisionClassifier:
     Raises:
         GSLoRAError: unknown family or name, or weights that do not fit the model.
     """
-    net, in_chans, embed_dim = FAMILIES.get(config.family)(config)
+    family = FAMILIES.get(config.family)()
+    net, in_chans, embed_dim = family.build(config)
     model = VisionClassifier(net, config, in_chans=in_chans, embed_dim=embed_dim)
     if config.weights:
-        from gslora.models.checkpoint import load_weights
-
         load_weights(model, config.weights)
     return model
-
-
-def _drop_family_head(net: nn.Module, family: str) -> None:
-    if family == "timm":
-        net.reset_classifier(0)
-    elif family == "torchvision":
-        net.heads = nn.Identity()
-    else:
-        net.classifier = nn.Identity()
-
-
-@FAMILIES.register("timm")
-def build_timm(config: ModelConfig) -> tuple[nn.Module, int, int]:
-    import timm
-
-    shape = {"img_size": config.image_size, "in_chans": config.in_chans, "num_classes": config.num_classes,
-             "drop_path_rate": config.drop_path}
-    if config.name is None:
-        if config.stem == "conv":
-            shape["embed_layer"] = ConvStem
-        net = timm.create_model("vit_base_patch16_224", pretrained=False, patch_size=config.patch_size,
-                                embed_dim=config.width, depth=config.depth, num_heads=config.heads,
-                                mlp_ratio=config.mlp_ratio, **shape)
-    else:
-        try:
-            net = timm.create_model(config.name, pretrained=config.pretrained, **shape)
-        except RuntimeError as exc:
-            raise GSLoRAError(f"timm cannot build model.name={config.name!r}: {exc}") from exc
-    return net, config.in_chans, net.num_features
-
-
-@FAMILIES.register("torchvision")
-def build_torchvision(config: ModelConfig) -> tuple[nn.Module, int, int]:
-    from torchvision import models
-    from torchvision.models.vision_transformer import VisionTransformer
-
-    if config.name is None:
-        net = VisionTransformer(image_size=config.image_size, patch_size=config.patch_size,
-                                num_layers=config.depth, num_heads=config.heads, hidden_dim=config.width,
-                                mlp_dim=int(config.width * config.mlp_ratio), num_classes=config.num_classes)
-    else:
-        if config.name not in models.list_models(module=models):
-            raise GSLoRAError(f"torchvision has no model {config.name!r}; try vit_b_16, vit_b_32, vit_l_16")
-        weights = "DEFAULT" if config.pretrained else None
-        net = models.get_model(config.name, weights=weights, image_size=config.image_size) if weights is None \
-            else models.get_model(config.name, weights=weights)
-        if net.heads.head.out_features != config.num_classes:
-            net.heads.head = nn.Linear(net.heads.head.in_features, config.num_classes)
-    return net, 3, net.hidden_dim  # torchvision's patch embedding takes RGB
-
-
-@FAMILIES.register("hf")
-def build_hf(config: ModelConfig) -> tuple[nn.Module, int, int]:
-    from transformers import ViTConfig, ViTForImageClassification
-
-    if config.hf_config is not None:
-        hf_config = ViTConfig.from_dict(config.hf_config)
-        hf_config.num_labels = config.num_classes
-        net = ViTForImageClassification(hf_config)
-    elif config.name is None or not config.pretrained:
-        if config.name is not None:
-            hf_config = ViTConfig.from_pretrained(config.name, num_labels=config.num_classes)
-        else:
-            hf_config = ViTConfig(hidden_size=config.width, num_hidden_layers=config.depth,
-                                  num_attention_heads=config.heads,
-                                  intermediate_size=int(config.width * config.mlp_ratio),
-                                  image_size=config.image_size, patch_size=config.patch_size,
-                                  num_channels=config.in_chans, num_labels=config.num_classes)
-        net = ViTForImageClassification(hf_config)
-    else:
-        net = ViTForImageClassification.from_pretrained(config.name, num_labels=config.num_classes,
-                                                        ignore_mismatched_sizes=True)
-    return net, net.config.num_channels, net.config.hidden_size

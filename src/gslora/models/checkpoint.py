@@ -6,15 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-import gslora
 from gslora.config import ModelConfig, from_dict, to_dict
 from gslora.errors import GSLoRAError
 from gslora.io import atomic_directory, atomic_write_json, sha256_file
 from gslora.models.builders import VisionClassifier, build_model
+from gslora.models.weights import load_weights
+from gslora.version import __version__
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -25,12 +24,12 @@ def save_checkpoint(model: VisionClassifier, directory: str | Path, *, classes: 
     """Write ``model`` atomically as a checkpoint directory; return the weights' SHA-256."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_directory(directory, replace=replace) as tmp:
-        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "gslora_version": gslora.__version__})
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "gslora_version": __version__})
         digest = sha256_file(tmp / WEIGHTS_FILE)
         model_config = to_dict(model.config) | {"weights": None, "pretrained": False}  # weights are in the file
         if model.config.family == "hf":
             model_config["hf_config"] = model.net.config.to_dict()  # rebuild offline, whatever the name
-        meta = {"gslora_version": gslora.__version__, "model": model_config,
+        meta = {"gslora_version": __version__, "model": model_config,
                 "classes": list(classes), "sha256": digest, **(extra or {})}
         atomic_write_json(tmp / CONFIG_FILE, meta)
     return digest
@@ -62,43 +61,3 @@ def load_checkpoint(path: str | Path) -> tuple[VisionClassifier, dict[str, Any]]
     model = build_model(config)
     load_weights(model, weights)
     return model, meta
-
-
-def load_weights(model: VisionClassifier, path: str | Path) -> None:
-    """Load a ``.safetensors`` or ``.pth`` state dict into ``model`` (strict).
-
-    A gslora state dict (keys ``net.*`` and ``head.*``) loads into the whole model; any other, such
-    as a timm, torchvision or transformers state dict, into the family's network ``model.net``.
-    ``.pth`` files are read with ``torch.load(weights_only=True)``; a ``{"state_dict": ...}`` or
-    ``{"model": ...}`` wrapper is unwrapped.
-
-    Raises:
-        GSLoRAError: unreadable file, or keys or shapes that do not fit the model.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise GSLoRAError(f"weights file {str(path)!r} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            for key in ("state_dict", "model"):
-                if isinstance(state, dict) and isinstance(state.get(key), dict):
-                    state = state[key]
-    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
-        raise GSLoRAError(f"cannot read weights {str(path)!r}: {exc}") from exc
-    target = model if any(k.startswith("net.") for k in state) else model.net
-    expected = target.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = [f"{k}: {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in expected.items()
-                  if k in state and tuple(state[k].shape) != tuple(v.shape)]
-    if missing or unexpected or mismatched:
-        parts = []
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
-            if items:
-                parts.append(f"{label}: {', '.join(items[:4])}{' ...' if len(items) > 4 else ''}")
-        raise GSLoRAError(f"checkpoint {str(path)!r} does not fit the model ({'; '.join(parts)}); check the model "
-                          "config (family, name, depth, width, heads, patch_size, image_size, num_classes)")
-    target.load_state_dict(state, strict=True)

@@ -1,0 +1,63 @@
+"""The family extension point and its registry."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
+
+from gslora.errors import GSLoRAError
+from gslora.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from gslora.config import ModelConfig
+
+FAMILIES: Registry = Registry("model family")
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
+
+
+def require_patch_stem(config: ModelConfig) -> None:
+    """Only timm ViTs built by shape take the convolutional stem."""
+    if config.stem != "patch":
+        raise GSLoRAError(f"model.stem={config.stem} is available for timm ViTs built by shape; use model.family=timm "
+                          "without model.name, or model.stem=patch")
+
+
+def unreachable_weights(name: str, exc: BaseException) -> GSLoRAError:
+    """The error for pretrained weights that cannot be fetched (offline machine, unknown hub id)."""
+    return GSLoRAError(f"cannot fetch the pretrained weights of {name!r} ({type(exc).__name__}: {first_line(exc)}); "
+                       "without network, drop --pretrained and pass local weights with --weights FILE (or "
+                       "model.weights), or a local directory as model.name for Hugging Face models")
+
+
+class Family(ABC):
+    """How gslora builds and reads one library's vision transformers."""
+
+    @abstractmethod
+    def build(self, config: ModelConfig) -> tuple[nn.Module, int, int]:
+        """(network, input channels its patch embedding takes, embedding size the head reads).
+
+        Raises:
+            GSLoRAError: unknown name, a config the family cannot build, or weights that cannot be fetched.
+        """
+
+    @abstractmethod
+    def head(self, net: nn.Module) -> nn.Module:
+        """The module that maps the embedding to logits."""
+
+    @abstractmethod
+    def drop_head(self, net: nn.Module) -> None:
+        """Remove the family's head (a CosFace head on the embedding replaces it)."""
+
+    @abstractmethod
+    def embed(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """(N, D) embedding of normalised images ``x`` (N, C, H, W): what the head reads."""
+
+    def classify(self, net: nn.Module, embedding: torch.Tensor) -> torch.Tensor:
+        return self.head(net)(embedding)

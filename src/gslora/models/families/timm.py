@@ -1,0 +1,55 @@
+"""timm ViTs: by name (``vit_tiny_patch16_224``, ``deit_small_patch16_224``, ...) or by shape."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from gslora.errors import GSLoRAError
+from gslora.models.families.base import FAMILIES, Family, first_line, unreachable_weights
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from gslora.config import ModelConfig
+
+
+@FAMILIES.register("timm")
+class Timm(Family):
+    def build(self, config: ModelConfig) -> tuple[nn.Module, int, int]:
+        import timm
+
+        from gslora.models.stems import ConvStem
+
+        shape = {"img_size": config.image_size, "in_chans": config.in_chans, "num_classes": config.num_classes,
+                 "drop_path_rate": config.drop_path}
+        if config.stem == "conv" and config.name is not None:
+            raise GSLoRAError(f"model.stem=conv replaces the patch embedding of a ViT built by shape; drop "
+                              f"model.name={config.name!r} or use model.stem=patch")
+        if config.name is None:
+            if config.stem == "conv":
+                shape["embed_layer"] = ConvStem
+            net = timm.create_model("vit_base_patch16_224", pretrained=False, patch_size=config.patch_size,
+                                    embed_dim=config.width, depth=config.depth, num_heads=config.heads,
+                                    mlp_ratio=config.mlp_ratio, **shape)
+        else:
+            try:
+                net = timm.create_model(config.name, pretrained=config.pretrained, **shape)
+            except RuntimeError as exc:
+                if config.pretrained and "Unknown model" not in str(exc):
+                    raise unreachable_weights(config.name, exc) from exc
+                raise GSLoRAError(f"timm cannot build model.name={config.name!r}: {first_line(exc)}") from exc
+            except Exception as exc:  # network and hub errors: requests, httpx and huggingface_hub have their own
+                if config.pretrained:
+                    raise unreachable_weights(config.name, exc) from exc
+                raise
+        return net, config.in_chans, net.num_features
+
+    def head(self, net: nn.Module) -> nn.Module:
+        return net.head
+
+    def drop_head(self, net: nn.Module) -> None:
+        net.reset_classifier(0)
+
+    def embed(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return net.forward_head(net.forward_features(x), pre_logits=True)

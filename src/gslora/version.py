@@ -1,0 +1,29 @@
+"""The library version, and the code version (git commit) that produced a result.
+
+Importing this module costs nothing: the command line's ``--version`` and every saved artifact read it.
+"""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+from pathlib import Path
+
+__version__ = "0.2.0"
+
+
+@functools.cache
+def code_version() -> str:
+    """``<version>+g<commit>`` (``.dirty`` when the checkout has uncommitted changes) when gslora runs from
+    a git checkout, else the plain version."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return __version__
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    return f"{__version__}+g{commit}{'.dirty' if dirty else ''}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from gslora.adapters import find_ffn_groups
 from gslora.data import Request
 from gslora.methods import GSLoRA, GSLoRAConfig, TaskContext
 from gslora.models import build_model
@@ -61,3 +62,40 @@ def test_mask_missing_keeps_classes_without_data_out_of_the_retain_softmax():
     kept = [c for c in range(10) if c != 3]
     expected = torch.nn.functional.cross_entropy(logits[:2, kept], torch.tensor([1, 2]))  # 1, 2 stay at 1, 2
     assert terms["retain"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_a_request_changes_only_the_lora_tensors_and_the_adapter_reproduces_the_merged_model(tmp_path):
+    """A conv stem has BatchNorm: its running statistics must not drift during a request (they would survive the
+    merge), so every tensor outside the adapted FFN weights is bit-identical and base + adapter == merged model."""
+    from peft import PeftModel
+
+    from gslora.config import DataConfig, ModelConfig, SequenceConfig, TrainConfig
+    from gslora.engine import ForgetConfig, run_forgetting
+    from gslora.models import load_checkpoint, save_checkpoint
+    from tests.conftest import make_npz
+
+    data = make_npz(tmp_path / "d.npz", per_class_train=[12] * 4, per_class_test=4, size=16)
+    config = ModelConfig(depth=2, width=32, heads=2, patch_size=4, image_size=16, in_chans=1, num_classes=4,
+                         stem="conv")
+    torch.manual_seed(0)
+    base = build_model(config)
+    save_checkpoint(base, tmp_path / "base", classes=[f"class_{i}" for i in range(4)])
+    base, _ = load_checkpoint(tmp_path / "base")
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in base.modules())
+    forget = ForgetConfig(checkpoint=str(tmp_path / "base"), data=DataConfig(dataset=str(data)),
+                          sequence=SequenceConfig(requests=[["class_0"]], ratio=1.0),
+                          method={"name": "gs_lora", "bnd": 5.0, "lora_alpha": 8.0},
+                          train=TrainConfig(epochs=2, batch_size=8, lr=1e-2, device="cpu"))
+    request = run_forgetting(forget, tmp_path / "run")["requests"][0]
+    merged, _ = load_checkpoint(tmp_path / "run" / request["checkpoint"])
+    adapted = {f"{t}.weight" for g in find_ffn_groups(base) for t in g.targets}
+    before, after = base.state_dict(), merged.state_dict()
+    assert set(before) == set(after)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and changed <= adapted, sorted(changed - adapted)
+    with_adapter = PeftModel.from_pretrained(base, str(tmp_path / "run" / request["adapter"])).eval()
+    x = torch.randint(0, 255, (32, 1, 16, 16), dtype=torch.uint8)
+    with torch.no_grad():
+        expected, got = with_adapter(x), merged.eval()(x)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    assert torch.equal(got.argmax(1), expected.argmax(1))

@@ -115,6 +115,17 @@ def augment(images: torch.Tensor, generator: torch.Generator, *, jitter: float =
     return out
 
 
+def train_mode(model: nn.Module) -> None:
+    """Training mode for a request: dropout and the like active, but normalisation layers whose parameters are
+    frozen keep their running statistics (a conv stem's BatchNorm would otherwise drift on every request and
+    the drift would survive the merge, so "model before + adapter" would no longer be the request's model)."""
+    model.train()
+    for module in model.modules():
+        stats = isinstance(module, nn.modules.batchnorm._NormBase) or hasattr(module, "running_mean")
+        if stats and not any(p.requires_grad for p in module.parameters(recurse=False)):
+            module.eval()
+
+
 def check_finite(terms: dict[str, torch.Tensor], *, epoch: int, step: int) -> None:
     loss = terms["loss"]
     if not torch.isfinite(loss):
@@ -166,7 +177,7 @@ def optimise(method: Method, config: TrainConfig, *, steps_per_epoch: int, epoch
     with progress(config.epochs * steps_per_epoch, desc) as bar:
         for epoch in range(config.epochs):
             set_lr(optimizer, epoch, config)
-            method.model.train()
+            train_mode(method.model)
             sums: dict[str, float] = {}
             for step, (forget_batch, retain_batch) in enumerate(epoch_batches()):
                 terms = method.training_step(forget_batch, retain_batch, epoch=epoch)

@@ -14,7 +14,7 @@ from gslora.config import DataConfig, ModelConfig, TrainConfig, from_dict, load_
 from gslora.data import load_dataset, load_embeddings
 from gslora.engine import ForgetConfig, pretrain, run_forgetting
 from gslora.engine.compare import summarize
-from gslora.engine.continual import hardware
+from gslora.engine.provenance import hardware
 from gslora.models import read_checkpoint_meta, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]

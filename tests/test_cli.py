@@ -215,13 +215,18 @@ def test_run_on_another_test_split_is_refused(finished_run, fashion_subset, tmp_
 
 def test_a_running_request_locks_the_run(finished_run, fashion_subset, tmp_path, capsys):
     import fcntl
+    import os
 
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
-    with open(run / ".lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    fd = os.open(run, os.O_RDONLY)  # a writer holds the run directory itself; no lock file is left behind
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         _expect_error(capsys, ["forget", "--run", str(run), "--data", str(fashion_subset[0]), "--classes", "Trouser",
-                               *FORGET], "another gslora process is adding requests")
+                               *FORGET], "another gslora process is writing run")
+    finally:
+        os.close(fd)
+    assert not (run / ".lock").exists()
 
 
 def test_cli_guards(finished_run, base_checkpoint, fashion_subset, tmp_path, capsys):

@@ -28,6 +28,7 @@ from gslora.detection import (
 )
 from gslora.detection.gs_lora import split_loss_dict
 from gslora.errors import GSLoRAError
+from gslora.methods import TaskContext
 
 TINY = DetectorConfig(num_classes=4, d_model=32, ffn_dim=64, heads=2, num_queries=8, feature_levels=2,
                       backbone_hidden=[8, 16, 32, 64])
@@ -103,10 +104,14 @@ def test_merged_detector_equals_the_unmerged_one_and_checkpoints_round_trip(tmp_
         assert torch.equal(loaded.eval()(x).logits, merged.logits)
 
 
+def _context() -> TaskContext:
+    return TaskContext(Request(0, (1,), (0, 2, 3), ()), epochs=1, steps_per_epoch=1)
+
+
 def test_forget_classification_term_is_zero_past_bnd_and_box_terms_stay():
     torch.manual_seed(0)
     method = DetectionGSLoRA(DetectionGSLoRAConfig(bnd=1e-6, beta=1.0, alpha=0.0))
-    method.setup_task(build_detector(TINY), 0)
+    method.setup_task(build_detector(TINY), _context())
     x = torch.randint(0, 255, (2, 1, 64, 64), dtype=torch.uint8)
     targets = [{"labels": torch.tensor([1]), "boxes": torch.tensor([[4.0, 4.0, 30.0, 30.0]])}] * 2
     terms = method.training_step((x, targets), (x, targets), epoch=0)
@@ -118,7 +123,7 @@ def test_forget_classification_term_is_zero_past_bnd_and_box_terms_stay():
     cls, box = split_loss_dict(loss_dict, 5.0, 2.0)
     assert cls.item() == 3.0 and box.item() == pytest.approx(5 * 0.3 + 2 * 1.0)
     high = DetectionGSLoRA(DetectionGSLoRAConfig(bnd=1e6, w_f=0.5))
-    high.setup_task(build_detector(TINY), 0)
+    high.setup_task(build_detector(TINY), _context())
     terms = high.training_step((x, targets), (x, targets), epoch=0)
     assert terms["forget"].item() == pytest.approx(1e6 - terms["forget_cls"].item() + terms["forget_box"].item())
     assert 0 < terms["prototype_push"].item() <= 18.0

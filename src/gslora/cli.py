@@ -100,7 +100,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if "warmup_epochs" not in tree.get("train", {}) and config.train.epochs <= 1:
         tree.setdefault("train", {})["warmup_epochs"] = 0
     config = from_dict(PretrainConfig, tree)
-    digest, info = run_pretraining(config, out, overwrite=args.overwrite, dataset=dataset, progress=_progress_factory(not args.quiet))
+    digest, info = run_pretraining(config, out, overwrite=args.overwrite, dataset=dataset,
+                                   progress=_progress_factory(not args.quiet))
     margin = f" (margin-penalised {info['test_acc_margin']:.2f}%)" if "test_acc_margin" in info else ""
     print(f"pre-trained {config.model.family} model on {dataset.name}: test accuracy {info['test_acc']:.2f}%{margin} "
           f"in {info['seconds']:.0f}s")
@@ -156,12 +157,9 @@ def _pretrain_detection(args: argparse.Namespace, tree: dict[str, Any]) -> int:
 
 
 def _task_of(args: argparse.Namespace, tree: dict[str, Any]) -> str:
-    """``detection`` when the run or the checkpoint is a detector's, else ``classification``."""
-    if args.run:
-        meta_path = Path(args.run) / "manifest.json"
-    else:
-        checkpoint = args.checkpoint or tree.get("checkpoint")
-        meta_path = Path(checkpoint) / "config.json" if checkpoint else None
+    """``detection`` when the checkpoint is a detector's, else ``classification`` (a run records its task)."""
+    checkpoint = args.checkpoint or tree.get("checkpoint")
+    meta_path = Path(checkpoint) / "config.json" if checkpoint else None
     try:
         return json.loads(meta_path.read_text()).get("task", "classification") if meta_path else "classification"
     except (OSError, json.JSONDecodeError, AttributeError):
@@ -189,8 +187,9 @@ def _read_requests(path: str) -> list[list[str | int]]:
 
 def cmd_forget(args: argparse.Namespace) -> int:
     from gslora.config import from_dict
-    from gslora.engine import ForgetConfig, resume_config, run_forgetting
-    from gslora.report import markdown_table
+    from gslora.engine import resume_config, run_forgetting
+    from gslora.report import run_table
+    from gslora.tasks import get_task
 
     if bool(args.out) == bool(args.run):
         raise GSLoRAError("pass exactly one of --out DIR (start a run) or --run DIR (add requests to a run)")
@@ -219,8 +218,6 @@ def cmd_forget(args: argparse.Namespace) -> int:
         _set(method, key, value)
     if method:
         tree["method"] = method
-    if _task_of(args, tree) == "detection":
-        return _forget_detection(args, tree)
     if args.run:
         if args.checkpoint:
             raise GSLoRAError("--checkpoint cannot change the model of an existing run; --run continues from the "
@@ -232,35 +229,10 @@ def cmd_forget(args: argparse.Namespace) -> int:
         run_dir, resume = args.run, True
     else:
         tree["method"] = {"name": "gs_lora", **tree.get("method", {})}
-        config = from_dict(ForgetConfig, tree)
+        config = from_dict(get_task(_task_of(args, tree)).config_class, tree)
         run_dir, resume = args.out, False
     manifest = run_forgetting(config, run_dir, resume=resume, progress=_progress_factory(not args.quiet))
-    print(markdown_table(manifest))
-    print(f"run directory: {run_dir} (latest model: {Path(run_dir) / manifest['latest_checkpoint']})")
-    return 0
-
-
-def _forget_detection(args: argparse.Namespace, tree: dict[str, Any]) -> int:
-    from gslora.config import from_dict
-    from gslora.detection import DetectionForgetConfig, run_detection_forgetting
-    from gslora.engine import read_manifest
-    from gslora.report import detection_table
-
-    if args.run:
-        if args.checkpoint:
-            raise GSLoRAError("--checkpoint cannot change the model of an existing run; --run continues from the "
-                              "run's latest model")
-        base = read_manifest(args.run)["config"]
-        for key, value in tree.items():
-            base[key] = {**base[key], **value} if isinstance(value, dict) and isinstance(base.get(key), dict) and \
-                not (key == "method" and value.get("name", base[key]["name"]) != base[key]["name"]) else value
-        tree, run_dir, resume = base, args.run, True
-    else:
-        tree["method"] = {"name": "gs_lora", **tree.get("method", {})}
-        run_dir, resume = args.out, False
-    config = from_dict(DetectionForgetConfig, tree)
-    manifest = run_detection_forgetting(config, run_dir, resume=resume, progress=_progress_factory(not args.quiet))
-    print(detection_table(manifest))
+    print(run_table(manifest))
     print(f"run directory: {run_dir} (latest model: {Path(run_dir) / manifest['latest_checkpoint']})")
     return 0
 

@@ -1,4 +1,5 @@
-"""Atomic file output: a file or directory appears whole or not at all."""
+"""Atomic file output: a file or directory appears whole or not at all, with the permissions the user's umask
+gives (``tempfile`` alone would leave files 0600 and directories 0700, unreadable to a colleague or a server)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,43 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from gslora.errors import GSLoRAError
+
+
+def umask() -> int:
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
+def default_mode(*, directory: bool) -> int:
+    """The mode ``open``/``mkdir`` would give a new file or directory under the current umask."""
+    return (0o777 if directory else 0o666) & ~umask()
+
+
+def make_dir(path: str | Path) -> Path:
+    """``mkdir -p`` that names the path and the fix when it cannot."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise os_error(exc, path, "create") from exc
+    return path
+
+
+def os_error(exc: OSError, path: str | Path, action: str) -> GSLoRAError:
+    """A file-system error as one line: what could not be done to which path, why, and the fix."""
+    reason = exc.strerror or type(exc).__name__
+    if isinstance(exc, PermissionError):
+        fix = "choose a directory you can write to, or fix its permissions"
+    elif isinstance(exc, FileNotFoundError):
+        fix = "check the path"
+    elif getattr(exc, "errno", None) == 28:
+        fix = "free some disk space"
+    else:
+        fix = "check the path and the disk"
+    return GSLoRAError(f"cannot {action} {str(exc.filename or path)!r}: {reason}; {fix}")
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -40,10 +78,14 @@ def atomic_directory(path: str | Path, *, replace: bool = False) -> Iterator[Pat
         replace: swap out an existing ``path``; otherwise an existing ``path`` is an error.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(path.parent)
     if path.exists() and not replace:
         raise FileExistsError(path)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+        os.chmod(tmp, default_mode(directory=True))
+    except OSError as exc:
+        raise os_error(exc, path, "write") from exc
     try:
         yield tmp
         if path.exists():
@@ -62,11 +104,15 @@ def atomic_directory(path: str | Path, *, replace: bool = False) -> Iterator[Pat
 def atomic_write_with(path: str | Path, writer: Callable[[Path], None]) -> None:
     """Call ``writer(tmp_path)`` and move the file it wrote to ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    make_dir(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    except OSError as exc:
+        raise os_error(exc, path, "write") from exc
     os.close(fd)
     try:
         writer(Path(tmp))
+        os.chmod(tmp, default_mode(directory=False))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -16,11 +16,11 @@ from gslora.detection.engine import (
     request_subsets,
     run_detection_forgetting,
 )
-from gslora.detection.gs_lora import DETECTION_METHODS, DetectionGSLoRA, DetectionGSLoRAConfig, DetectionGSLoRAPP
+from gslora.detection.gs_lora import DetectionGSLoRA, DetectionGSLoRAConfig, DetectionGSLoRAPP
 from gslora.detection.metrics import detect, detection_metrics, per_class_ap
 from gslora.detection.model import Detector, DetectorConfig, build_detector, load_detector, save_detector
 
-__all__ = ["DETECTION_METHODS", "DetectionDataConfig", "DetectionDataset", "DetectionForgetConfig",
+__all__ = ["DetectionDataConfig", "DetectionDataset", "DetectionForgetConfig",
            "DetectionGSLoRA", "DetectionGSLoRAConfig", "DetectionGSLoRAPP", "DetectionSet", "Detector",
            "DetectorConfig", "build_detector", "compose_scenes", "detect", "detection_metrics", "evaluate_detector",
            "load_coco", "load_detection_dataset", "load_detector", "per_class_ap", "pretrain_detector",

@@ -7,42 +7,26 @@ and ``base_predictions.safetensors`` holds the original model's per-class AP.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
-import math
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from gslora.config import SequenceConfig, TrainConfig, from_dict, to_dict
-from gslora.data import Request, build_requests
+from gslora.config import SequenceConfig, TrainConfig
+from gslora.data import Request
 from gslora.detection.data import (
     DetectionDataConfig,
     DetectionDataset,
     DetectionSet,
     images_with,
-    load_detection_dataset,
 )
-from gslora.detection.gs_lora import DETECTION_METHODS
-from gslora.detection.metrics import detect, detection_metrics, group_map, per_class_ap
-from gslora.detection.model import Detector, DetectorConfig, build_detector, load_detector, save_detector
-from gslora.engine.continual import (
-    _commit,
-    _now,
-    _run_lock,
-    _RunState,
-    _staging_dir,
-    load_base_predictions,
-    new_manifest,
-    read_manifest,
-    refuse_existing_run,
-    verify_latest,
-)
+from gslora.detection.gs_lora import DetectionGSLoRA  # noqa: F401  (registers GS-LoRA(++) for detection)
+from gslora.detection.metrics import detect, group_map, per_class_ap
+from gslora.detection.model import Detector, DetectorConfig, build_detector
 from gslora.engine.loop import (
     ProgressFactory,
     index_batches,
@@ -52,6 +36,7 @@ from gslora.engine.loop import (
     train_epochs,
 )
 from gslora.errors import GSLoRAError
+from gslora.methods import Method, build_method
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +82,14 @@ def pretrain_detector(model_config: DetectorConfig, dataset: DetectionDataset, c
 class DetectionForgetConfig:
     """A detection forgetting run: as ``ForgetConfig`` with a detection data set and method.
 
+    ``method.name`` is a registered method that supports detection (``gs_lora``, ``gs_lora_pp``).
+
     ``sequence.ratio`` / ``sequence.shots``: the forget subset is that share (or ``shots`` per forget
     class) of the training images holding a forget-class object; the retain subset the same share of
     the images holding a retained-class object (``shots`` per retained class), see ``request_subsets``.
     """
+
+    task: ClassVar[str] = "detection"
 
     checkpoint: str = ""
     data: DetectionDataConfig = field(default_factory=DetectionDataConfig)
@@ -110,16 +99,9 @@ class DetectionForgetConfig:
     eval_batch_size: int = 64
 
     def __post_init__(self) -> None:
-        if not isinstance(self.method, dict) or "name" not in self.method:
-            raise GSLoRAError("method must be a mapping with a 'name' (gs_lora or gs_lora_pp)")
         if self.sequence.missing_classes:
             raise GSLoRAError("sequence.missing_classes is not supported for detection; drop --missing-classes")
-        build_detection_method(self.method)
-
-
-def build_detection_method(spec: dict[str, Any]):
-    cls = DETECTION_METHODS.get(spec["name"])
-    return cls(from_dict(cls.config_class, {k: v for k, v in spec.items() if k != "name"}, "method"))
+        build_method(self.method, self.task)
 
 
 def _sample(pool: list[int], n_classes: int, sequence: SequenceConfig, seed: int) -> list[int]:
@@ -153,7 +135,7 @@ def request_subsets(dataset: DetectionDataset, request: Request, sequence: Seque
     return dataset.train.subset(f).keep_classes(forget), dataset.train.subset(r).keep_classes(retain)
 
 
-def train_detection_request(method, forget: DetectionSet, retain: DetectionSet, config: TrainConfig, *,
+def train_detection_request(method: Method, forget: DetectionSet, retain: DetectionSet, config: TrainConfig, *,
                             request_index: int, device: torch.device,
                             progress: ProgressFactory = no_progress) -> list[dict[str, float]]:
     """One epoch = one pass over the retain subset; each step pairs it with the next cycled forget batch."""
@@ -175,106 +157,9 @@ def train_detection_request(method, forget: DetectionSet, retain: DetectionSet, 
                     epoch_batches=epoch_batches, desc=f"request {request_index}", progress=progress)
 
 
-def _ap_tensors(ap: dict[str, list[float | None]]) -> dict[str, torch.Tensor]:
-    return {k: torch.tensor([math.nan if v is None else v for v in values]) for k, values in ap.items()}
-
-
-def _ap_lists(tensors: dict[str, torch.Tensor]) -> dict[str, list[float | None]]:
-    return {k: [None if math.isnan(v) else v for v in t.tolist()] for k, t in tensors.items()}
-
-
 def run_detection_forgetting(config: DetectionForgetConfig, run_dir: str | Path, *, resume: bool = False,
                              progress: ProgressFactory = no_progress) -> dict[str, Any]:
-    """Apply the requests of ``config`` to a detector; returns the run's manifest (see ``run_forgetting``)."""
-    run_dir = Path(run_dir)
-    device = resolve_device(config.train.device)
-    with _run_lock(run_dir, resume):
-        state = _resume(run_dir, config) if resume else _new(run_dir, config)
-        requests = build_requests(config.sequence, state.dataset.classes, forgotten=state.forgotten,
-                                  start_index=len(state.manifest["requests"]))
-        subsets = [request_subsets(state.dataset, r, config.sequence) for r in requests]  # validate all first
-        model = state.model.to(device)
-        before = evaluate_detector(model, state.dataset.test, state.dataset.num_classes, device=device,
-                                   batch_size=config.eval_batch_size)
-        if state.base_predictions is None:
-            state.base_predictions = _ap_tensors(before)
-        for request, (forget, retain) in zip(requests, subsets):
-            model, before = _apply(state, config, request, forget, retain, model, before, device, progress)
-    return state.manifest
+    """``gslora.engine.run_forgetting`` for a detector (kept for the API)."""
+    from gslora.engine.continual import run_forgetting
 
-
-def _new(run_dir: Path, config: DetectionForgetConfig) -> _RunState:
-    refuse_existing_run(run_dir)
-    if not config.checkpoint:
-        raise GSLoRAError("no base detector: set checkpoint (a directory written by `gslora pretrain --task "
-                          "detection`)")
-    model, meta = load_detector(config.checkpoint)
-    dataset = load_detection_dataset(config.data)
-    if meta.get("classes") != dataset.classes:
-        raise GSLoRAError(f"detector {config.checkpoint!r} was trained on classes {meta.get('classes', [])[:5]} but "
-                          f"the data set has {dataset.classes[:5]}; use the data set it was trained on")
-    manifest = new_manifest(config.checkpoint, Path(config.checkpoint) / "model.safetensors", {
-        "name": dataset.name, "classes": dataset.classes, "train_images": len(dataset.train),
-        "test_images": len(dataset.test)}, to_dict(config), task="detection")
-    return _RunState(run_dir, manifest, model, dataset, [], True)
-
-
-def _resume(run_dir: Path, config: DetectionForgetConfig) -> _RunState:
-    manifest = read_manifest(run_dir)
-    if manifest.get("task") != "detection":
-        raise GSLoRAError(f"{str(run_dir)!r} is a classification run; use `gslora forget` without a detector")
-    dataset = load_detection_dataset(config.data)
-    if dataset.classes != manifest["dataset"]["classes"] or len(dataset.test) != manifest["dataset"]["test_images"]:
-        raise GSLoRAError(f"the data set is not the one run {str(run_dir)!r} was measured on; pass the run's data")
-    latest = verify_latest(run_dir, manifest)
-    model, _ = load_detector(latest or manifest["base"]["checkpoint"])
-    forgotten = [c for r in manifest["requests"] for c in r["forget_classes"]]
-    return _RunState(run_dir, manifest, model, dataset, forgotten, False, load_base_predictions(run_dir, "ap50"))
-
-
-def _apply(state: _RunState, config: DetectionForgetConfig, request: Request, forget: DetectionSet,
-           retain: DetectionSet, model: Detector, before: dict[str, list], device: torch.device,
-           progress: ProgressFactory):
-    dataset: DetectionDataset = state.dataset
-    names = [dataset.classes[c] for c in request.forget]
-    log.info("request %d: forgetting %s (%d forget / %d retain training images)", request.index, ", ".join(names),
-             len(forget), len(retain))
-    method = build_detection_method(config.method)
-    torch.manual_seed(config.train.seed + request.index)
-    started, start = _now(), time.perf_counter()
-    method.setup_task(model, request.index)
-    history = train_detection_request(method, forget, retain, config.train, request_index=request.index,
-                                      device=device, progress=progress)
-    stage = _staging_dir(state)
-    try:
-        artifacts = method.save_artifacts(stage)
-        edited = method.end_task(None)
-        seconds = time.perf_counter() - start
-        digest = save_detector(edited.cpu(), stage / "model", classes=dataset.classes,
-                               extra={"run_request": request.index})
-        edited = edited.to(device)
-        after = evaluate_detector(edited, dataset.test, dataset.num_classes, device=device,
-                                  batch_size=config.eval_batch_size)
-        metrics = detection_metrics(after, before, forget=request.forget, retain=request.retain, old=request.old)
-        original = _ap_lists(state.base_predictions)
-        metrics["map50_f_original"] = detection_metrics(after, original, forget=request.forget,
-                                                        retain=request.retain, old=request.old)["map50_f_before"]
-        metrics["ap50_per_class"] = after["ap50"]
-        prefix = f"requests/{request.index:03d}"
-        record = {
-            "index": request.index, "forget_classes": list(request.forget), "forget_class_names": names,
-            "retain_classes": list(request.retain), "old_classes": list(request.old), "missing_classes": [],
-            "started": started, "seconds": seconds,
-            "train_images": {"forget": len(forget), "retain": len(retain)},
-            "method": copy.deepcopy(config.method), "train": to_dict(config.train),
-            **{k: f"{prefix}/{v}" for k, v in artifacts.items()},
-            "checkpoint": f"{prefix}/model", "checkpoint_sha256": digest, "metrics": metrics,
-            **method.diagnostics(), "history": history,
-        }
-        _commit(state, stage, request.index, record)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    state.forgotten.extend(request.forget)
-    log.info("request %d done in %.1fs: mAP50_f %.2f -> %.2f, mAP50_r %.2f -> %.2f", request.index, seconds,
-             metrics["map50_f_before"], metrics["map50_f"], metrics["map50_r_before"], metrics["map50_r"])
-    return edited, after
+    return run_forgetting(config, run_dir, resume=resume, progress=progress)

@@ -36,10 +36,9 @@ from gslora.adapters import attach_lora, find_ffn_groups, group_lasso, group_par
 from gslora.config import require
 from gslora.detection.model import Detector, hf_target
 from gslora.losses import bounded_forgetting_loss, prototype_push_loss
+from gslora.methods.base import TaskContext, variant_of
 from gslora.methods.gs_lora import GSLoRA
-from gslora.registry import Registry
-
-DETECTION_METHODS: Registry = Registry("detection method")
+from gslora.methods.gs_lora_pp import GSLoRAPP
 
 Batch = tuple[torch.Tensor, list[dict[str, torch.Tensor]]]
 
@@ -98,20 +97,20 @@ def split_loss_dict(loss_dict: dict[str, torch.Tensor], bbox_coef: float, giou_c
     return cls, box
 
 
-@DETECTION_METHODS.register("gs_lora")
+@variant_of(GSLoRA, "detection")
 class DetectionGSLoRA(GSLoRA):
     """GS-LoRA's adapters, merge, artifacts and diagnostics with the detection loss."""
 
     config_class = DetectionGSLoRAConfig
 
-    def setup_task(self, model: Detector, request_index: int) -> None:  # type: ignore[override]
+    def setup_task(self, model: Detector, task: TaskContext) -> None:
         self.groups = find_ffn_groups(model)
         self.peft_model = attach_lora(copy.deepcopy(model), self.groups, rank=self.config.rank,
                                       lora_alpha=self.config.lora_alpha)
         self.model = self.peft_model
         self.detector: Detector = self.peft_model.base_model.model
         self.group_params = group_parameters(self.peft_model, self.groups)
-        self.beta = self.config.beta_for(request_index)
+        self.beta = self.config.beta_for(task.request.index)
         self.base_parameters = sum(p.numel() for p in model.parameters())
         hf = self.detector.net.config
         self.bbox_coef, self.giou_coef = float(hf.bbox_loss_coefficient), float(hf.giou_loss_coefficient)
@@ -192,11 +191,11 @@ class DetectionGSLoRAPPConfig(DetectionGSLoRAConfig):
     w_f: float = 0.005
 
 
-@DETECTION_METHODS.register("gs_lora_pp")
+@variant_of(GSLoRAPP, "detection")
 class DetectionGSLoRAPP(DetectionGSLoRA):
     """GS-LoRA++: GS-LoRA with the class-embedding prototype push (w_f 0.005)."""
 
     config_class = DetectionGSLoRAPPConfig
 
 
-__all__ = ["DETECTION_METHODS", "DetectionGSLoRA", "DetectionGSLoRAConfig", "DetectionGSLoRAPP", "split_loss_dict"]
+__all__ = ["DetectionGSLoRA", "DetectionGSLoRAConfig", "DetectionGSLoRAPP", "split_loss_dict"]

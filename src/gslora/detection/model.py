@@ -9,7 +9,6 @@ with ``from_pretrained`` for users with network (for example ``SenseTime/deforma
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from torch import nn
 from gslora.config import from_dict, require, to_dict
 from gslora.errors import GSLoRAError
 from gslora.io import atomic_directory, atomic_write_json, sha256_file
+from gslora.models.checkpoint import read_meta_file
 from gslora.version import __version__
 
 WEIGHTS_FILE = "model.safetensors"
@@ -154,16 +154,22 @@ def save_detector(model: Detector, directory: str | Path, *, classes: list[str],
     return digest
 
 
+def read_detector_meta(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """(weights file, config.json) of a detector checkpoint directory."""
+    path = Path(path)
+    if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
+        raise GSLoRAError(f"{str(path)!r} is not a gslora detector checkpoint (it needs {WEIGHTS_FILE} and "
+                          f"{CONFIG_FILE}); train one with `gslora pretrain --task detection`")
+    meta = read_meta_file(path / CONFIG_FILE)
+    if meta.get("task") != "detection":
+        raise GSLoRAError(f"{str(path)!r} is a classification checkpoint; pass a detector checkpoint")
+    return path / WEIGHTS_FILE, meta
+
+
 def load_detector(path: str | Path) -> tuple[Detector, dict[str, Any]]:
     """Build and load a detector checkpoint; returns (model, config.json)."""
     path = Path(path)
-    try:
-        meta = json.loads((path / CONFIG_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise GSLoRAError(f"{str(path)!r} is not a gslora detector checkpoint ({exc}); train one with "
-                          "`gslora pretrain --task detection`") from exc
-    if meta.get("task") != "detection":
-        raise GSLoRAError(f"{str(path)!r} is a classification checkpoint; pass a detector checkpoint")
+    _, meta = read_detector_meta(path)
     model = build_detector(from_dict(DetectorConfig, meta["model"], "model"))
     try:
         load_model(model, str(path / WEIGHTS_FILE), strict=True)

@@ -1,4 +1,4 @@
-"""The training loop, evaluation, pre-training and the continual sequence of requests."""
+"""The training loop, evaluation, pre-training, the run directory and the continual sequence of requests."""
 
 from gslora.engine.compare import CompareConfig, compare
 from gslora.engine.continual import ForgetConfig, read_manifest, resume_config, run_forgetting

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from gslora.config import DataConfig, SequenceConfig, TrainConfig, from_dict, to_dict
-from gslora.engine.continual import ForgetConfig, hardware, run_forgetting
+from gslora.engine.continual import ForgetConfig, run_forgetting
 from gslora.engine.loop import ProgressFactory, no_progress
+from gslora.engine.provenance import hardware
 from gslora.errors import GSLoRAError, NonFiniteLossError
 from gslora.io import atomic_write_json, atomic_write_text
 from gslora.report import comparison_markdown, plot_comparison

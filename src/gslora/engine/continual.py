@@ -1,62 +1,44 @@
-"""Continual forgetting: apply erasure requests one after another and keep a run directory.
+"""Continual forgetting: erasure requests applied one after another, each through one pipeline.
 
-A run directory holds::
-
-    manifest.json                  base checkpoint hash, configs, every request (classes, time,
-                                   adapter, merged checkpoint and its hash, metrics)
-    base_predictions.safetensors   the original model's test predictions (for dAcc_f vs the original)
-    requests/NNN/adapter/          the request's LoRA adapter in peft format
-    requests/NNN/model/            the merged model after the request (a gslora checkpoint)
-    metrics.json, report.md, accuracy.png, group_norms.png
-
-Everything is validated before anything is written; each request is committed atomically (its files
-first, then the manifest), so an error leaves the run as it was after the last finished request.
+A request goes train -> finish (merge, save) -> measure -> record -> commit, whatever the task: the task
+(``gslora.tasks``: classification, detection) supplies data, model I/O, subsets, batches and metrics; the
+run directory (``gslora.engine.rundir``) supplies the lock, staging, the ledger and atomic commits.
+Everything is validated before anything is written; a failed or interrupted request leaves the run as it
+was after the last finished one (the ledger records the attempt).
 """
 
 from __future__ import annotations
 
 import copy
-import fcntl
-import hashlib
 import json
 import logging
-import os
-import platform
 import shutil
-import tempfile
+import signal
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from gslora.config import DataConfig, SequenceConfig, TrainConfig, from_dict, require, to_dict
-from gslora.data import Dataset, Request, build_requests, load_dataset, request_data, sample_per_class
-from gslora.engine.evaluate import Predictions, predict
-from gslora.engine.loop import ProgressFactory, no_progress, resolve_device, train_request
-from gslora.errors import GSLoRAError
-from gslora.io import atomic_directory, atomic_write_json, sha256_file
-from gslora.methods import METHODS, Method, TaskContext
-from gslora.metrics import accuracy, request_metrics, verification
-from gslora.models import VisionClassifier, load_checkpoint, read_checkpoint_meta, save_checkpoint
-from gslora.version import __version__
+from gslora.data import Request, build_requests
+from gslora.engine.ledger import LEDGER, now
+from gslora.engine.loop import ProgressFactory, no_progress, resolve_device
+from gslora.engine.provenance import hardware
+from gslora.engine.rundir import MANIFEST, RunDirectory, manifest_from
+from gslora.errors import GSLoRAError, Interrupted
+from gslora.methods import TaskContext, build_method, resolved_spec
+from gslora.tasks import Subsets, Task, get_task
+from gslora.version import __version__, code_version
 
 log = logging.getLogger(__name__)
-
-MANIFEST = "manifest.json"
-BASE_PREDICTIONS = "base_predictions.safetensors"
-LOCK = ".lock"
 
 
 @dataclass
 class ForgetConfig:
-    """Everything a forgetting run needs.
+    """Everything a forgetting run of a classifier needs.
 
     Args:
         checkpoint: the base model: a gslora checkpoint directory (``gslora pretrain`` writes one).
@@ -71,6 +53,8 @@ class ForgetConfig:
         verification_images: at most this many test images (balanced per class) form the pairs.
     """
 
+    task: ClassVar[str] = "classification"
+
     checkpoint: str = ""
     data: DataConfig = field(default_factory=DataConfig)
     sequence: SequenceConfig = field(default_factory=SequenceConfig)
@@ -83,143 +67,213 @@ class ForgetConfig:
 
     def __post_init__(self) -> None:
         require(all(0 < f < 1 for f in self.fars), "fars", self.fars, "each FAR must be in (0, 1)")
-        if not isinstance(self.method, dict) or "name" not in self.method:
-            raise GSLoRAError("method must be a mapping with a 'name' (for example {name: gs_lora})")
-        build_method(self.method)  # validates the name and the hyper-parameters now
-
-
-def build_method(spec: dict[str, Any]) -> Method:
-    """Instantiate the registered method ``spec["name"]`` with the other keys as its config."""
-    cls = METHODS.get(spec["name"])
-    return cls(from_dict(cls.config_class, {k: v for k, v in spec.items() if k != "name"}, "method"))
-
-
-def hardware() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")]
-        cpu = f"{names[0]} x{len(names)}" if names else cpu
-    except OSError:
-        pass
-    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return f"{cpu}{gpu}, torch {torch.__version__}"
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _check_classes(dataset: Dataset, meta: dict[str, Any], checkpoint: str) -> None:
-    classes = meta.get("classes")
-    num_classes = meta.get("model", {}).get("num_classes")
-    if num_classes != dataset.num_classes or (classes and list(classes) != dataset.classes):
-        shown = classes[:5] if classes else ""
-        raise GSLoRAError(f"checkpoint {checkpoint!r} was trained on {num_classes} classes {shown} but data set "
-                          f"{dataset.name!r} has {dataset.num_classes} classes {dataset.classes[:5]}; use the data set "
-                          "the model was trained on")
+        require(self.eval_batch_size >= 1, "eval_batch_size", self.eval_batch_size, "must be >= 1")
+        build_method(self.method, self.task)  # validates the name and the hyper-parameters now
 
 
 @dataclass
-class _RunState:
-    run_dir: Path
-    manifest: dict[str, Any]
-    model: VisionClassifier
-    dataset: Dataset
+class _State:
+    """What a run's requests need besides the run directory."""
+
+    task: Task
+    dataset: Any
+    model: torch.nn.Module
     forgotten: list[int]
-    is_new: bool
-    base_predictions: dict[str, torch.Tensor] | None = None  # the original model's top1 (and margin_top1)
-    base_model: VisionClassifier | None = None
+    base: dict[str, torch.Tensor] | None
+    original: Callable[[], torch.nn.Module]
 
 
-def _labels_digest(labels: torch.Tensor) -> str:
-    return hashlib.sha256(labels.to(torch.int64).numpy().tobytes()).hexdigest()
+def run_forgetting(config: Any, run_dir: str | Path, *, resume: bool = False, pending: bool = False,
+                   requester: str | None = None, reason: str | None = None,
+                   progress: ProgressFactory = no_progress) -> dict[str, Any]:
+    """Apply the requests of ``config`` and return the run's manifest.
+
+    Args:
+        config: a ``ForgetConfig`` (classifiers) or ``DetectionForgetConfig`` (detectors).
+        run_dir: the run directory; a new one unless ``resume``.
+        resume: add the requests to the run in ``run_dir``, on top of its latest model.
+        pending: run the run's queued requests (``gslora requests add``) in order instead of ``config.sequence``'s.
+        requester, reason: recorded in the ledger with each request.
+        progress: progress-bar factory (the CLI passes tqdm); silent by default.
+
+    Raises:
+        GSLoRAError: bad input (unknown or already forgotten class, empty subset, checkpoint that does not
+            fit, unreadable data, non-finite loss); nothing is committed for the failed request.
+        Interrupted: SIGINT/SIGTERM; the run is as it was after its last committed request.
+    """
+    task = get_task(config.task)
+    device = resolve_device(config.train.device)
+    with RunDirectory.lock(Path(run_dir), create=not resume) as run:
+        state = _resume(task, config, run) if resume else _new(task, config, run)
+        queued = run.ledger.rows(where="status = 'queued'") if pending and run.ledger else []
+        if pending and not queued:
+            raise GSLoRAError(f"run {str(run_dir)!r} has no queued requests; add some with `gslora requests add`")
+        sequence = config.sequence
+        if pending:
+            sequence = SequenceConfig(**{**to_dict(config.sequence), "requests": [row["classes"] for row in queued]})
+        start = len([row for row in run.applied() if row["kind"] == "forget"])
+        requests = build_requests(sequence, state.dataset.classes, forgotten=state.forgotten, start_index=start)
+        if not pending:
+            _refuse_queued(run, requests, state.dataset.classes)
+        subsets = [task.subsets(state.dataset, r, sequence) for r in requests]  # validate all before training
+        model = state.model.to(device)
+        before = task.evaluate(model, state.dataset, config, device=device)
+        if state.base is None:
+            state.base = task.base_tensors(before)
+            run.begin(_run_meta(task, config, state), state.base)
+        for i, (request, subset) in enumerate(zip(requests, subsets)):
+            row = queued[i] if pending else {}
+            model, before = _apply_request(run, state, config, request, subset, model, before, device, progress,
+                                           queued_id=row.get("id"), requester=row.get("requester", requester),
+                                           reason=row.get("reason", reason))
+        return run.manifest()
 
 
-def refuse_existing_run(run_dir: Path) -> None:
-    """A new run needs an empty or absent directory."""
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise GSLoRAError(f"run directory {str(run_dir)!r} already exists; pass --run {run_dir} to add requests to "
-                          "it, or choose a new --out")
+def _refuse_queued(run: RunDirectory, requests: list[Request], classes: list[str]) -> None:
+    if run.ledger is None:
+        return
+    for row in run.ledger.rows(where="status = 'queued'"):
+        clash = [classes[c] for r in requests for c in r.forget if c in row["classes"]]
+        if clash:
+            raise GSLoRAError(f"{', '.join(clash)} is queued as request {row['id']} of this run; run the queue with "
+                              "`gslora forget --run RUN --pending`")
 
 
-def new_manifest(checkpoint: str, weights: Path, dataset: dict[str, Any], config: dict[str, Any],
-                 **extra: Any) -> dict[str, Any]:
-    """The manifest of a new run: base checkpoint and its hash, data set, config (requests are recorded one by
-    one), hardware; ``extra`` adds keys such as ``task``."""
-    config["sequence"]["requests"] = []
-    return {"gslora_version": __version__, **extra, "created": _now(),
-            "base": {"checkpoint": str(Path(checkpoint).resolve()), "sha256": sha256_file(weights)},
-            "dataset": dataset, "config": config, "hardware": hardware(), "requests": [], "latest_checkpoint": None}
-
-
-def verify_latest(run_dir: Path, manifest: dict[str, Any]) -> Path | None:
-    """The run's latest model directory (None before the first request), checked against the manifest's hash."""
-    latest = manifest["latest_checkpoint"]
-    if not latest:
-        return None
-    weights, _ = read_checkpoint_meta(run_dir / latest)
-    if sha256_file(weights) != manifest["requests"][-1]["checkpoint_sha256"]:
-        raise GSLoRAError(f"{weights} does not match the hash in the manifest; the run directory was changed "
-                          "outside gslora")
-    return run_dir / latest
-
-
-def load_base_predictions(run_dir: Path, key: str) -> dict[str, torch.Tensor]:
-    """The original model's saved predictions (``key`` must be among them)."""
-    try:
-        base = load_file(str(run_dir / BASE_PREDICTIONS))
-    except (OSError, SafetensorError) as exc:
-        raise GSLoRAError(f"cannot read {run_dir / BASE_PREDICTIONS} ({exc}); the run directory is damaged") from exc
-    if key not in base:
-        raise GSLoRAError(f"{run_dir / BASE_PREDICTIONS} lacks the original model's predictions; the run directory "
-                          "is damaged")
-    return base
-
-
-def _new_state(config: ForgetConfig, run_dir: Path) -> _RunState:
-    refuse_existing_run(run_dir)
+def _new(task: Task, config: Any, run: RunDirectory) -> _State:
     if not config.checkpoint:
         raise GSLoRAError("no base model: set checkpoint (a directory written by `gslora pretrain`)")
-    weights, meta = read_checkpoint_meta(config.checkpoint)
-    dataset = load_dataset(config.data)
-    _check_classes(dataset, meta, config.checkpoint)
-    model, _ = load_checkpoint(config.checkpoint)
-    manifest = new_manifest(config.checkpoint, weights, {
-        "name": dataset.name, "classes": dataset.classes, "train_images": len(dataset.train),
-        "test_images": len(dataset.test), "test_labels_sha256": _labels_digest(dataset.test.labels)}, to_dict(config))
-    return _RunState(run_dir, manifest, model, dataset, [], True)
+    _, meta = task.read_meta(config.checkpoint)
+    dataset = task.load_data(config)
+    task.check_model(dataset, meta, config.checkpoint)
+    model, _ = task.load_model(config.checkpoint)
+    return _State(task, dataset, model, [], None, lambda: model)
 
+
+def _resume(task: Task, config: Any, run: RunDirectory) -> _State:
+    meta = run.meta()
+    if meta.get("task", "classification") != task.name:
+        raise GSLoRAError(f"{str(run.path)!r} is a {meta.get('task')} run; pass a {meta.get('task')} config")
+    dataset = task.load_data(config)
+    task.check_same_data(dataset, meta["dataset"], run.path)
+    latest = run.latest_model()
+    model, _ = task.load_model(latest or meta["base"]["checkpoint"])
+    forgotten = [c for row in run.applied() if row["kind"] == "forget" for c in row["classes"]]
+    cache: dict[str, torch.nn.Module] = {}
+
+    def original() -> torch.nn.Module:
+        if "model" not in cache:
+            cache["model"] = task.load_model(meta["base"]["checkpoint"])[0]
+        return cache["model"]
+
+    return _State(task, dataset, model, forgotten, run.base_tensors(task.base_key), original)
+
+
+def _run_meta(task: Task, config: Any, state: _State) -> dict[str, Any]:
+    weights, _ = task.read_meta(config.checkpoint)
+    from gslora.io import sha256_file
+
+    recorded = to_dict(config)
+    recorded["method"] = resolved_spec(build_method(config.method, task.name), config.method["name"])
+    if config.sequence.requests:
+        for unused in ("num_requests", "classes_per_request"):
+            recorded["sequence"].pop(unused, None)
+    return {"gslora_version": __version__, "code_version": code_version(), "task": task.name, "created": now(),
+            "base": {"checkpoint": str(Path(config.checkpoint).resolve()), "sha256": sha256_file(weights)},
+            "dataset": task.data_record(state.dataset), "config": recorded, "hardware": hardware()}
+
+
+def _apply_request(run: RunDirectory, state: _State, config: Any, request: Request, subsets: Subsets,
+                   model: torch.nn.Module, before: Any, device: torch.device, progress: ProgressFactory, *,
+                   queued_id: int | None, requester: str | None, reason: str | None) -> tuple[torch.nn.Module, Any]:
+    task, dataset = state.task, state.dataset
+    names = [dataset.classes[c] for c in request.forget]
+    method = build_method(config.method, task.name)
+    spec = resolved_spec(method, config.method["name"])
+    steps_per_epoch = -(-len(subsets.retain) // config.train.batch_size)
+    train = config.train.for_steps_per_epoch(steps_per_epoch)
+    settings = {"train": to_dict(train), "sequence": {k: v for k, v in to_dict(config.sequence).items()
+                                                      if k in ("ratio", "shots", "subset_seed", "missing_classes")}}
+    request_id = run.start(classes=list(request.forget), class_names=names, method=spec, settings=settings,
+                           queued_id=queued_id, requester=requester, reason=reason)
+    log.info("request %d: forgetting %s (%d forget / %d retain training images)", request.index, ", ".join(names),
+             len(subsets.forget), len(subsets.retain))
+    stage: Path | None = None
+    try:
+        context = TaskContext(request, train.epochs, steps_per_epoch, forget_data=subsets.forget,
+                              retain_data=subsets.retain, original_model=state.original, device=device)
+        torch.manual_seed(config.train.seed + request.index)
+        started, start = now(), time.perf_counter()
+        method.setup_task(model, context)
+        history = task.train(method, context, subsets, config.train, device=device, progress=progress)
+        stage = run.stage()
+        artifacts = method.save_artifacts(stage)
+        edited = method.end_task(context)
+        seconds = time.perf_counter() - start
+        digest = task.save_model(edited.cpu(), stage / "model", classes=dataset.classes,
+                                 extra={"run_request": request.index})
+        edited = edited.to(device)
+        after = task.evaluate(edited, dataset, config, device=device)
+        metrics = task.measure(dataset, request, before, after, state.base, config)
+        prefix = f"requests/{request_id:03d}"
+        record = {
+            "index": request.index, "kind": "forget", "forget_classes": list(request.forget),
+            "forget_class_names": names, "retain_classes": list(request.retain), "old_classes": list(request.old),
+            "missing_classes": list(request.missing), "requester": requester, "reason": reason,
+            "started": started, "seconds": seconds, "train_images": subsets.sizes, "method": spec,
+            **settings, **{k: f"{prefix}/{v}" for k, v in artifacts.items()},
+            "checkpoint": f"{prefix}/model", "checkpoint_sha256": digest, "metrics": metrics,
+            **method.diagnostics(), "history": history,
+        }
+        run.commit(request_id, stage, record)
+    except KeyboardInterrupt as exc:
+        run.fail(request_id, "interrupted by a signal", interrupted=True)
+        signum = getattr(exc, "signum", signal.SIGINT)
+        applied = [r for r in run.applied() if r["kind"] == "forget"]
+        where = (f"as it was after request {applied[-1]['position']}" if applied else
+                 "not created (no request finished)")
+        raise Interrupted(signum, f"interrupted; the run {str(run.path)!r} is {where}") from None
+    except GSLoRAError as exc:
+        run.fail(request_id, str(exc))
+        raise
+    except BaseException as exc:
+        run.fail(request_id, f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        if stage is not None and stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
+    state.forgotten.extend(request.forget)
+    scores = task.scores(metrics)
+    log.info("request %d done in %.1fs: forget %.2f -> %.2f, retain %.2f -> %.2f", request.index, seconds,
+             scores["forget_before"], scores["forget"], scores["retain_before"], scores["retain"])
+    return edited, after
+
+
+# -- reading runs -----------------------------------------------------------------------------------
 
 def read_manifest(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / MANIFEST
-    if not path.is_file():
-        raise GSLoRAError(f"{str(run_dir)!r} is not a gslora run directory (no {MANIFEST}); start a run with "
-                          "`gslora forget --out DIR ...`")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise GSLoRAError(f"{path} is not valid JSON ({exc}); the run directory is damaged") from exc
+    """The run as one document (exported from its ledger; a run of gslora < 0.2 from its manifest.json)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / LEDGER).is_file() and (run_dir / MANIFEST).is_file():
+        try:
+            manifest = json.loads((run_dir / MANIFEST).read_text())
+        except json.JSONDecodeError as exc:
+            raise GSLoRAError(f"{run_dir / MANIFEST} is not valid JSON ({exc}); the run directory is damaged") from exc
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("config"), dict):
+            raise GSLoRAError(f"{run_dir / MANIFEST} is not a gslora manifest (no config); the run directory is "
+                              "damaged")
+        return manifest
+    with RunDirectory.read(run_dir) as ledger:
+        return manifest_from(ledger)
 
 
-def _resume_state(run_dir: Path, config: ForgetConfig) -> _RunState:
+def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> Any:
+    """The config a run was started with (without its past requests), with ``overrides`` (nested mapping) applied."""
     manifest = read_manifest(run_dir)
-    dataset = load_dataset(config.data)
-    recorded = manifest["dataset"]
-    if dataset.classes != recorded["classes"] or len(dataset.test) != recorded["test_images"] or \
-            _labels_digest(dataset.test.labels) != recorded.get("test_labels_sha256"):
-        raise GSLoRAError(f"data set {dataset.name!r} is not the one run {str(run_dir)!r} was measured on (other "
-                          "classes or test split); pass the run's data set")
-    latest = verify_latest(run_dir, manifest)
-    model, _ = load_checkpoint(latest or manifest["base"]["checkpoint"])
-    base_predictions = load_base_predictions(run_dir, "top1")
-    forgotten = [c for r in manifest["requests"] for c in r["forget_classes"]]
-    return _RunState(run_dir, manifest, model, dataset, forgotten, False, base_predictions)
-
-
-def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> ForgetConfig:
-    """The config a run was started with, with ``overrides`` (nested mapping) applied."""
-    base = read_manifest(run_dir)["config"]
+    base = copy.deepcopy(manifest["config"])
+    if not isinstance(base.get("sequence"), dict) or not isinstance(base.get("method"), dict):
+        raise GSLoRAError(f"the config recorded in {str(run_dir)!r} lacks sequence or method; the run directory is "
+                          "damaged")
+    base["sequence"]["requests"] = []
     for key, value in (overrides or {}).items():
         other_method = key == "method" and isinstance(value, dict) and \
             value.get("name", base[key]["name"]) != base[key]["name"]
@@ -227,198 +281,4 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) 
             base[key] = {**base[key], **value}
         else:
             base[key] = value
-    return from_dict(ForgetConfig, base)
-
-
-@contextmanager
-def _run_lock(run_dir: Path, resume: bool) -> Iterator[None]:
-    """Hold an exclusive lock on an existing run, so two processes never add requests at once."""
-    if not resume:
-        yield
-        return
-    if not (run_dir / MANIFEST).is_file():
-        read_manifest(run_dir)  # raises the "not a run directory" error
-    with open(run_dir / LOCK, "a") as handle:  # created with the run; "a" leaves it untouched
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise GSLoRAError(f"another gslora process is adding requests to {str(run_dir)!r}; wait for it to "
-                              "finish") from exc
-        for stale in run_dir.glob(".staging-*"):  # left by a killed process; never part of the run
-            shutil.rmtree(stale, ignore_errors=True)
-        yield
-
-
-def run_forgetting(config: ForgetConfig, run_dir: str | Path, *, resume: bool = False,
-                   progress: ProgressFactory = no_progress) -> dict[str, Any]:
-    """Apply the requests of ``config`` and return the run's manifest.
-
-    Args:
-        config: model, data, requests, method and training settings.
-        run_dir: the run directory; a new one unless ``resume``.
-        resume: add the requests to the run in ``run_dir``, on top of its latest model.
-        progress: progress-bar factory (the CLI passes tqdm); silent by default.
-
-    Raises:
-        GSLoRAError: bad input (unknown or already forgotten class, empty subset, checkpoint that
-            does not fit, unreadable data, non-finite loss); nothing is written for the failed request.
-    """
-    run_dir = Path(run_dir)
-    device = resolve_device(config.train.device)
-    with _run_lock(run_dir, resume):
-        state = _resume_state(run_dir, config) if resume else _new_state(config, run_dir)
-        requests = build_requests(config.sequence, state.dataset.classes, forgotten=state.forgotten,
-                                  start_index=len(state.manifest["requests"]))
-        subsets = [request_data(state.dataset, r, config.sequence) for r in requests]  # validate all first
-        model = state.model.to(device)
-        predictions = _predict(model, state, config, device)
-        if state.base_predictions is None:
-            state.base_model = state.model
-            state.base_predictions = {"top1": predictions.top1}
-            if predictions.margin_top1 is not None:
-                state.base_predictions["margin_top1"] = predictions.margin_top1
-        for request, subset in zip(requests, subsets):
-            model, predictions = _apply_request(state, config, request, subset, model, predictions, device,
-                                                progress)
-    return state.manifest
-
-
-def _wants_verification(config: ForgetConfig, model: VisionClassifier) -> bool:
-    return model.has_margin if config.verification is None else config.verification
-
-
-def _predict(model: VisionClassifier, state: _RunState, config: ForgetConfig, device: torch.device) -> Predictions:
-    return predict(model, state.dataset.test, device=device, batch_size=config.eval_batch_size,
-                   embeddings=_wants_verification(config, model))
-
-
-def _original_model_loader(state: _RunState) -> Callable[[], VisionClassifier]:
-    def load() -> VisionClassifier:
-        if state.base_model is None:
-            state.base_model, _ = load_checkpoint(state.manifest["base"]["checkpoint"])
-        return state.base_model
-
-    return load
-
-
-def _measure(state: _RunState, config: ForgetConfig, request: Request, before: Predictions,
-             after: Predictions) -> dict[str, Any]:
-    """Accuracies and H of a request (plain, and margin-penalised for margin heads) and verification."""
-    labels = state.dataset.test.labels
-
-    def readings(key: str) -> dict[str, float | None]:
-        now, then, original = getattr(after, key), getattr(before, key), state.base_predictions[key]
-        missing = request.missing or None
-        return request_metrics(
-            acc_f=accuracy(now, labels, request.forget), acc_r=accuracy(now, labels, request.retain),
-            acc_o=accuracy(now, labels, request.old) if request.old else None,
-            acc_f_before=accuracy(then, labels, request.forget), acc_r_before=accuracy(then, labels, request.retain),
-            acc_f_original=accuracy(original, labels, request.forget),
-            acc_m=accuracy(now, labels, missing) if missing else None,
-            acc_m_before=accuracy(then, labels, missing) if missing else None)
-
-    metrics: dict[str, Any] = readings("top1")
-    if after.margin_top1 is not None and "margin_top1" in state.base_predictions:
-        metrics["margin"] = readings("margin_top1")
-    if after.embeddings is not None and before.embeddings is not None:
-        keep = torch.arange(len(labels))
-        if len(labels) > config.verification_images:
-            per_class = max(2, config.verification_images // state.dataset.num_classes)
-            keep = sample_per_class(labels, range(state.dataset.num_classes), shots=per_class, seed=0)
-        sets = {"forget": request.forget, "retain": request.retain}
-        for suffix, preds in (("", after), ("_before", before)):
-            tars = verification(preds.embeddings[keep], labels[keep], sets, fars=config.fars)
-            metrics[f"tar_f{suffix}"], metrics[f"tar_r{suffix}"] = tars["forget"], tars["retain"]
-    return metrics
-
-
-def _staging_dir(state: _RunState) -> Path:
-    if state.is_new:  # the run directory appears whole at the first commit
-        parent = state.run_dir.resolve().parent
-        parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(dir=parent, prefix=f".{state.run_dir.name}.staging-"))
-    return Path(tempfile.mkdtemp(dir=state.run_dir, prefix=".staging-"))
-
-
-def _apply_request(state: _RunState, config: ForgetConfig, request: Request, subset, model: VisionClassifier,
-                   before: Predictions, device: torch.device, progress: ProgressFactory):
-    dataset = state.dataset
-    forget, retain = dataset.train.subset(subset.forget_indices), dataset.train.subset(subset.retain_indices)
-    names = [dataset.classes[c] for c in request.forget]
-    log.info("request %d: forgetting %s (%d forget / %d retain training images)", request.index, ", ".join(names),
-             len(forget), len(retain))
-    steps_per_epoch = -(-len(retain) // config.train.batch_size)
-    task = TaskContext(request, config.train.for_steps_per_epoch(steps_per_epoch).epochs, steps_per_epoch,
-                       forget_data=forget,
-                       retain_data=retain, original_model=_original_model_loader(state), device=device)
-    method = build_method(config.method)
-    torch.manual_seed(config.train.seed + request.index)
-    started, start = _now(), time.perf_counter()
-    method.setup_task(model, task)
-    history = train_request(method, task, forget, retain, config.train, device=device, progress=progress)
-    stage = _staging_dir(state)
-    try:
-        artifacts = method.save_artifacts(stage)
-        edited = method.end_task(task)
-        seconds = time.perf_counter() - start
-        digest = save_checkpoint(edited.cpu(), stage / "model", classes=dataset.classes,
-                                 extra={"run_request": request.index})
-        edited = edited.to(device)
-        after = _predict(edited, state, config, device)
-        metrics = _measure(state, config, request, before, after)
-        prefix = f"requests/{request.index:03d}"
-        record = {
-            "index": request.index,
-            "forget_classes": list(request.forget),
-            "forget_class_names": names,
-            "retain_classes": list(request.retain),
-            "old_classes": list(request.old),
-            "missing_classes": list(request.missing),
-            "started": started,
-            "seconds": seconds,
-            "train_images": {"forget": len(forget), "retain": len(retain)},
-            "method": copy.deepcopy(config.method),
-            "train": to_dict(config.train),
-            **{k: f"{prefix}/{v}" for k, v in artifacts.items()},
-            "checkpoint": f"{prefix}/model",
-            "checkpoint_sha256": digest,
-            "metrics": metrics,
-            **method.diagnostics(),
-            "history": history,
-        }
-        _commit(state, stage, request.index, record)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    state.forgotten.extend(request.forget)
-    log.info("request %d done in %.1fs: acc_f %.2f acc_r %.2f H %.2f", request.index, seconds, metrics["acc_f"],
-             metrics["acc_r"], metrics["h_mean"])
-    return edited, after
-
-
-def _commit(state: _RunState, stage: Path, index: int, record: dict[str, Any]) -> None:
-    """Move a finished request into the run directory, then rewrite the manifest and the report."""
-    from gslora.report import write_report
-
-    manifest = state.manifest
-    manifest["requests"].append(record)
-    manifest["latest_checkpoint"] = record["checkpoint"]
-    target_name = f"requests/{index:03d}"
-    if state.is_new:
-        if state.run_dir.exists() and any(state.run_dir.iterdir()):
-            raise GSLoRAError(f"{str(state.run_dir)!r} was created by someone else while this request trained; "
-                              "nothing was written")
-        with atomic_directory(state.run_dir, replace=state.run_dir.exists()) as tmp:
-            save_file({k: v.contiguous() for k, v in state.base_predictions.items()}, str(tmp / BASE_PREDICTIONS))
-            (tmp / "requests").mkdir()
-            (tmp / LOCK).touch()
-            os.replace(stage, tmp / target_name)
-            atomic_write_json(tmp / MANIFEST, manifest)
-            write_report(manifest, tmp)
-        state.is_new = False
-        return
-    target = state.run_dir / target_name
-    if target.exists():  # left over by an interrupted commit: not in the manifest, so not part of the run
-        shutil.rmtree(target)
-    os.replace(stage, target)
-    atomic_write_json(state.run_dir / MANIFEST, manifest)
-    write_report(manifest, state.run_dir)
+    return from_dict(get_task(manifest.get("task", "classification")).config_class, base)

@@ -5,7 +5,7 @@ the backbone with the head frozen, as in the reference, on the same engine loop.
 """
 
 from gslora.methods.anchored import EWC, L2, MAS, Anchored, AnchoredConfig
-from gslora.methods.base import METHODS, Method, TaskContext
+from gslora.methods.base import METHODS, Method, TaskContext, build_method, resolved_spec, variant_of
 from gslora.methods.der import DER, DERPP, DERConfig
 from gslora.methods.fdr import FDR, FDRConfig
 from gslora.methods.finetune import FineTuneConfig, FineTuneMethod, kd_loss
@@ -24,4 +24,4 @@ __all__ = ["DER", "DERPP", "EWC", "FDR", "L2", "LIRF", "MAS", "METHODS", "SCRUB"
            "AnchoredConfig", "DERConfig", "FDRConfig", "FineTuneConfig", "FineTuneMethod", "GSLoRA", "GSLoRAConfig",
            "GSLoRAPP", "GSLoRAPPConfig", "GradientAscent", "LIRFConfig", "LwF", "LwFConfig", "Method",
            "NegGradConfig", "NegGradPlus", "RandomLabel", "Retrain", "SCRUBConfig", "SSDConfig", "SalUn",
-           "SalUnConfig", "TaskContext", "kd_loss"]
+           "SalUnConfig", "TaskContext", "build_method", "kd_loss", "resolved_spec", "variant_of"]

@@ -11,7 +11,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from gslora.data import ImageSet, Request
+from gslora.config import from_dict
+from gslora.data import Request
+from gslora.errors import GSLoRAError
 from gslora.models import VisionClassifier
 from gslora.registry import Registry
 
@@ -28,7 +30,8 @@ class TaskContext:
         request: the class sets of this request.
         epochs: epochs the engine will run.
         steps_per_epoch: optimisation steps per epoch.
-        forget_data, retain_data: the request's training subsets.
+        forget_data, retain_data: the request's training subsets (an ``ImageSet`` for classification, a
+            ``DetectionSet`` for detection).
         original_model: returns the run's original (pre-trained) model, loaded on first use.
         device: where training runs.
     """
@@ -36,8 +39,8 @@ class TaskContext:
     request: Request
     epochs: int
     steps_per_epoch: int
-    forget_data: ImageSet | None = None
-    retain_data: ImageSet | None = None
+    forget_data: Any = None
+    retain_data: Any = None
     original_model: Callable[[], VisionClassifier] | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
@@ -47,11 +50,30 @@ class Method(ABC):
 
     A subclass sets ``config_class`` and implements ``training_step``. ``setup_task`` receives the
     current model and must not change it: the method edits its own copy, which ``end_task`` returns.
+    A registered method handles ``task`` (classification); a subclass registered with ``variant_of``
+    gives the same method name another task (GS-LoRA's detection loss).
     """
 
     config_class: ClassVar[type]
+    #: the kind of task this class trains for
+    task: ClassVar[str] = "classification"
+    #: task -> the class that implements this method for it (filled by ``variant_of``)
+    variants: ClassVar[dict[str, type[Method]]] = {}
     #: a method that edits the model in ``end_task`` without optimisation steps (SSD); the engine skips the loop
     training_free: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.variants = {}
+
+    @classmethod
+    def tasks(cls) -> list[str]:
+        return [cls.task, *cls.variants]
+
+    @classmethod
+    def for_task(cls, task: str) -> type[Method] | None:
+        """The class that runs this method on ``task`` (None: the method does not support it)."""
+        return cls if task == cls.task else cls.variants.get(task)
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -84,3 +106,36 @@ class Method(ABC):
     def diagnostics(self) -> dict[str, Any]:
         """Per-request facts to report (group norms, parameter counts)."""
         return {}
+
+
+def variant_of(base: type[Method], task: str):
+    """Class decorator: the decorated class runs ``base``'s registered method on ``task``."""
+
+    def decorator(cls: type[Method]) -> type[Method]:
+        cls.task = task
+        base.variants[task] = cls
+        return cls
+
+    return decorator
+
+
+def build_method(spec: dict[str, Any], task: str = "classification") -> Method:
+    """Instantiate the registered method ``spec["name"]`` for ``task``, with the other keys as its config.
+
+    Raises:
+        GSLoRAError: unknown name, a method that does not support ``task``, or bad hyper-parameters.
+    """
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise GSLoRAError("method must be a mapping with a 'name' (for example {name: gs_lora})")
+    cls = METHODS.get(spec["name"]).for_task(task)
+    if cls is None:
+        able = [name for name in METHODS if task in METHODS.get(name).tasks()]
+        raise GSLoRAError(f"method {spec['name']!r} does not support {task}; methods that do: {', '.join(able)}")
+    return cls(from_dict(cls.config_class, {k: v for k, v in spec.items() if k != "name"}, "method"))
+
+
+def resolved_spec(method: Method, name: str) -> dict[str, Any]:
+    """``{"name": name, **every hyper-parameter}``: what a run records, defaults included."""
+    import dataclasses
+
+    return {"name": name, **dataclasses.asdict(method.config)}

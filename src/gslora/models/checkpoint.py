@@ -47,11 +47,26 @@ def read_checkpoint_meta(path: str | Path) -> tuple[Path, dict[str, Any]]:
     if not weights.is_file() or not config_path.is_file():
         raise GSLoRAError(f"{str(path)!r} is not a gslora checkpoint (it needs {WEIGHTS_FILE} and {CONFIG_FILE}); "
                           "create one with `gslora pretrain` or pass model.weights with a model config")
+    return weights, read_meta_file(config_path)
+
+
+def read_meta_file(config_path: Path) -> dict[str, Any]:
+    """A checkpoint's ``config.json``: a JSON object with a ``model`` mapping.
+
+    Raises:
+        GSLoRAError: unreadable, not JSON, or not shaped like a gslora checkpoint config.
+    """
     try:
         meta = json.loads(config_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise GSLoRAError(f"{config_path} is not valid JSON: {exc}") from exc
-    return weights, meta
+    except OSError as exc:
+        raise GSLoRAError(f"cannot read {config_path}: {exc.strerror or exc}; check the checkpoint path") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise GSLoRAError(f"{config_path} is not valid JSON ({exc}); the checkpoint is damaged: restore or re-create "
+                          "it") from exc
+    if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
+        raise GSLoRAError(f"{config_path} is not a gslora checkpoint config (a JSON object with a 'model' "
+                          "mapping); the checkpoint is damaged: restore or re-create it")
+    return meta
 
 
 def load_checkpoint(path: str | Path) -> tuple[VisionClassifier, dict[str, Any]]:

@@ -217,11 +217,15 @@ def plot_comparison(comparison: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def run_table(manifest: dict[str, Any]) -> str:
+    """The per-request table of a run, for its task."""
+    return detection_table(manifest) if manifest.get("task") == "detection" else markdown_table(manifest)
+
+
 def write_report(manifest: dict[str, Any], directory: str | Path) -> None:
     """Write metrics.json, report.md, accuracy.png and group_norms.png into ``directory``."""
     directory = Path(directory)
     atomic_write_json(directory / "metrics.json", metrics_summary(manifest))
-    table = detection_table(manifest) if manifest.get("task") == "detection" else markdown_table(manifest)
-    atomic_write_text(directory / "report.md", table)
+    atomic_write_text(directory / "report.md", run_table(manifest))
     plot_accuracies(manifest, directory / "accuracy.png")
     plot_group_norms(manifest, directory / "group_norms.png")

@@ -1,0 +1,30 @@
+"""Where a result comes from: code version (git commit), time and hardware, stamped on every results row."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gslora.engine.ledger import now
+from gslora.version import __version__, code_version
+
+
+def hardware() -> str:
+    """CPU model and core count, GPU if any, torch version."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = f"{names[0]} x{len(names)}" if names else cpu
+    except OSError:
+        pass
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{cpu}{gpu}, torch {torch.__version__}"
+
+
+def stamp() -> dict[str, Any]:
+    """``{"version", "commit", "time", "hardware"}`` for one results row."""
+    return {"version": __version__, "commit": code_version(), "time": now(), "hardware": hardware()}

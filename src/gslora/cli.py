@@ -43,6 +43,8 @@ def _apply_sets(tree: dict[str, Any], assignments: list[str] | None) -> None:
     """Apply ``--set a.b=value`` overrides; values are parsed as YAML (numbers, lists, true/false)."""
     import yaml
 
+    from gslora.config import yaml_problem
+
     for item in assignments or []:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
@@ -50,7 +52,7 @@ def _apply_sets(tree: dict[str, Any], assignments: list[str] | None) -> None:
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise GSLoRAError(f"--set {item!r}: the value is not valid YAML ({exc})") from exc
+            raise GSLoRAError(f"--set {item!r}: the value is not valid YAML ({yaml_problem(exc)})") from exc
         _set(tree, key.strip(), value)
 
 
@@ -120,37 +122,21 @@ def _pretrain_out(tree: dict[str, Any], overwrite: bool) -> str:
 
 
 def _pretrain_detection(args: argparse.Namespace, tree: dict[str, Any]) -> int:
-    from gslora.config import TrainConfig, from_dict, to_dict
-    from gslora.detection import (
-        DetectionDataConfig,
-        DetectorConfig,
-        load_detection_dataset,
-        pretrain_detector,
-        save_detector,
-    )
+    from gslora.config import from_dict
+    from gslora.detection import DetectionPretrainConfig, run_detector_pretraining
 
     tree.pop("task", None)
-    unknown = set(tree) - {"model", "data", "train", "out"}
-    if unknown:
-        raise GSLoRAError(f"unknown key(s) {', '.join(sorted(unknown))} for detection; valid: data, model, out, train")
-    for dotted, value in (("data.dataset", args.data), ("model.name", args.name), ("model.image_size", args.image_size),
+    for dotted, value in (("data.dataset", args.data), ("model.name", args.name), ("data.image_size", args.image_size),
                           ("model.pretrained", args.pretrained or None), ("train.epochs", args.epochs),
                           ("train.lr", args.lr), ("train.batch_size", args.batch_size), ("train.device", args.device),
                           ("out", args.out)):
         _set(tree, dotted, value)
     _apply_sets(tree, args.set)
     out = _pretrain_out(tree, args.overwrite)
-    data_cfg = from_dict(DetectionDataConfig, tree.get("data"), "data")
-    dataset = load_detection_dataset(data_cfg)
-    model_cfg = from_dict(DetectorConfig, {"num_classes": dataset.num_classes, "image_size": data_cfg.image_size,
-                                           **tree.get("model", {})}, "model")
-    train_cfg = from_dict(TrainConfig, {"lr": 2e-4, "batch_size": 16, "max_grad_norm": 0.1, "weight_decay": 1e-4,
-                                        **tree.get("train", {})}, "train")
-    model, info = pretrain_detector(model_cfg, dataset, train_cfg, progress=_progress_factory(not args.quiet))
-    digest = save_detector(model, out, classes=dataset.classes, replace=Path(out).exists(),
-                           extra={"pretrain": {**{k: v for k, v in info.items() if k != "history"},
-                                               "dataset": dataset.name, "train": to_dict(train_cfg)}})
-    print(f"pre-trained detector on {dataset.name}: test mAP@0.5 {info['map50']:.2f}%, mAP {info['map']:.2f}% "
+    config = from_dict(DetectionPretrainConfig, tree)
+    digest, info = run_detector_pretraining(config, out, overwrite=args.overwrite,
+                                            progress=_progress_factory(not args.quiet))
+    print(f"pre-trained detector on {config.data.dataset}: test mAP@0.5 {info['map50']:.2f}%, mAP {info['map']:.2f}% "
           f"in {info['seconds']:.0f}s")
     print(f"checkpoint: {out} (sha256 {digest[:16]})")
     return 0
@@ -171,14 +157,14 @@ def _task_of(args: argparse.Namespace, tree: dict[str, Any]) -> str:
 def _read_requests(path: str) -> list[list[str | int]]:
     import yaml
 
-    from gslora.config import load_yaml
+    from gslora.config import load_yaml, yaml_problem
 
     if not Path(path).is_file():
         load_yaml(path)  # raises the "does not exist" error
     try:
         data = yaml.safe_load(Path(path).read_text())
     except yaml.YAMLError as exc:
-        raise GSLoRAError(f"requests file {path!r} is not valid YAML: {exc}") from exc
+        raise GSLoRAError(f"requests file {path!r} is not valid YAML ({yaml_problem(exc)}); fix the file") from exc
     requests = data.get("requests") if isinstance(data, dict) else data
     if not isinstance(requests, list) or not requests:
         raise GSLoRAError(f"{path} must hold 'requests:', a list of requests, each a list of class names or ids")
@@ -218,20 +204,24 @@ def cmd_forget(args: argparse.Namespace) -> int:
         _set(method, key, value)
     if method:
         tree["method"] = method
+    if args.pending and not args.run:
+        raise GSLoRAError("--pending processes the queue of an existing run: pass --run DIR")
     if args.run:
         if args.checkpoint:
             raise GSLoRAError("--checkpoint cannot change the model of an existing run; --run continues from the "
                               "run's latest model")
         sequence = tree.get("sequence", {})
-        if not (sequence.get("requests") or args.num_requests):
-            raise GSLoRAError("--run needs the next request: pass --classes A,B, --requests FILE or --num-requests N")
+        if not (sequence.get("requests") or args.num_requests or args.pending):
+            raise GSLoRAError("--run needs the next request: pass --classes A,B, --requests FILE, --num-requests N "
+                              "or --pending")
         config = resume_config(args.run, tree)
         run_dir, resume = args.run, True
     else:
         tree["method"] = {"name": "gs_lora", **tree.get("method", {})}
         config = from_dict(get_task(_task_of(args, tree)).config_class, tree)
         run_dir, resume = args.out, False
-    manifest = run_forgetting(config, run_dir, resume=resume, progress=_progress_factory(not args.quiet))
+    manifest = run_forgetting(config, run_dir, resume=resume, pending=args.pending, requester=args.requester,
+                              reason=args.reason, progress=_progress_factory(not args.quiet))
     print(run_table(manifest))
     print(f"run directory: {run_dir} (latest model: {Path(run_dir) / manifest['latest_checkpoint']})")
     return 0
@@ -319,89 +309,161 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- requests -------------------------------------------------------------------------------------
+
+def cmd_requests(args: argparse.Namespace) -> int:
+    from gslora.engine.queue import list_requests, queue_request, show_request
+
+    if args.action == "add":
+        classes = _split_classes(args.classes or "")
+        request_id = queue_request(args.run, classes, requester=args.requester, reason=args.reason)
+        print(f"queued request {request_id} ({', '.join(classes)}) in {args.run}; process the queue with "
+              f"`gslora forget --run {args.run} --pending`")
+        return 0
+    if args.action == "show":
+        print(json.dumps(show_request(args.run, args.id), indent=2))
+        return 0
+    rows = list_requests(args.run)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print("| id | kind | classes | status | requester | reason | received | finished | error |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        error = (row["error"] or "")[:80]
+        print(f"| {row['id']} | {row['kind']} | {', '.join(row['class_names'])} | {row['status']} | "
+              f"{row['requester'] or ''} | {row['reason'] or ''} | {row['received']} | {row['finished'] or ''} | "
+              f"{error} |")
+    return 0
+
+
 # -- parser ---------------------------------------------------------------------------------------
 
+def _defaults() -> dict[str, Any]:
+    """Defaults shown in --help, read from the config dataclasses (importing gslora.config needs no torch)."""
+    from gslora.config import PRETRAIN_TRAIN, DataConfig, SequenceConfig, TrainConfig
+
+    sequence, train, data = SequenceConfig(), TrainConfig(), DataConfig()
+    return {"ratio": sequence.ratio, "num_requests": sequence.num_requests, "per_request": sequence.classes_per_request,
+            "epochs": train.epochs, "lr": train.lr, "batch": train.batch_size, "device": train.device,
+            "dataset": data.dataset, "pre_lr": PRETRAIN_TRAIN["lr"], "pre_batch": PRETRAIN_TRAIN["batch_size"]}
+
+
+#: GS-LoRA's defaults as the forget command's help states them (tests compare them with GSLoRAConfig)
+GS_LORA_HELP_DEFAULTS = {"beta": 0.2, "bnd": 105.0, "alpha": 1e-4, "rank": 8}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gslora", description="Continual forgetting for vision transformers.")
+    d = _defaults()
+    parser = argparse.ArgumentParser(prog="gslora", description="Continual forgetting for vision transformers: "
+                                     "erasure requests applied one after another, each proven and recorded.")
     parser.add_argument("--version", action="version", version=_version())
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    common.add_argument("-v", "--verbose", action="store_true",
+                        help="log progress details, and show the traceback of an error (default: off)")
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars (default: bars on)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("pretrain", parents=[common],
-                       help="train a base ViT on all classes of a data set; save a checkpoint")
-    p.add_argument("--config", help="YAML file with model:, data:, train: and out: sections (and task:)")
+                       help="train a base ViT (or a detector) on all classes of a data set; save a checkpoint")
+    p.add_argument("--config", help="YAML file with model:, data:, train:, distill: and out: (and task:)")
     p.add_argument("--task", choices=["classification", "detection"],
-                   help="detection trains a Deformable DETR on COCO-format data (default classification)")
-    p.add_argument("--data", help="fashion-mnist, an .npz file or an ImageFolder directory")
-    p.add_argument("--family", choices=["timm", "torchvision", "hf"])
-    p.add_argument("--name", help="model name of the family (default: a ViT of the shape below)")
-    p.add_argument("--depth", type=int)
-    p.add_argument("--width", type=int)
-    p.add_argument("--heads", type=int)
-    p.add_argument("--patch-size", type=int)
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--pretrained", action="store_true", help="start from the family's pretrained weights (network)")
-    p.add_argument("--weights", help="start from a local .safetensors or .pth state dict")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--teacher", help=".npz with one target embedding per training image (distillation)")
-    p.add_argument("--distill-weight", type=float, help="weight of the distillation term (default 10)")
-    p.add_argument("--device")
+                   help="detection trains a Deformable DETR on COCO-format data (default: classification)")
+    p.add_argument("--data", help=f"fashion-mnist, an .npz file or an ImageFolder directory (default: {d['dataset']})")
+    p.add_argument("--family", help="model family: timm, torchvision or hf (default: timm)")
+    p.add_argument("--name", help="model name of the family (default: none, a ViT of the shape below)")
+    p.add_argument("--depth", type=int, help="transformer blocks (default: 4)")
+    p.add_argument("--width", type=int, help="embedding width (default: 128)")
+    p.add_argument("--heads", type=int, help="attention heads (default: 4)")
+    p.add_argument("--patch-size", type=int, help="patch size; must divide the image size (default: 7)")
+    p.add_argument("--image-size", type=int, help="input size (default: the data's)")
+    p.add_argument("--pretrained", action="store_true", help="start from the family's pretrained weights; needs "
+                   "network (default: off)")
+    p.add_argument("--weights", help="start from a local .safetensors or .pth state dict (default: none)")
+    p.add_argument("--epochs", type=int, help="passes over the training split (default: 10)")
+    p.add_argument("--lr", type=float, help=f"peak learning rate (default: {d['pre_lr']:g}; detection 2e-4)")
+    p.add_argument("--batch-size", type=int, help=f"images per batch (default: {d['pre_batch']}; detection 16)")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random shifts and flips (default: off)")
+    p.add_argument("--teacher", help=".npz with one target embedding per training image (default: none)")
+    p.add_argument("--distill-weight", type=float, help="weight of the distillation term (default: 10)")
+    p.add_argument("--device", help=f"cpu, cuda, cuda:N or auto (default: {d['device']})")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="set any config field, for example --set model.head=cosface --set train.jitter=0.3")
-    p.add_argument("--out", help="checkpoint directory to write")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--out", help="checkpoint directory to write (required)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out (default: refuse)")
     p.set_defaults(func=cmd_pretrain)
 
     f = sub.add_parser("forget", parents=[common],
                        help="apply erasure requests to a model; writes or extends a run directory")
     f.add_argument("--config", help="YAML file with checkpoint:, data:, sequence:, method:, train:")
-    f.add_argument("--checkpoint", help="base model (a directory written by `gslora pretrain`)")
-    f.add_argument("--data", help="fashion-mnist, an .npz file or an ImageFolder directory")
+    f.add_argument("--checkpoint", help="base model: a directory written by `gslora pretrain` (new runs)")
+    f.add_argument("--data", help=f"fashion-mnist, an .npz file or an ImageFolder directory (default: {d['dataset']})")
     group = f.add_mutually_exclusive_group()
     group.add_argument("--classes", help="one request: comma-separated class names or ids")
-    group.add_argument("--requests", help="YAML file with a list of requests, each a list of classes")
-    f.add_argument("--num-requests", type=int, help="requests taken from the seeded class order")
-    f.add_argument("--classes-per-request", type=int)
-    f.add_argument("--ratio", type=float, help="fraction of each class's training images per request")
-    f.add_argument("--shots", type=int, help="training images per class per request (few-shot)")
+    group.add_argument("--requests", help="YAML file with a list of requests, each a list of class names or ids")
+    group.add_argument("--pending", action="store_true",
+                       help="with --run: process the run's queued requests (`gslora requests add`) in order")
+    f.add_argument("--num-requests", type=int,
+                   help=f"requests taken from the end of the seeded class order (default: {d['num_requests']})")
+    f.add_argument("--classes-per-request", type=int, help=f"with --num-requests (default: {d['per_request']})")
+    f.add_argument("--ratio", type=float, help=f"fraction of each class's training images per request "
+                   f"(default: {d['ratio']})")
+    f.add_argument("--shots", type=int, help="training images per class per request, few-shot (default: none, "
+                   "--ratio applies)")
     f.add_argument("--missing-classes", type=int,
-                   help="the first M classes of the seeded order are retained without training data (Acc_m)")
-    f.add_argument("--method", help="registered method name (default gs_lora)")
-    f.add_argument("--beta", type=float)
-    f.add_argument("--bnd", type=float)
-    f.add_argument("--alpha", type=float)
-    f.add_argument("--rank", type=int)
-    f.add_argument("--epochs", type=int)
-    f.add_argument("--lr", type=float)
-    f.add_argument("--batch-size", type=int)
-    f.add_argument("--device")
+                   help="the first M classes of the seeded order are retained without training data (default: 0)")
+    f.add_argument("--method", help="registered method name (default: gs_lora)")
+    f.add_argument("--beta", type=float,
+                   help=f"GS-LoRA(++) forgetting weight (default: {GS_LORA_HELP_DEFAULTS['beta']})")
+    f.add_argument("--bnd", type=float, help=f"GS-LoRA(++) bound of the forgetting loss (default: "
+                   f"{GS_LORA_HELP_DEFAULTS['bnd']:g})")
+    f.add_argument("--alpha", type=float, help=f"GS-LoRA(++) group-lasso weight (default: "
+                   f"{GS_LORA_HELP_DEFAULTS['alpha']:g})")
+    f.add_argument("--rank", type=int, help=f"GS-LoRA(++) LoRA rank (default: {GS_LORA_HELP_DEFAULTS['rank']})")
+    f.add_argument("--epochs", type=int, help=f"passes over each request's retained subset (default: {d['epochs']})")
+    f.add_argument("--lr", type=float, help=f"peak learning rate (default: {d['lr']:g})")
+    f.add_argument("--batch-size", type=int, help=f"retain and forget images per step, each (default: {d['batch']})")
+    f.add_argument("--device", help=f"cpu, cuda, cuda:N or auto (default: {d['device']})")
+    f.add_argument("--requester", help="who asked for the erasure, recorded in the ledger (default: none)")
+    f.add_argument("--reason", help="why, or a ticket reference, recorded in the ledger (default: none)")
     f.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="set any config field, for example --set method.w_r=0.1 --set train.min_lr=1e-6")
     f.add_argument("--out", help="new run directory")
     f.add_argument("--run", help="existing run directory: apply the requests on top of its latest model")
     f.set_defaults(func=cmd_forget)
 
+    r = sub.add_parser("requests", parents=[common], help="queue erasure requests on a run, list and show them")
+    actions = r.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", parents=[common], help="queue a request (run it with forget --run R --pending)")
+    add.add_argument("--run", required=True, help="the run directory")
+    add.add_argument("--classes", required=True, help="comma-separated class names or ids")
+    add.add_argument("--requester", help="who asked for the erasure (default: none)")
+    add.add_argument("--reason", help="why, or a ticket reference (default: none)")
+    listing = actions.add_parser("list", parents=[common], help="every request of a run and its status")
+    listing.add_argument("--run", required=True, help="the run directory")
+    listing.add_argument("--json", action="store_true", help="print JSON (default: a Markdown table)")
+    show = actions.add_parser("show", parents=[common], help="one request's ledger row, metrics and file hashes")
+    show.add_argument("--run", required=True, help="the run directory")
+    show.add_argument("id", type=int, help="the request's id (see `gslora requests list`)")
+    r.set_defaults(func=cmd_requests)
+
     c = sub.add_parser("compare", parents=[common],
                        help="run several methods over the same requests; write a comparison table and plot")
     c.add_argument("--config", help="YAML file with checkpoint:, data:, sequence:, train: and methods: "
                                     "(label -> {name: registered method, its hyper-parameters, train: overrides})")
     c.add_argument("--checkpoint", help="base model (a directory written by `gslora pretrain`)")
-    c.add_argument("--data", help="fashion-mnist, an .npz file or an ImageFolder directory")
+    c.add_argument("--data", help=f"fashion-mnist, an .npz file or an ImageFolder directory (default: {d['dataset']})")
     c.add_argument("--method-names", metavar="A,B",
                    help="add registered methods with their default hyper-parameters (for example gs_lora,ewc,lwf)")
     c.add_argument("--methods", dest="only", metavar="LABEL,LABEL",
-                   help="run only these labels of the config; the others keep their results in --out")
-    c.add_argument("--num-requests", type=int)
-    c.add_argument("--classes-per-request", type=int)
-    c.add_argument("--ratio", type=float)
-    c.add_argument("--shots", type=int)
-    c.add_argument("--epochs", type=int)
-    c.add_argument("--device")
+                   help="run only these labels of the config; the others keep their results in --out (default: all)")
+    c.add_argument("--num-requests", type=int, help=f"default: {d['num_requests']}")
+    c.add_argument("--classes-per-request", type=int, help=f"default: {d['per_request']}")
+    c.add_argument("--ratio", type=float, help=f"default: {d['ratio']}")
+    c.add_argument("--shots", type=int, help="default: none, --ratio applies")
+    c.add_argument("--epochs", type=int, help=f"default: {d['epochs']}")
+    c.add_argument("--device", help=f"default: {d['device']}")
     c.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="set any config field, for example --set train.lr=1e-3 --set methods.ewc.penalty=5")
     c.add_argument("--out", required=True, help="comparison directory")
@@ -409,11 +471,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", parents=[common], help="test accuracy of a checkpoint, per class")
     e.add_argument("--config", help="YAML file with checkpoint: and data:")
-    e.add_argument("--checkpoint")
-    e.add_argument("--data")
-    e.add_argument("--classes", help="also report accuracy on these classes and on the others")
-    e.add_argument("--device")
-    e.add_argument("--json", action="store_true", help="print JSON")
+    e.add_argument("--checkpoint", help="a gslora checkpoint or a run's requests/NNN/model")
+    e.add_argument("--data", help=f"the checkpoint's data set (default: {d['dataset']})")
+    e.add_argument("--classes", help="also report accuracy on these classes and on the others (default: none)")
+    e.add_argument("--device", help=f"default: {d['device']}")
+    e.add_argument("--json", action="store_true", help="print JSON (default: a Markdown table)")
     e.set_defaults(func=cmd_evaluate)
     return parser
 
@@ -424,16 +486,53 @@ def _version() -> str:
     return f"gslora {__version__}"
 
 
+def _on_signal(signum: int, _frame: Any) -> None:
+    from gslora.errors import Interrupted
+
+    raise Interrupted(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Exit codes: 0 success; 2 bad input (one line naming the problem and the fix); 3 a request
+    that ran but was not accepted; 130 / 143 interrupted by SIGINT / SIGTERM; 1 anything else (a bug)."""
+    import signal
+
+    from gslora.errors import user_error
+
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+    if not args.verbose:  # hub clients log every retry; the one-line error says what matters
+        for noisy in ("huggingface_hub", "transformers", "timm", "urllib3"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+    command = args.command if args.command != "requests" else f"requests {args.action}"
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, _on_signal)
     try:
         return args.func(args)
-    except GSLoRAError as exc:
-        print(f"gslora {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        message = getattr(exc, "message", "interrupted")
+        if message == "interrupted":
+            message = "interrupted; nothing was changed"
+        print(f"gslora {command}: {message}", file=sys.stderr)
+        return 128 + signum
+    except Exception as exc:  # noqa: BLE001 - the one error boundary: every failure ends in one line
+        if args.verbose:
+            log.exception("%s failed", command)
+        error = user_error(exc)
+        if error is None:
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            print(f"gslora {command}: internal error: {type(exc).__name__}: {first} (run with -v for the traceback, "
+                  "and please report it)", file=sys.stderr)
+            return 1
+        print(f"gslora {command}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return error.exit_code
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

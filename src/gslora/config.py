@@ -284,6 +284,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         scalar_args = [a for a in args if a not in list_args]
         if isinstance(value, list) and list_args:
             return _coerce(value, list_args[0], where)
+        if any(a in (int, str, bool) and isinstance(value, a) and not (isinstance(value, bool) and a is int)
+               for a in scalar_args):
+            return value  # already one of the allowed types (a class id given as 3 or "3", say)
         return _coerce(value, scalar_args[0], where) if scalar_args else value
     if origin is list:
         if not isinstance(value, list):
@@ -311,6 +314,13 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
 
 
+def yaml_problem(exc: Exception) -> str:
+    """A YAML error in one line: what is wrong and where (line and column)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; a missing or malformed file is a GSLoRAError."""
     path = Path(path)
@@ -319,7 +329,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise GSLoRAError(f"config file {str(path)!r} is not valid YAML: {exc}") from exc
+        raise GSLoRAError(f"config file {str(path)!r} is not valid YAML ({yaml_problem(exc)}); fix the file") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GSLoRAError(f"cannot read config file {str(path)!r} ({exc}); pass a readable YAML text file") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):

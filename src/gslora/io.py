@@ -51,6 +51,15 @@ def os_error(exc: OSError, path: str | Path, action: str) -> GSLoRAError:
     return GSLoRAError(f"cannot {action} {str(exc.filename or path)!r}: {reason}; {fix}")
 
 
+def apply_umask(root: str | Path) -> None:
+    """Give ``root`` and everything under it the modes the umask gives new files and directories (some writers,
+    such as safetensors, create their files 0600)."""
+    root = Path(root)
+    files, dirs = default_mode(directory=False), default_mode(directory=True)
+    for path in [root, *root.rglob("*")]:
+        os.chmod(path, dirs if path.is_dir() else files)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
@@ -88,6 +97,7 @@ def atomic_directory(path: str | Path, *, replace: bool = False) -> Iterator[Pat
         raise os_error(exc, path, "write") from exc
     try:
         yield tmp
+        apply_umask(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)

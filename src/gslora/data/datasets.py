@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import logging
 import struct
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,12 +132,21 @@ def load_npz(path: str | Path) -> Dataset:
                 raise GSLoRAError(f"{path} lacks {', '.join(sorted(missing))}; an .npz data set needs x_train, "
                                   "y_train, x_test, y_test and classes")
             arrays = {k: npz[k] for k in ("x_train", "y_train", "x_test", "y_test", "classes")}
-    except (OSError, ValueError) as exc:
-        raise GSLoRAError(f"cannot read {path} as .npz: {exc}") from exc
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise GSLoRAError(f"cannot read {path} as .npz ({type(exc).__name__}: {exc}); the file is truncated or not "
+                          "an .npz archive: re-create it with numpy.savez") from exc
     classes = [str(c) for c in arrays["classes"].tolist()]
+    if len(set(classes)) != len(classes) or not classes:
+        raise GSLoRAError(f"{path}: classes must be a non-empty list of distinct names, got {classes[:5]}")
     splits = {}
     for split in ("train", "test"):
-        labels = torch.from_numpy(arrays[f"y_{split}"].astype(np.int64))
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if y.ndim != 1 or len(x) != len(y):
+            raise GSLoRAError(f"{path}: x_{split} holds {len(x)} images but y_{split} has {len(y) if y.ndim else 0} "
+                              f"labels (shape {y.shape}); they must be aligned one label per image")
+        if not np.issubdtype(y.dtype, np.integer):
+            raise GSLoRAError(f"{path}: y_{split} must hold integer labels, got {y.dtype}")
+        labels = torch.from_numpy(y.astype(np.int64))
         if labels.numel() and (labels.min() < 0 or labels.max() >= len(classes)):
             raise GSLoRAError(f"{path}: y_{split} has labels outside 0..{len(classes) - 1}")
         splits[split] = ImageSet(_to_nchw(arrays[f"x_{split}"], path, f"x_{split}"), labels)
@@ -173,10 +184,13 @@ def load_image_folder(root: str | Path, *, image_size: int = 64) -> Dataset:
 
 
 def _rgb_loader(path: str):
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
-    with Image.open(path) as image:
-        return image.convert("RGB")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:  # PIL raises SyntaxError for some corrupt files
+        raise GSLoRAError(f"cannot decode image {path!r} ({type(exc).__name__}); remove or replace the file") from exc
 
 
 def load_embeddings(path: str | Path, key: str = "train") -> torch.Tensor:

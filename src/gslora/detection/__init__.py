@@ -11,17 +11,19 @@ from gslora.detection.data import (
 )
 from gslora.detection.engine import (
     DetectionForgetConfig,
+    DetectionPretrainConfig,
     evaluate_detector,
     pretrain_detector,
     request_subsets,
     run_detection_forgetting,
+    run_detector_pretraining,
 )
 from gslora.detection.gs_lora import DetectionGSLoRA, DetectionGSLoRAConfig, DetectionGSLoRAPP
 from gslora.detection.metrics import detect, detection_metrics, per_class_ap
 from gslora.detection.model import Detector, DetectorConfig, build_detector, load_detector, save_detector
 
-__all__ = ["DetectionDataConfig", "DetectionDataset", "DetectionForgetConfig",
+__all__ = ["DetectionDataConfig", "DetectionDataset", "DetectionForgetConfig", "DetectionPretrainConfig",
            "DetectionGSLoRA", "DetectionGSLoRAConfig", "DetectionGSLoRAPP", "DetectionSet", "Detector",
            "DetectorConfig", "build_detector", "compose_scenes", "detect", "detection_metrics", "evaluate_detector",
            "load_coco", "load_detection_dataset", "load_detector", "per_class_ap", "pretrain_detector",
-           "request_subsets", "run_detection_forgetting", "save_detector", "write_coco"]
+           "request_subsets", "run_detection_forgetting", "run_detector_pretraining", "save_detector", "write_coco"]

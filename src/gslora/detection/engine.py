@@ -16,17 +16,18 @@ from typing import Any, ClassVar
 
 import torch
 
-from gslora.config import SequenceConfig, TrainConfig
+from gslora.config import SequenceConfig, TrainConfig, to_dict
 from gslora.data import Request
 from gslora.detection.data import (
     DetectionDataConfig,
     DetectionDataset,
     DetectionSet,
     images_with,
+    load_detection_dataset,
 )
 from gslora.detection.gs_lora import DetectionGSLoRA  # noqa: F401  (registers GS-LoRA(++) for detection)
 from gslora.detection.metrics import detect, group_map, per_class_ap
-from gslora.detection.model import Detector, DetectorConfig, build_detector
+from gslora.detection.model import Detector, DetectorConfig, build_detector, save_detector
 from gslora.engine.loop import (
     ProgressFactory,
     index_batches,
@@ -76,6 +77,41 @@ def pretrain_detector(model_config: DetectorConfig, dataset: DetectionDataset, c
             "ap50_per_class": ap["ap50"],
             "history": history}
     return model.cpu(), info
+
+
+#: a detector's pre-training defaults (AdamW as Deformable DETR's recipe, clipped gradients)
+DETECTION_PRETRAIN_TRAIN = {"lr": 2e-4, "batch_size": 16, "max_grad_norm": 0.1, "weight_decay": 1e-4}
+
+
+@dataclass
+class DetectionPretrainConfig:
+    """Pre-training a detector (``gslora pretrain --task detection`` and ``run_detector_pretraining``).
+
+    Args:
+        data: the detection data set; ``model.num_classes`` and ``model.image_size`` follow it.
+        model: the detector's shape.
+        train: optimisation, with the detector's defaults (lr 2e-4, batch 16, gradient clipping 0.1).
+    """
+
+    data: DetectionDataConfig = field(default_factory=DetectionDataConfig)
+    model: DetectorConfig = field(default_factory=DetectorConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(**DETECTION_PRETRAIN_TRAIN))
+
+
+def run_detector_pretraining(config: DetectionPretrainConfig, out: str | Path, *, overwrite: bool = False,
+                             progress: ProgressFactory = no_progress) -> tuple[str, dict[str, Any]]:
+    """Pre-train a detector on ``config.data`` and write its checkpoint to ``out``; returns (SHA-256, info)."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise GSLoRAError(f"{str(out)!r} already exists; pass --overwrite to replace it or choose another --out")
+    dataset = load_detection_dataset(config.data)
+    model_config = dataclasses.replace(config.model, num_classes=dataset.num_classes,
+                                       image_size=config.data.image_size)
+    model, info = pretrain_detector(model_config, dataset, config.train, progress=progress)
+    info.pop("history")
+    digest = save_detector(model, out, classes=dataset.classes, replace=out.exists(),
+                           extra={"pretrain": {**info, "dataset": dataset.name, "config": to_dict(config)}})
+    return digest, info
 
 
 @dataclass

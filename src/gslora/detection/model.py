@@ -23,6 +23,7 @@ from gslora.config import from_dict, require, to_dict
 from gslora.errors import GSLoRAError
 from gslora.io import atomic_directory, atomic_write_json, sha256_file
 from gslora.models.checkpoint import read_meta_file
+from gslora.models.weights import check_finite_weights
 from gslora.version import __version__
 
 WEIGHTS_FILE = "model.safetensors"
@@ -175,4 +176,5 @@ def load_detector(path: str | Path) -> tuple[Detector, dict[str, Any]]:
         load_model(model, str(path / WEIGHTS_FILE), strict=True)
     except (OSError, RuntimeError, SafetensorError) as exc:
         raise GSLoRAError(f"checkpoint {str(path)!r} does not fit its config ({str(exc)[:300]})") from exc
+    check_finite_weights(model.state_dict(), path)
     return model, meta

@@ -116,6 +116,8 @@ def run_forgetting(config: Any, run_dir: str | Path, *, resume: bool = False, pe
         if not pending:
             _refuse_queued(run, requests, state.dataset.classes)
         subsets = [task.subsets(state.dataset, r, sequence) for r in requests]  # validate all before training
+        for request, subset in zip(requests, subsets):
+            _warn_about_data(request, subset, sequence)
         model = state.model.to(device)
         before = task.evaluate(model, state.dataset, config, device=device)
         if state.base is None:
@@ -127,6 +129,15 @@ def run_forgetting(config: Any, run_dir: str | Path, *, resume: bool = False, pe
                                            queued_id=row.get("id"), requester=row.get("requester", requester),
                                            reason=row.get("reason", reason))
         return run.manifest()
+
+
+def _warn_about_data(request: Request, subsets: Subsets, sequence: SequenceConfig) -> None:
+    """Say before training when a request gets less data than asked for."""
+    if subsets.short:
+        shown = ", ".join(f"{name}: {n}" for name, n in list(subsets.short.items())[:5])
+        log.warning("request %d: --shots %d asks for more training images than %d class(es) have; they use all they "
+                    "have (%s%s); recorded as shots_short in the ledger", request.index, sequence.shots,
+                    len(subsets.short), shown, ", ..." if len(subsets.short) > 5 else "")
 
 
 def _refuse_queued(run: RunDirectory, requests: list[Request], classes: list[str]) -> None:
@@ -219,24 +230,24 @@ def _apply_request(run: RunDirectory, state: _State, config: Any, request: Reque
             "index": request.index, "kind": "forget", "forget_classes": list(request.forget),
             "forget_class_names": names, "retain_classes": list(request.retain), "old_classes": list(request.old),
             "missing_classes": list(request.missing), "requester": requester, "reason": reason,
-            "started": started, "seconds": seconds, "train_images": subsets.sizes, "method": spec,
+            "started": started, "seconds": seconds, "train_images": subsets.sizes,
+            "forget_images_per_class": subsets.forget_per_class, "shots_short": subsets.short, "method": spec,
             **settings, **{k: f"{prefix}/{v}" for k, v in artifacts.items()},
             "checkpoint": f"{prefix}/model", "checkpoint_sha256": digest, "metrics": metrics,
             **method.diagnostics(), "history": history,
         }
         run.commit(request_id, stage, record)
     except KeyboardInterrupt as exc:
-        run.fail(request_id, "interrupted by a signal", interrupted=True)
+        if run.last_committed != request_id:
+            run.fail(request_id, "interrupted by a signal", interrupted=True)
         signum = getattr(exc, "signum", signal.SIGINT)
         applied = [r for r in run.applied() if r["kind"] == "forget"]
         where = (f"as it was after request {applied[-1]['position']}" if applied else
                  "not created (no request finished)")
         raise Interrupted(signum, f"interrupted; the run {str(run.path)!r} is {where}") from None
-    except GSLoRAError as exc:
-        run.fail(request_id, str(exc))
-        raise
-    except BaseException as exc:
-        run.fail(request_id, f"{type(exc).__name__}: {exc}")
+    except Exception as exc:
+        if run.last_committed != request_id:
+            run.fail(request_id, str(exc) if isinstance(exc, GSLoRAError) else f"{type(exc).__name__}: {exc}")
         raise
     finally:
         if stage is not None and stage.exists():

@@ -40,7 +40,7 @@ from safetensors.torch import load_file, save_file
 
 from gslora.engine.ledger import LEDGER, Ledger, now
 from gslora.errors import GSLoRAError
-from gslora.io import atomic_write_json, make_dir, os_error, sha256_file
+from gslora.io import apply_umask, atomic_write_json, make_dir, os_error, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,9 @@ class RunDirectory:
         self.ledger: Ledger | None = None
         self._new_meta: dict[str, Any] | None = None
         self._new_base: dict[str, torch.Tensor] | None = None
+        #: the id of the last request this process committed (an error raised after its commit, such as a signal
+        #: held back during it, must not mark it failed)
+        self.last_committed: int | None = None
 
     # -- opening and locking ----------------------------------------------------------------------
 
@@ -113,17 +116,22 @@ class RunDirectory:
         elif not (path / LEDGER).is_file() and not (path / MANIFEST).is_file():
             raise GSLoRAError(f"{str(path)!r} is not a gslora run directory (no {LEDGER}); start a run with "
                               "`gslora forget --out DIR ...`")
+        elif not all(os.access(p, os.W_OK) for p in (path, path / LEDGER) if p.exists()):
+            raise GSLoRAError(f"run directory {str(path)!r} is read-only for this user (permission denied); ask for "
+                              "write access, or copy the run and pass the copy")
         try:
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as exc:
             raise os_error(exc, path, "open") from exc
         run = cls(path)
+        locked = False
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError as exc:
                 raise GSLoRAError(f"another gslora process is writing run {str(path)!r}; wait for it to "
                                   "finish") from exc
+            locked = True
             if create:
                 run._prepare_new()
             else:
@@ -132,9 +140,9 @@ class RunDirectory:
         finally:
             if run.ledger is not None:
                 run.ledger.close()
-            elif create:  # nothing was committed: leave no trace of the attempt
+            elif create and locked:  # nothing was committed: leave no trace of the attempt
                 run._remove_staging()
-                for directory in made or [path]:
+                for directory in made:
                     try:
                         directory.rmdir()  # only if empty
                     except OSError:
@@ -304,6 +312,7 @@ class RunDirectory:
         """Move a finished request's files into ``requests/<id>`` and commit it; then export the manifest."""
         with deferred_signals():
             name = f"{REQUESTS}/{request_id:03d}"
+            apply_umask(stage)
             artefacts = files_with_hashes(stage, name)
             record = {**record, "id": request_id, "artefacts": artefacts}
             make_dir(self.path / REQUESTS)
@@ -314,6 +323,7 @@ class RunDirectory:
                 with self.ledger.transaction() as db:
                     self.ledger.update(db, request_id, status="done", position=record["index"], finished=now(),
                                        artefacts=artefacts, record=record, error=None)
+            self.last_committed = request_id
             self.export()
 
     def _commit_first(self, stage: Path, name: str, record: dict[str, Any]) -> None:
@@ -321,6 +331,7 @@ class RunDirectory:
         assert self._new_meta is not None and self._new_base is not None
         base = self.path / f"{STAGING}{BASE_PREDICTIONS}"
         save_file({k: v.contiguous() for k, v in self._new_base.items()}, str(base))
+        apply_umask(base)
         draft = self.path / f"{STAGING}{LEDGER}"
         draft.unlink(missing_ok=True)
         row = self._new_row

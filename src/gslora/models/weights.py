@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -34,8 +35,17 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
             for key in ("state_dict", "model"):
                 if isinstance(state, dict) and isinstance(state.get(key), dict):
                     state = state[key]
-    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
-        raise GSLoRAError(f"cannot read weights {str(path)!r}: {exc}") from exc
+    except pickle.UnpicklingError as exc:
+        raise GSLoRAError(f"refused to load {str(path)!r}: it is a pickle that holds more than tensors, and unpickling "
+                          "an untrusted file can run code; save the state dict as .safetensors "
+                          "(safetensors.torch.save_file) and pass that") from exc
+    except (SafetensorError, OSError, RuntimeError, ValueError, EOFError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise GSLoRAError(f"cannot read weights {str(path)!r} ({first[:200]}); the file is damaged or not a state "
+                          "dict") from exc
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise GSLoRAError(f"{str(path)!r} does not hold a state dict (a mapping of names to tensors)")
+    check_finite_weights(state, path)
     target = model if any(k.startswith("net.") for k in state) else model.net
     expected = target.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -50,3 +60,11 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         raise GSLoRAError(f"checkpoint {str(path)!r} does not fit the model ({'; '.join(parts)}); check the model "
                           "config (family, name, depth, width, heads, patch_size, image_size, num_classes)")
     target.load_state_dict(state, strict=True)
+
+
+def check_finite_weights(state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Refuse weights holding NaN or inf: a damaged checkpoint, named as such before any training starts."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise GSLoRAError(f"checkpoint {str(path)!r} holds non-finite weights (NaN or inf in {', '.join(bad[:3])}"
+                          f"{' ...' if len(bad) > 3 else ''}); it is damaged: restore it or train it again")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -44,10 +44,18 @@ def get_task(name: str) -> Task:
 
 @dataclass(frozen=True)
 class Subsets:
-    """A request's training subsets and how many images each holds."""
+    """A request's training subsets and how many images each holds.
+
+    Attributes:
+        forget, retain: the subsets (task-specific sets of images and targets).
+        short: class name -> images used, for classes that had fewer training images than ``shots`` asked for.
+        forget_per_class: class name -> images of that forget class in the forget subset.
+    """
 
     forget: Any
     retain: Any
+    short: dict[str, int] = field(default_factory=dict)
+    forget_per_class: dict[str, int] = field(default_factory=dict)
 
     @property
     def sizes(self) -> dict[str, int]:

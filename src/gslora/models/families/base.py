@@ -29,6 +29,21 @@ def require_patch_stem(config: ModelConfig) -> None:
                           "without model.name, or model.stem=patch")
 
 
+def require_hub(name: str, host: str) -> None:
+    """Fail at once, not after minutes of retries, when ``name`` must come from ``host`` and the host cannot even be
+    resolved (an offline machine). Local paths and ``HF_HUB_OFFLINE`` (cached files) skip the check."""
+    import os
+    import socket
+    from pathlib import Path
+
+    if Path(name).exists() or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+        return
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as exc:
+        raise unreachable_weights(name, exc) from exc
+
+
 def unreachable_weights(name: str, exc: BaseException) -> GSLoRAError:
     """The error for pretrained weights that cannot be fetched (offline machine, unknown hub id)."""
     return GSLoRAError(f"cannot fetch the pretrained weights of {name!r} ({type(exc).__name__}: {first_line(exc)}); "

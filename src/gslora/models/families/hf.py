@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from gslora.models.families.base import FAMILIES, Family, require_patch_stem, unreachable_weights
+from gslora.models.families.base import FAMILIES, Family, require_hub, require_patch_stem, unreachable_weights
 
 if TYPE_CHECKING:
     import torch
@@ -31,6 +31,7 @@ class HuggingFace(Family):
                                   num_channels=config.in_chans, num_labels=config.num_classes)
             net = ViTForImageClassification(hf_config)
         else:
+            require_hub(config.name, "huggingface.co")
             try:
                 if not config.pretrained:
                     net = ViTForImageClassification(ViTConfig.from_pretrained(config.name,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from gslora.errors import GSLoRAError
-from gslora.models.families.base import FAMILIES, Family, first_line, unreachable_weights
+from gslora.models.families.base import FAMILIES, Family, first_line, require_hub, unreachable_weights
 
 if TYPE_CHECKING:
     import torch
@@ -33,6 +33,8 @@ class Timm(Family):
                                     embed_dim=config.width, depth=config.depth, num_heads=config.heads,
                                     mlp_ratio=config.mlp_ratio, **shape)
         else:
+            if config.pretrained:
+                require_hub(config.name, "huggingface.co")
             try:
                 net = timm.create_model(config.name, pretrained=config.pretrained, **shape)
             except RuntimeError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from gslora.errors import GSLoRAError
-from gslora.models.families.base import FAMILIES, Family, require_patch_stem, unreachable_weights
+from gslora.models.families.base import FAMILIES, Family, require_hub, require_patch_stem, unreachable_weights
 
 if TYPE_CHECKING:
     import torch
@@ -30,6 +30,7 @@ class Torchvision(Family):
             if config.name not in models.list_models(module=models):
                 raise GSLoRAError(f"torchvision has no model {config.name!r}; try vit_b_16, vit_b_32, vit_l_16")
             if config.pretrained:
+                require_hub(config.name, "download.pytorch.org")
                 try:
                     net = models.get_model(config.name, weights="DEFAULT")
                 except Exception as exc:  # urllib's URLError (an OSError) offline, hash mismatches, ...

@@ -347,3 +347,50 @@ def test_bad_input_corpus_each_ends_in_one_line(setting, tmp_path):
         assert result["exit"] == 2 and len(lines) == 1 and expected in lines[0], (argv, result["stderr"])
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(("r", "p")) and p.name[1:].isdigit()]
+
+
+def test_help_and_version_answer_without_loading_torch():
+    probe = ("import sys, contextlib, io\n"
+             "from gslora.cli import main\n"
+             "for argv in (['--help'], ['--version'], ['forget', '--help'], ['forget', '--bogus']):\n"
+             "    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+             "        try:\n"
+             "            main(argv)\n"
+             "        except SystemExit:\n"
+             "            pass\n"
+             "heavy = [m for m in ('torch', 'timm', 'peft', 'transformers') if m in sys.modules]\n"
+             "print(','.join(heavy) or 'none')\n")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.stdout.strip() == "none", result.stdout + result.stderr
+
+
+def test_every_option_states_its_default():
+    import argparse
+
+    from gslora.cli import GS_LORA_HELP_DEFAULTS, build_parser
+    from gslora.methods import GSLoRAConfig
+
+    assert GS_LORA_HELP_DEFAULTS == {k: getattr(GSLoRAConfig(), k) for k in GS_LORA_HELP_DEFAULTS}
+    parser = build_parser()
+    pending = [("gslora", parser)]
+    while pending:
+        name, current = pending.pop()
+        for action in current._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                pending += [(f"{name} {sub}", p) for sub, p in action.choices.items()]
+            elif action.option_strings and not isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+                text = action.help or ""
+                assert action.required or "default" in text or "required" in text, (name, action.dest, text)
+
+
+def test_a_recorded_path_outside_the_run_is_refused(setting, tmp_path):
+    _, data, _ = setting
+    run = copy_run(setting, tmp_path)
+    with closing(sqlite3.connect(run / "ledger.sqlite")) as db:
+        (record,) = db.execute("SELECT record FROM requests WHERE id = 0").fetchone()
+        tampered = {**json.loads(record), "checkpoint": "../../elsewhere/model"}
+        db.execute("UPDATE requests SET record = ? WHERE id = 0", (json.dumps(tampered),))
+        db.commit()
+    result = run_cli("forget", "--run", str(run), "--data", str(data), "--classes", "class_3", *FORGET)
+    assert result.returncode == 2 and "outside" in result.stderr, result.stderr

@@ -366,7 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", parents=[common],
                        help="train a base ViT (or a detector) on all classes of a data set; save a checkpoint")
-    p.add_argument("--config", help="YAML file with model:, data:, train:, distill: and out: (and task:)")
+    p.add_argument("--config",
+                   help="YAML file with model:, data:, train:, distill: and out: (and task:) (default: none)")
     p.add_argument("--task", choices=["classification", "detection"],
                    help="detection trains a Deformable DETR on COCO-format data (default: classification)")
     p.add_argument("--data", help=f"fashion-mnist, an .npz file or an ImageFolder directory (default: {d['dataset']})")
@@ -389,21 +390,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distill-weight", type=float, help="weight of the distillation term (default: 10)")
     p.add_argument("--device", help=f"cpu, cuda, cuda:N or auto (default: {d['device']})")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="set any config field, for example --set model.head=cosface --set train.jitter=0.3")
-    p.add_argument("--out", help="checkpoint directory to write (required)")
+                   help="set any config field, for example --set model.head=cosface --set train.jitter=0.3 (default: "
+                   "none; repeatable)")
+    p.add_argument("--out", help="checkpoint directory to write (required here or in --config)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out (default: refuse)")
     p.set_defaults(func=cmd_pretrain)
 
     f = sub.add_parser("forget", parents=[common],
                        help="apply erasure requests to a model; writes or extends a run directory")
-    f.add_argument("--config", help="YAML file with checkpoint:, data:, sequence:, method:, train:")
-    f.add_argument("--checkpoint", help="base model: a directory written by `gslora pretrain` (new runs)")
+    f.add_argument("--config", help="YAML file with checkpoint:, data:, sequence:, method:, train: (default: none)")
+    f.add_argument("--checkpoint", help="base model: a directory written by `gslora pretrain` (required for --out)")
     f.add_argument("--data", help=f"fashion-mnist, an .npz file or an ImageFolder directory (default: {d['dataset']})")
     group = f.add_mutually_exclusive_group()
-    group.add_argument("--classes", help="one request: comma-separated class names or ids")
-    group.add_argument("--requests", help="YAML file with a list of requests, each a list of class names or ids")
+    group.add_argument("--classes",
+                       help="one request: comma-separated class names or ids (default: none; or --requests, "
+                       "--num-requests)")
+    group.add_argument("--requests",
+                       help="YAML file with a list of requests, each a list of class names or ids (default: none)")
     group.add_argument("--pending", action="store_true",
-                       help="with --run: process the run's queued requests (`gslora requests add`) in order")
+                       help="with --run: process the run's queued requests (`gslora requests add`) in order "
+                       "(default: off)")
     f.add_argument("--num-requests", type=int,
                    help=f"requests taken from the end of the seeded class order (default: {d['num_requests']})")
     f.add_argument("--classes-per-request", type=int, help=f"with --num-requests (default: {d['per_request']})")
@@ -428,9 +434,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--requester", help="who asked for the erasure, recorded in the ledger (default: none)")
     f.add_argument("--reason", help="why, or a ticket reference, recorded in the ledger (default: none)")
     f.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="set any config field, for example --set method.w_r=0.1 --set train.min_lr=1e-6")
-    f.add_argument("--out", help="new run directory")
-    f.add_argument("--run", help="existing run directory: apply the requests on top of its latest model")
+                   help="set any config field, for example --set method.w_r=0.1 --set train.min_lr=1e-6 "
+                   "(default: none; "
+                   "repeatable)")
+    f.add_argument("--out", help="new run directory (one of --out and --run is required)")
+    f.add_argument("--run", help="existing run directory: apply the requests on top of its latest model (one of "
+                   "--out and "
+                   "--run is required)")
     f.set_defaults(func=cmd_forget)
 
     r = sub.add_parser("requests", parents=[common], help="queue erasure requests on a run, list and show them")
@@ -451,8 +461,10 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", parents=[common],
                        help="run several methods over the same requests; write a comparison table and plot")
     c.add_argument("--config", help="YAML file with checkpoint:, data:, sequence:, train: and methods: "
-                                    "(label -> {name: registered method, its hyper-parameters, train: overrides})")
-    c.add_argument("--checkpoint", help="base model (a directory written by `gslora pretrain`)")
+                                    "(label -> {name: registered method, its hyper-parameters, train: overrides}; "
+                                    "default: none)")
+    c.add_argument("--checkpoint",
+                   help="base model: a directory written by `gslora pretrain` (required here or in --config)")
     c.add_argument("--data", help=f"fashion-mnist, an .npz file or an ImageFolder directory (default: {d['dataset']})")
     c.add_argument("--method-names", metavar="A,B",
                    help="add registered methods with their default hyper-parameters (for example gs_lora,ewc,lwf)")
@@ -465,13 +477,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--epochs", type=int, help=f"default: {d['epochs']}")
     c.add_argument("--device", help=f"default: {d['device']}")
     c.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="set any config field, for example --set train.lr=1e-3 --set methods.ewc.penalty=5")
+                   help="set any config field, for example --set train.lr=1e-3 --set methods.ewc.penalty=5 (default: "
+                   "none; repeatable)")
     c.add_argument("--out", required=True, help="comparison directory")
     c.set_defaults(func=cmd_compare)
 
     e = sub.add_parser("evaluate", parents=[common], help="test accuracy of a checkpoint, per class")
-    e.add_argument("--config", help="YAML file with checkpoint: and data:")
-    e.add_argument("--checkpoint", help="a gslora checkpoint or a run's requests/NNN/model")
+    e.add_argument("--config", help="YAML file with checkpoint: and data: (default: none)")
+    e.add_argument("--checkpoint",
+                   help="a gslora checkpoint or a run's requests/NNN/model (required here or in --config)")
     e.add_argument("--data", help=f"the checkpoint's data set (default: {d['dataset']})")
     e.add_argument("--classes", help="also report accuracy on these classes and on the others (default: none)")
     e.add_argument("--device", help=f"default: {d['device']}")

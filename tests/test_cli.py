@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from peft import PeftModel
 
@@ -274,3 +275,41 @@ def test_set_rejects_malformed_assignments(base_checkpoint, fashion_subset, tmp_
     _expect_error(capsys, ["forget", "--checkpoint", str(base_checkpoint), "--data", str(fashion_subset[0]),
                            "--classes", "Bag", "--set", "method.w_r", "--out", str(tmp_path / "r")],
                   "use --set section.key=value")
+
+
+@pytest.fixture(scope="module")
+def small_folder(fashion, tmp_path_factory):
+    """An ImageFolder of 5 classes with 16 training and 5 test images each (real Fashion-MNIST items), and a model
+    pre-trained on it with the command line's defaults: the size of a first try with one's own photos."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("folder") / "small"
+    for split, data, n in (("train", fashion.train, 16), ("test", fashion.test, 5)):
+        for c in range(5):
+            (root / split / f"s{c + 1}").mkdir(parents=True)
+            for i, j in enumerate(torch.nonzero(data.labels == c).flatten()[:n].tolist()):
+                Image.fromarray(data.images[j, 0].numpy()).save(root / split / f"s{c + 1}" / f"{i}.png")
+    base = root.parent / "base"
+    assert main(["pretrain", "--data", str(root), "--epochs", "30", "--device", "cpu", "-q", "--out", str(base)]) == 0
+    return root, base
+
+
+def test_a_small_data_set_forgets_with_the_defaults(small_folder, tmp_path, capsys):
+    """With the defaults (at least 8 images per class, at least 100 steps) the request forgets; with 10% of 16
+    images and 10 steps it would not, and it is refused in one line with exit 3 instead of reported as done."""
+    root, base = small_folder
+    run = tmp_path / "run"
+    capsys.readouterr()
+    assert main(["forget", "--checkpoint", str(base), "--data", str(root), "--classes", "s1", "--device", "cpu", "-q",
+                 "--out", str(run)]) == 0, capsys.readouterr().err
+    [request] = json.loads((run / "manifest.json").read_text())["requests"]
+    assert request["train_images"]["forget"] == 8 and request["metrics"]["forget_train_score"] <= 5
+    assert request["metrics"]["acc_f"] < request["metrics"]["acc_f_before"]
+    starved = ["forget", "--checkpoint", str(base), "--data", str(root), "--classes", "s1", "--device", "cpu", "-q",
+               "--set", "sequence.min_per_class=1", "--set", "train.min_steps=0", "--out", str(tmp_path / "starved")]
+    capsys.readouterr()
+    assert main(starved) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert [line for line in err if line.startswith("WARNING")] and "training image(s) of the class(es)" in err[0]
+    assert err[-1].startswith("gslora forget: error: request 0 (s1) was not committed: ")
+    assert not (tmp_path / "starved").exists()

@@ -107,7 +107,7 @@ def test_min_steps_raises_the_epochs_of_a_small_request_and_the_loop_takes_them(
     config = TrainConfig(epochs=2, min_steps=10, batch_size=4, lr=1e-2, device="cpu")
     assert config.for_steps_per_epoch(3).epochs == 4  # ceil(10 / 3)
     assert config.for_steps_per_epoch(8).epochs == 2  # already 16 steps
-    assert TrainConfig(epochs=2).for_steps_per_epoch(1).epochs == 2  # min_steps 0: off
+    assert TrainConfig(epochs=2, min_steps=0).for_steps_per_epoch(1).epochs == 2  # min_steps 0: off
     with pytest.raises(GSLoRAError, match="train.min_steps=-1"):
         TrainConfig(min_steps=-1)
 

@@ -177,20 +177,24 @@ def test_cli_pretrains_a_detector_and_forgetting_drops_forget_map(tmp_path, caps
     model = ["--set", "model.d_model=32", "--set", "model.ffn_dim=64", "--set", "model.heads=2",
              "--set", "model.num_queries=6", "--set", "model.feature_levels=1",
              "--set", "model.backbone_hidden=[8,16,32,64]"]
-    assert main(["pretrain", "--task", "detection", "--data", str(tmp_path), "--epochs", "30", "--lr", "2e-3",
-                 "--batch-size", "8", "--device", "cpu", "--out", str(det), "-q", *model]) == 0
+    assert main(["pretrain", "--task", "detection", "--data", str(tmp_path), "--epochs", "80", "--lr", "4e-3",
+                 "--batch-size", "32", "--device", "cpu", "--out", str(det), "-q", *model]) == 0
     meta = json.loads((det / "config.json").read_text())
     assert meta["pretrain"]["map50"] > 20, meta["pretrain"]
     run = tmp_path / "run"
-    assert main(["forget", "--checkpoint", str(det), "--data", str(tmp_path), "--classes", "cross", "--ratio", "1.0",
-                 "--epochs", "20", "--lr", "5e-3", "--batch-size", "8", "--device", "cpu", "--bnd", "10",
-                 "--beta", "1.0", "--set", "method.lora_alpha=8", "--out", str(run), "-q"]) == 0
+    forget = ["forget", "--checkpoint", str(det), "--data", str(tmp_path), "--classes", "cross", "--ratio", "1.0",
+              "--epochs", "10", "--lr", "5e-3", "--batch-size", "8", "--device", "cpu", "--beta", "1.0",
+              "--set", "train.min_steps=0", "--out", str(run), "-q"]
+    # this tiny detector keeps about a third of the cross on its training scenes, more than the acceptance check
+    # commits by default (tests/test_cli.py covers the refusal); --accept-partial commits it and records why
+    assert main([*forget, "--accept-partial"]) == 0
     manifest = json.loads((run / "manifest.json").read_text())
     [request] = manifest["requests"]
     m = request["metrics"]
     assert manifest["task"] == "detection" and request["forget_class_names"] == ["cross"]
+    assert request["acceptance"]["accepted_partial"] and request["acceptance"]["misses"]
     kept_f, kept_r = m["map50_f"] / m["map50_f_before"], m["map50_r"] / m["map50_r_before"]
-    assert kept_f < 0.75 and kept_f < kept_r - 0.1, m  # measured: 0.46 of forget mAP@0.5 kept, 0.68 of retained
+    assert kept_f < 0.5 and kept_f < kept_r - 0.25, m  # less than half of the forget class's mAP@0.5 is left
     for name in ("report.md", "metrics.json", "accuracy.png", "group_norms.png", "requests/000/adapter"):
         assert (run / name).exists(), name
     assert "| 0 | cross |" in (run / "report.md").read_text()

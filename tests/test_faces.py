@@ -24,7 +24,7 @@ def test_face_model_pretrain_and_forget_reports_margin_accuracy_and_verification
     run = tmp_path / "run"
     assert main(["forget", "--checkpoint", str(base), "--data", str(OLIVETTI), "--classes", "s1,s2,s3,s4,s5",
                  "--ratio", "1.0", "--epochs", "4", "--batch-size", "16", "--device", "cpu", "-q",
-                 "--out", str(run)]) == 0
+                 "--accept-partial", "--out", str(run)]) == 0  # a 26%-accurate model loses 10 points: commit anyway
     m = json.loads((run / "manifest.json").read_text())["requests"][0]["metrics"]
     assert set(m["margin"]) >= {"acc_f", "acc_r", "h_mean"}
     assert m["margin"]["acc_r"] <= m["acc_r"] + 1e-9  # the margin can only take correct answers away

@@ -76,7 +76,7 @@ def _load_config(path: str | None, sections: tuple[str, ...]) -> dict[str, Any]:
 # -- pretrain -------------------------------------------------------------------------------------
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from gslora.config import PretrainConfig, from_dict
+    from gslora.config import DataConfig, PretrainConfig, default_patch_size, from_dict
     from gslora.data import load_dataset
     from gslora.engine import run_pretraining
 
@@ -94,12 +94,13 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         _set(tree, dotted, value)
     _apply_sets(tree, args.set)
     out = _pretrain_out(tree, args.overwrite)
-    config = from_dict(PretrainConfig, tree)  # unknown keys and bad values fail here, before the data loads
-    dataset = load_dataset(config.data)
-    model = tree.get("model", {})
-    tree["model"] = {"num_classes": dataset.num_classes, "in_chans": dataset.image_shape[0],
-                     "image_size": dataset.image_shape[1], **model}  # the data's shape unless given
-    if "warmup_epochs" not in tree.get("train", {}) and config.train.epochs <= 1:
+    dataset = load_dataset(from_dict(DataConfig, tree.get("data"), "data"))
+    model = tree.get("model") if isinstance(tree.get("model"), dict) else {}
+    size = model.get("image_size", dataset.image_shape[1])
+    tree["model"] = {"num_classes": dataset.num_classes, "in_chans": dataset.image_shape[0], "image_size": size,
+                     **({"patch_size": default_patch_size(size)} if "name" not in model else {}),
+                     **(tree.get("model") or {})}  # the data's shape unless given
+    if "warmup_epochs" not in (tree.get("train") or {}) and (tree.get("train") or {}).get("epochs", 10) <= 1:
         tree.setdefault("train", {})["warmup_epochs"] = 0
     config = from_dict(PretrainConfig, tree)
     digest, info = run_pretraining(config, out, overwrite=args.overwrite, dataset=dataset,
@@ -193,7 +194,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
                           ("sequence.ratio", args.ratio), ("sequence.shots", args.shots),
                           ("sequence.missing_classes", args.missing_classes),
                           ("train.epochs", args.epochs), ("train.lr", args.lr), ("train.batch_size", args.batch_size),
-                          ("train.device", args.device)):
+                          ("train.device", args.device), ("acceptance.accept_partial", args.accept_partial or None)):
         _set(tree, dotted, value)
     _apply_sets(tree, args.set)
     method = dict(tree.get("method", {}))
@@ -376,7 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth", type=int, help="transformer blocks (default: 4)")
     p.add_argument("--width", type=int, help="embedding width (default: 128)")
     p.add_argument("--heads", type=int, help="attention heads (default: 4)")
-    p.add_argument("--patch-size", type=int, help="patch size; must divide the image size (default: 7)")
+    p.add_argument("--patch-size", type=int, help="patch size; must divide the image size (default: the divisor of "
+                   "the image size closest to an 8x8 grid of patches)")
     p.add_argument("--image-size", type=int, help="input size (default: the data's)")
     p.add_argument("--pretrained", action="store_true", help="start from the family's pretrained weights; needs "
                    "network (default: off)")
@@ -431,6 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--lr", type=float, help=f"peak learning rate (default: {d['lr']:g})")
     f.add_argument("--batch-size", type=int, help=f"retain and forget images per step, each (default: {d['batch']})")
     f.add_argument("--device", help=f"cpu, cuda, cuda:N or auto (default: {d['device']})")
+    f.add_argument("--accept-partial", action="store_true",
+                   help="commit a request even when it misses the acceptance thresholds (forget classes still "
+                   "recognised on their training images, or retained accuracy fell too far); default: refuse, exit 3")
     f.add_argument("--requester", help="who asked for the erasure, recorded in the ledger (default: none)")
     f.add_argument("--reason", help="why, or a ticket reference, recorded in the ledger (default: none)")
     f.add_argument("--set", action="append", metavar="KEY=VALUE",

@@ -120,6 +120,8 @@ class SequenceConfig:
             empty, ``num_requests`` requests of ``classes_per_request`` classes are taken from the
             end of a class order shuffled with ``order_seed`` (the reference protocol).
         ratio: fraction of each class's training images used per request (reference: 0.1).
+        min_per_class: with ``ratio``, each class gives at least this many images (or all it has): 10% of a
+            small class is too little to forget it.
         shots: if set, exactly this many training images per class instead of ``ratio``.
         subset_seed: seed of the per-request subset draw.
         missing_classes: the first M classes of the seeded order are retained but have no training
@@ -131,6 +133,7 @@ class SequenceConfig:
     classes_per_request: int = 2
     order_seed: int = 1337
     ratio: float = 0.1
+    min_per_class: int = 8
     shots: int | None = None
     subset_seed: int = 1337
     missing_classes: int = 0
@@ -141,6 +144,7 @@ class SequenceConfig:
         require(self.classes_per_request >= 1, "sequence.classes_per_request", self.classes_per_request,
                 "must be >= 1")
         require(0 < self.ratio <= 1, "sequence.ratio", self.ratio, "must be in (0, 1]")
+        require(self.min_per_class >= 1, "sequence.min_per_class", self.min_per_class, "must be >= 1")
         require(self.shots is None or self.shots >= 1, "sequence.shots", self.shots, "must be >= 1")
         for i, request in enumerate(self.requests):
             require(isinstance(request, list) and len(request) > 0, f"sequence.requests[{i}]", request,
@@ -157,7 +161,8 @@ class TrainConfig:
         epochs: passes over the retained (or, for pre-training, the whole) training subset.
         min_steps: a forgetting request takes at least this many optimiser steps: when ``epochs``
             passes over its retain subset are fewer, the epochs are raised to reach it (0 = off). Later
-            requests retain fewer classes, so their subsets, and steps per epoch, shrink.
+            requests retain fewer classes, so their subsets, and steps per epoch, shrink; a small data set
+            would otherwise get a handful of steps and forget nothing.
         batch_size: images per batch; forgetting uses one retain and one forget batch per step.
         lr, weight_decay, min_lr: AdamW with a cosine schedule from ``lr`` to ``min_lr``.
         warmup_epochs: linear learning-rate warm-up (pre-training).
@@ -170,7 +175,7 @@ class TrainConfig:
     """
 
     epochs: int = 10
-    min_steps: int = 0
+    min_steps: int = 100
     batch_size: int = 48
     lr: float = 1e-2
     weight_decay: float = 0.05
@@ -201,6 +206,13 @@ class TrainConfig:
         """These settings with ``epochs`` raised so that a request takes at least ``min_steps`` steps."""
         epochs = max(self.epochs, -(-self.min_steps // max(1, steps_per_epoch)))
         return self if epochs == self.epochs else dataclasses.replace(self, epochs=epochs)
+
+
+def default_patch_size(image_size: int) -> int:
+    """The patch size that tiles ``image_size`` exactly into the grid closest to 8 x 8 patches (28 -> 4, 32 -> 4,
+    56 -> 7, 64 -> 8, 112 -> 14, 224 -> 28); larger patches win ties."""
+    divisors = [p for p in range(1, image_size + 1) if image_size % p == 0]
+    return min(divisors, key=lambda p: (abs(image_size / p - 8), -p))
 
 
 #: pre-training's optimisation defaults (a ViT from scratch on a whole data set), used by the CLI and the API
@@ -240,6 +252,31 @@ class PretrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(**PRETRAIN_TRAIN))
     distill: DistillConfig = field(default_factory=DistillConfig)
+
+
+@dataclass
+class AcceptanceConfig:
+    """When a finished request is committed. A request that misses a threshold is not committed: ``gslora forget``
+    says which threshold in one line and exits with 3, and the run stays as it was (the ledger records the
+    attempt as failed), unless ``accept_partial``.
+
+    Args:
+        max_forget: after the edit, the forget classes' score on the request's own forget training images must be
+            at most this, in percent (top-1 accuracy; mAP@0.5 for a detector). ``None`` disables the check.
+        max_retain_drop: the retained classes' test score (Acc_r; mAP@0.5) may fall by at most this many points
+            from its value before the request. ``None`` disables the check.
+        accept_partial: commit such a request anyway; the record says which thresholds it missed.
+    """
+
+    max_forget: float | None = 5.0
+    max_retain_drop: float | None = 10.0
+    accept_partial: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("max_forget", "max_retain_drop"):
+            value = getattr(self, name)
+            require(value is None or (math.isfinite(value) and value >= 0), f"acceptance.{name}", value,
+                    "must be a number >= 0, or null to disable the check")
 
 
 def from_dict(cls: type[C], data: dict[str, Any] | None, where: str = "") -> C:

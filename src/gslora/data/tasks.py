@@ -103,11 +103,11 @@ def build_requests(config: SequenceConfig, classes: Sequence[str], *,
 
 
 def sample_per_class(labels: torch.Tensor, class_ids: Sequence[int], *, ratio: float = 1.0,
-                     shots: int | None = None, seed: int = 0) -> torch.Tensor:
+                     shots: int | None = None, seed: int = 0, min_per_class: int = 1) -> torch.Tensor:
     """Indices of a seeded per-class sample: ``shots`` images per class, or ``ratio`` of each class.
 
-    With ``ratio`` each class keeps ``max(1, round(ratio * n_c))`` images. A class with fewer than
-    ``shots`` images keeps all it has.
+    With ``ratio`` each class keeps ``max(min_per_class, round(ratio * n_c))`` images (all it has if fewer).
+    A class with fewer than ``shots`` images keeps all it has.
     """
     generator = torch.Generator().manual_seed(seed)
     picked = []
@@ -115,7 +115,8 @@ def sample_per_class(labels: torch.Tensor, class_ids: Sequence[int], *, ratio: f
         members = torch.nonzero(labels == c).flatten()
         if len(members) == 0:
             continue
-        n = min(shots, len(members)) if shots is not None else max(1, round(ratio * len(members)))
+        n = shots if shots is not None else max(1, min_per_class, round(ratio * len(members)))
+        n = min(n, len(members))
         picked.append(members[torch.randperm(len(members), generator=generator)[:n]])
     if not picked:
         return torch.empty(0, dtype=torch.long)
@@ -137,7 +138,7 @@ def request_data(dataset: Dataset, request: Request, config: SequenceConfig) -> 
         GSLoRAError: the forget or the retain subset holds no image.
     """
     seed = config.subset_seed + 1000 * request.index
-    kwargs = {"ratio": config.ratio, "shots": config.shots}
+    kwargs = {"ratio": config.ratio, "shots": config.shots, "min_per_class": config.min_per_class}
     forget = sample_per_class(dataset.train.labels, request.forget, seed=seed, **kwargs)
     with_data = [c for c in request.retain if c not in request.missing]
     retain = sample_per_class(dataset.train.labels, with_data, seed=seed + 1, **kwargs)

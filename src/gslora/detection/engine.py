@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from gslora.config import SequenceConfig, TrainConfig, to_dict
+from gslora.config import AcceptanceConfig, SequenceConfig, TrainConfig, to_dict
 from gslora.data import Request
 from gslora.detection.data import (
     DetectionDataConfig,
@@ -133,6 +133,7 @@ class DetectionForgetConfig:
     method: dict[str, Any] = field(default_factory=lambda: {"name": "gs_lora"})
     train: TrainConfig = field(default_factory=TrainConfig)
     eval_batch_size: int = 64
+    acceptance: AcceptanceConfig = field(default_factory=AcceptanceConfig)
 
     def __post_init__(self) -> None:
         if self.sequence.missing_classes:
@@ -141,7 +142,10 @@ class DetectionForgetConfig:
 
 
 def _sample(pool: list[int], n_classes: int, sequence: SequenceConfig, seed: int) -> list[int]:
-    n = min(len(pool), sequence.shots * n_classes) if sequence.shots else max(1, round(sequence.ratio * len(pool)))
+    if sequence.shots:
+        n = min(len(pool), sequence.shots * n_classes)
+    else:
+        n = min(len(pool), max(1, sequence.min_per_class * n_classes, round(sequence.ratio * len(pool))))
     order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:n]
     return sorted(pool[int(i)] for i in order)
 

@@ -12,7 +12,7 @@ from gslora.config import SequenceConfig, TrainConfig
 from gslora.data import Request
 from gslora.detection.data import DetectionDataset, load_detection_dataset
 from gslora.detection.engine import DetectionForgetConfig, evaluate_detector, request_subsets, train_detection_request
-from gslora.detection.metrics import detection_metrics
+from gslora.detection.metrics import detection_metrics, group_map
 from gslora.detection.model import Detector, load_detector, read_detector_meta, save_detector
 from gslora.engine.loop import ProgressFactory
 from gslora.errors import GSLoRAError
@@ -79,6 +79,11 @@ class Detection(Task):
         metrics["ap50_per_class"] = after["ap50"]
         metrics["per_class"] = {"before": before["ap50"], "after": after["ap50"]}
         return metrics
+
+    def training_forget_score(self, model: Detector, subsets: Subsets, request: Request, *,
+                              device: torch.device) -> float | None:
+        ap = evaluate_detector(model, subsets.forget, model.config.num_classes, device=device)
+        return group_map(ap["ap50"], request.forget)
 
     def scores(self, metrics: dict[str, Any]) -> dict[str, float | None]:
         return {"forget": metrics["map50_f"], "forget_before": metrics["map50_f_before"],

@@ -77,7 +77,9 @@ class CompareConfig:
             return from_dict(ForgetConfig, {"checkpoint": self.checkpoint, "data": to_dict(self.data),
                                             "sequence": to_dict(self.sequence), "method": method, "train": train,
                                             "eval_batch_size": self.eval_batch_size,
-                                            "verification": self.verification})
+                                            "verification": self.verification,
+                                            # a comparison measures every method, whether it forgets or not
+                                            "acceptance": {"accept_partial": True}})
         except GSLoRAError as exc:
             raise GSLoRAError(f"methods.{label}: {exc}") from exc
 

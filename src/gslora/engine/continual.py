@@ -22,13 +22,13 @@ from typing import Any, ClassVar
 
 import torch
 
-from gslora.config import DataConfig, SequenceConfig, TrainConfig, from_dict, require, to_dict
+from gslora.config import AcceptanceConfig, DataConfig, SequenceConfig, TrainConfig, from_dict, require, to_dict
 from gslora.data import Request, build_requests
 from gslora.engine.ledger import LEDGER, now
 from gslora.engine.loop import ProgressFactory, no_progress, resolve_device
 from gslora.engine.provenance import hardware
 from gslora.engine.rundir import MANIFEST, RunDirectory, manifest_from
-from gslora.errors import GSLoRAError, Interrupted
+from gslora.errors import GSLoRAError, Interrupted, RequestRejected
 from gslora.methods import TaskContext, build_method, resolved_spec
 from gslora.tasks import Subsets, Task, get_task
 from gslora.version import __version__, code_version
@@ -51,6 +51,7 @@ class ForgetConfig:
             ``None`` turns it on for margin (face) heads.
         fars: false-accept rates of the verification report.
         verification_images: at most this many test images (balanced per class) form the pairs.
+        acceptance: when a finished request is committed (thresholds on forgetting and on retained accuracy).
     """
 
     task: ClassVar[str] = "classification"
@@ -64,6 +65,7 @@ class ForgetConfig:
     verification: bool | None = None
     fars: list[float] = field(default_factory=lambda: [0.01, 0.001])
     verification_images: int = 2000
+    acceptance: AcceptanceConfig = field(default_factory=AcceptanceConfig)
 
     def __post_init__(self) -> None:
         require(all(0 < f < 1 for f in self.fars), "fars", self.fars, "each FAR must be in (0, 1)")
@@ -117,7 +119,7 @@ def run_forgetting(config: Any, run_dir: str | Path, *, resume: bool = False, pe
             _refuse_queued(run, requests, state.dataset.classes)
         subsets = [task.subsets(state.dataset, r, sequence) for r in requests]  # validate all before training
         for request, subset in zip(requests, subsets):
-            _warn_about_data(request, subset, sequence)
+            _warn_about_data(request, subset, sequence, config.train)
         model = state.model.to(device)
         before = task.evaluate(model, state.dataset, config, device=device)
         if state.base is None:
@@ -131,8 +133,23 @@ def run_forgetting(config: Any, run_dir: str | Path, *, resume: bool = False, pe
         return run.manifest()
 
 
-def _warn_about_data(request: Request, subsets: Subsets, sequence: SequenceConfig) -> None:
-    """Say before training when a request gets less data than asked for."""
+#: below these a request is unlikely to forget: said before training, with the numbers and the flags to change
+FEW_IMAGES, FEW_STEPS = 4, 50
+
+
+def _warn_about_data(request: Request, subsets: Subsets, sequence: SequenceConfig, train: TrainConfig) -> None:
+    """Say before training when a request gets less data than asked for, or too little to forget."""
+    few = {name: n for name, n in subsets.forget_per_class.items() if n < FEW_IMAGES}
+    if few:
+        shown = ", ".join(f"{name}: {n}" for name, n in list(few.items())[:5])
+        log.warning("request %d: only %s training image(s) of the class(es) to forget (%s); forgetting needs a few: "
+                    "raise --ratio or --shots, or add images", request.index, min(few.values()), shown)
+    steps = train.for_steps_per_epoch(-(-len(subsets.retain) // train.batch_size)).epochs * \
+        -(-len(subsets.retain) // train.batch_size)
+    if steps < FEW_STEPS:
+        log.warning("request %d: only %d optimisation steps (%d retained images in batches of %d); raise --epochs or "
+                    "train.min_steps (--set train.min_steps=200)", request.index, steps, len(subsets.retain),
+                    train.batch_size)
     if subsets.short:
         shown = ", ".join(f"{name}: {n}" for name, n in list(subsets.short.items())[:5])
         log.warning("request %d: --shots %d asks for more training images than %d class(es) have; they use all they "
@@ -225,6 +242,12 @@ def _apply_request(run: RunDirectory, state: _State, config: Any, request: Reque
         edited = edited.to(device)
         after = task.evaluate(edited, dataset, config, device=device)
         metrics = task.measure(dataset, request, before, after, state.base, config)
+        metrics["forget_train_score"] = task.training_forget_score(edited, subsets, request, device=device)
+        verdict = judge(task.scores(metrics), metrics["forget_train_score"], config.acceptance)
+        if verdict["misses"] and not config.acceptance.accept_partial:
+            raise RequestRejected(f"request {request.index} ({', '.join(names)}) was not committed: "
+                                  f"{'; '.join(verdict['misses'])}; the run is as it was. Train longer or harder "
+                                  "(--epochs, --lr, --beta) or pass --accept-partial to commit it anyway")
         prefix = f"requests/{request_id:03d}"
         record = {
             "index": request.index, "kind": "forget", "forget_classes": list(request.forget),
@@ -233,7 +256,7 @@ def _apply_request(run: RunDirectory, state: _State, config: Any, request: Reque
             "started": started, "seconds": seconds, "train_images": subsets.sizes,
             "forget_images_per_class": subsets.forget_per_class, "shots_short": subsets.short, "method": spec,
             **settings, **{k: f"{prefix}/{v}" for k, v in artifacts.items()},
-            "checkpoint": f"{prefix}/model", "checkpoint_sha256": digest, "metrics": metrics,
+            "checkpoint": f"{prefix}/model", "checkpoint_sha256": digest, "metrics": metrics, "acceptance": verdict,
             **method.diagnostics(), "history": history,
         }
         run.commit(request_id, stage, record)
@@ -257,6 +280,21 @@ def _apply_request(run: RunDirectory, state: _State, config: Any, request: Reque
     log.info("request %d done in %.1fs: forget %.2f -> %.2f, retain %.2f -> %.2f", request.index, seconds,
              scores["forget_before"], scores["forget"], scores["retain_before"], scores["retain"])
     return edited, after
+
+
+def judge(scores: dict[str, float | None], forget_train: float | None, acceptance: AcceptanceConfig) -> dict[str, Any]:
+    """The thresholds a finished request misses (``misses``, one phrase each), and whether it is committed anyway."""
+    misses = []
+    if acceptance.max_forget is not None and forget_train is not None and forget_train > acceptance.max_forget:
+        misses.append(f"the forget classes still score {forget_train:.1f}% on their training images (at most "
+                      f"{acceptance.max_forget:g} is accepted: acceptance.max_forget)")
+    before, after = scores["retain_before"], scores["retain"]
+    if acceptance.max_retain_drop is not None and before is not None and after is not None \
+            and before - after > acceptance.max_retain_drop:
+        misses.append(f"retained classes fell from {before:.1f} to {after:.1f} (at most "
+                      f"{acceptance.max_retain_drop:g} points is accepted: acceptance.max_retain_drop)")
+    return {"misses": misses, "forget_train_score": forget_train, "accepted_partial": bool(misses),
+            "thresholds": to_dict(acceptance)}
 
 
 # -- reading runs -----------------------------------------------------------------------------------
@@ -285,6 +323,8 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) 
         raise GSLoRAError(f"the config recorded in {str(run_dir)!r} lacks sequence or method; the run directory is "
                           "damaged")
     base["sequence"]["requests"] = []
+    if isinstance(base.get("acceptance"), dict):
+        base["acceptance"]["accept_partial"] = False  # committing a partial request is decided per request
     for key, value in (overrides or {}).items():
         other_method = key == "method" and isinstance(value, dict) and \
             value.get("name", base[key]["name"]) != base[key]["name"]

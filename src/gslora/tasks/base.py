@@ -137,5 +137,10 @@ class Task(ABC):
         """Every metric of a request from the evaluations before and after it and the original model's."""
 
     @abstractmethod
+    def training_forget_score(self, model: torch.nn.Module, subsets: Subsets, request: Request, *,
+                              device: torch.device) -> float | None:
+        """The forget classes' score (percent) on the request's own forget training images, after the edit."""
+
+    @abstractmethod
     def scores(self, metrics: dict[str, Any]) -> dict[str, float | None]:
         """``forget``, ``forget_before``, ``retain``, ``retain_before`` (percent) for the log and the judgement."""

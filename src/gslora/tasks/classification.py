@@ -108,6 +108,11 @@ class Classification(Task):
                 metrics[f"tar_f{suffix}"], metrics[f"tar_r{suffix}"] = tars["forget"], tars["retain"]
         return metrics
 
+    def training_forget_score(self, model: VisionClassifier, subsets: Subsets, request: Request, *,
+                              device: torch.device) -> float | None:
+        predictions = predict(model, subsets.forget, device=device)
+        return accuracy(predictions.top1, subsets.forget.labels, request.forget)
+
     def scores(self, metrics: dict[str, Any]) -> dict[str, float | None]:
         return {"forget": metrics["acc_f"], "forget_before": metrics["acc_f_before"], "retain": metrics["acc_r"],
                 "retain_before": metrics["acc_r_before"], "h_mean": metrics["h_mean"]}

@@ -7,8 +7,8 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import torch
 import pytest
+import torch
 from peft import PeftModel
 
 from gslora.cli import main

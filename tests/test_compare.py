@@ -46,7 +46,7 @@ def test_compare_writes_one_row_per_method_with_the_same_requests(comparison):
     for r in (gs, rl, ssd):
         [task] = r["tasks"]
         assert task["forget_classes"] == ["Bag", "Sneaker"] and task["seconds"] > 0
-        assert {"h_mean", "acc_r", "acc_f", "h_max"} <= set(task)
+        assert {"h_mean", "acc_r", "acc_f", "h_exact"} <= set(task)
     assert gs["tasks"][0]["acc_f_before"] == rl["tasks"][0]["acc_f_before"] == ssd["tasks"][0]["acc_f_before"]
     assert gs["trainable_ratio"] < 0.1 < 0.9 < rl["trainable_ratio"]
     assert rl["tasks"][0]["acc_f"] < 0.5 * rl["tasks"][0]["acc_f_before"]  # relabelling forgets
@@ -55,7 +55,7 @@ def test_compare_writes_one_row_per_method_with_the_same_requests(comparison):
     assert "the loss became non-finite" in result["methods"]["broken"]["error"]
     table = (out / "comparison.md").read_text()
     assert "| method | Bag + Sneaker (0) | s / request | trainable |" in table
-    assert "| RL* | " in table and "| broken | failed: " in table and "| H_max | " in table
+    assert "| RL* | " in table and "| broken | failed: " in table and "| H_exact | " in table
     assert (out / "comparison.png").stat().st_size > 1000
 
 

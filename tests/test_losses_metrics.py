@@ -40,5 +40,5 @@ def test_request_metrics_h_variants():
     m = request_metrics(acc_f=2.0, acc_r=70.0, acc_o=1.0, acc_f_before=80.0, acc_r_before=72.0, acc_f_original=90.0)
     assert m["h_mean"] == pytest.approx(2 * 78 * 70 / 148)
     assert m["h_mean_original"] == pytest.approx(2 * 88 * 70 / 158)
-    assert m["h_max"] == pytest.approx(2 * 80 * 72 / 152)
+    assert m["h_exact"] == pytest.approx(2 * 80 * 72 / 152)
     assert parameter_ratio(245_760, 19_157_504) == pytest.approx(0.01283, abs=1e-5)

@@ -33,7 +33,7 @@ from gslora.detection import (  # noqa: E402
 )
 
 TASK_KEYS = ("map50_f", "map50_r", "map50_o", "map50_f_before", "map50_r_before", "map50_f_original", "map_f",
-             "map_r", "map_o", "map_f_before", "map_r_before", "h_mean", "h_max")
+             "map_r", "map_o", "map_f_before", "map_r_before", "h_mean", "h_exact")
 
 
 def cached_detector(config: dict, device: str) -> tuple[Path, dict]:

@@ -69,5 +69,5 @@ def detection_metrics(now: dict[str, list], before: dict[str, list], *, forget, 
         "map_f_before": group_map(before["ap"], forget), "map_r_before": group_map(before["ap"], retain),
     }
     m["h_mean"] = h_mean(m["map50_f_before"] - m["map50_f"], m["map50_r"])
-    m["h_max"] = h_mean(m["map50_f_before"], m["map50_r_before"])
+    m["h_exact"] = h_mean(m["map50_f_before"], m["map50_r_before"])
     return m

@@ -68,6 +68,10 @@ class Detection(Task):
         return evaluate_detector(model, dataset.test, dataset.num_classes, device=device,
                                  batch_size=config.eval_batch_size)
 
+    def overall(self, evaluation: dict[str, list[float | None]], dataset: DetectionDataset) -> dict[str, Any]:
+        return {"metric": "mAP@0.5", "score": group_map(evaluation["ap50"], range(dataset.num_classes)),
+                "per_class": evaluation["ap50"], "map": group_map(evaluation["ap"], range(dataset.num_classes))}
+
     def base_tensors(self, evaluation: dict[str, list[float | None]]) -> dict[str, torch.Tensor]:
         return ap_tensors(evaluation)
 

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 RESULTS = "comparison.json"
 TASK_KEYS = ("acc_f", "acc_r", "acc_o", "acc_m", "acc_f_before", "acc_r_before", "acc_m_before", "acc_f_original",
-             "h_mean", "h_mean_original", "h_max")
+             "h_mean", "h_mean_original", "h_exact")
 
 
 @dataclass

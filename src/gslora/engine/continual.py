@@ -124,7 +124,8 @@ def run_forgetting(config: Any, run_dir: str | Path, *, resume: bool = False, pe
         before = task.evaluate(model, state.dataset, config, device=device)
         if state.base is None:
             state.base = task.base_tensors(before)
-            run.begin(_run_meta(task, config, state), state.base)
+            run.begin({**_run_meta(task, config, state), "base_metrics": task.overall(before, state.dataset)},
+                      state.base)
         for i, (request, subset) in enumerate(zip(requests, subsets)):
             row = queued[i] if pending else {}
             model, before = _apply_request(run, state, config, request, subset, model, before, device, progress,
@@ -219,8 +220,9 @@ def _apply_request(run: RunDirectory, state: _State, config: Any, request: Reque
     spec = resolved_spec(method, config.method["name"])
     steps_per_epoch = -(-len(subsets.retain) // config.train.batch_size)
     train = config.train.for_steps_per_epoch(steps_per_epoch)
-    settings = {"train": to_dict(train), "sequence": {k: v for k, v in to_dict(config.sequence).items()
-                                                      if k in ("ratio", "shots", "subset_seed", "missing_classes")}}
+    settings = {"train": to_dict(train), "steps": train.epochs * steps_per_epoch,
+                "sequence": {k: v for k, v in to_dict(config.sequence).items()
+                             if k in ("ratio", "min_per_class", "shots", "subset_seed", "missing_classes")}}
     request_id = run.start(classes=list(request.forget), class_names=names, method=spec, settings=settings,
                            queued_id=queued_id, requester=requester, reason=reason)
     log.info("request %d: forgetting %s (%d forget / %d retain training images)", request.index, ", ".join(names),

@@ -387,7 +387,8 @@ def manifest_from(ledger: Ledger) -> dict[str, Any]:
     return {
         "gslora_version": meta.get("gslora_version"), "task": meta.get("task", "classification"),
         "created": meta.get("created"), "ledger_revision": meta["revision"], "base": meta.get("base"),
-        "dataset": meta.get("dataset"), "config": config, "hardware": meta.get("hardware"),
+        "dataset": meta.get("dataset"), "base_metrics": meta.get("base_metrics"), "config": config,
+        "hardware": meta.get("hardware"),
         "code_version": meta.get("code_version"), "requests": records,
         "latest_checkpoint": with_model[-1]["checkpoint"] if with_model else None,
         "ledger": [{k: row[k] for k in ("id", "kind", "class_names", "requester", "reason", "source", "received",

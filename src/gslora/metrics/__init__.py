@@ -32,9 +32,10 @@ def request_metrics(*, acc_f: float, acc_r: float, acc_o: float | None, acc_f_be
     """All per-request accuracies (percent) and the H-Mean variants.
 
     ``h_mean`` measures the drop from the model just before the request; ``h_mean_original`` from
-    the original (pre-trained) model; ``h_max`` is the best attainable H (forget everything, lose
-    nothing): the formula with dAcc_f = ``acc_f_before`` and Acc_r = ``acc_r_before``. ``acc_m`` is
-    the accuracy on retained classes without training data (also part of ``acc_r``).
+    the original (pre-trained) model; ``h_exact`` is the H of an exact request, one that forgets every
+    forget-class sample and leaves Acc_r as it was (the formula with dAcc_f = ``acc_f_before`` and Acc_r =
+    ``acc_r_before``): H above it means retained accuracy rose. ``acc_m`` is the accuracy on retained
+    classes without training data (also part of ``acc_r``).
     """
     return {
         "acc_f": acc_f,
@@ -47,7 +48,7 @@ def request_metrics(*, acc_f: float, acc_r: float, acc_o: float | None, acc_f_be
         "acc_f_original": acc_f_original,
         "h_mean": h_mean(acc_f_before - acc_f, acc_r),
         "h_mean_original": h_mean(acc_f_original - acc_f, acc_r),
-        "h_max": h_mean(acc_f_before, acc_r_before),
+        "h_exact": h_mean(acc_f_before, acc_r_before),
     }
 
 

@@ -128,6 +128,10 @@ class Task(ABC):
         """What the model says about the test split (predictions, per-class AP, ...)."""
 
     @abstractmethod
+    def overall(self, evaluation: Any, dataset: Any) -> dict[str, Any]:
+        """``{"metric": name, "score": percent over every class, "per_class": [percent or None]}`` of a model."""
+
+    @abstractmethod
     def base_tensors(self, evaluation: Any) -> dict[str, torch.Tensor]:
         """The original model's evaluation as tensors (saved as ``base_predictions.safetensors``)."""
 

@@ -69,6 +69,14 @@ class Classification(Task):
         wants = model.has_margin if config.verification is None else config.verification
         return predict(model, dataset.test, device=device, batch_size=config.eval_batch_size, embeddings=wants)
 
+    def overall(self, evaluation: Predictions, dataset: Dataset) -> dict[str, Any]:
+        labels, every = dataset.test.labels, range(dataset.num_classes)
+        out = {"metric": "top-1 accuracy", "score": accuracy(evaluation.top1, labels, every),
+               "per_class": [accuracy(evaluation.top1, labels, [c]) for c in every]}
+        if evaluation.margin_top1 is not None:
+            out["margin_score"] = accuracy(evaluation.margin_top1, labels, every)
+        return out
+
     def base_tensors(self, evaluation: Predictions) -> dict[str, torch.Tensor]:
         base = {"top1": evaluation.top1}
         if evaluation.margin_top1 is not None:

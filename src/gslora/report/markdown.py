@@ -154,11 +154,11 @@ def settings_section(manifest: dict[str, Any]) -> list[str]:
     lines = ["## Settings", ""]
     seen: dict[str, list[int]] = {}
     for r in manifest["requests"]:
-        train = r.get("train") or {}
-        key = (f"method `{_inline(r.get('method', {}))}`; train: {r.get('steps', '?')} steps ({train.get('epochs')} "
-               f"epochs, at least {train.get('min_steps')} steps), batch {train.get('batch_size')} + {train.get('batch_size')}, lr "
-               f"{train.get('lr')} -> {train.get('min_lr')}, weight decay {train.get('weight_decay')}, seed "
-               f"{train.get('seed')}; data: {_inline(r.get('sequence', {}))}")
+        t = r.get("train") or {}
+        key = (f"method `{_inline(r.get('method', {}))}`; train: {r.get('steps', '?')} steps ({t.get('epochs')} "
+               f"epochs, at least {t.get('min_steps')} steps), batch {t.get('batch_size')} + {t.get('batch_size')}, "
+               f"lr {t.get('lr')} -> {t.get('min_lr')}, weight decay {t.get('weight_decay')}, seed {t.get('seed')}; "
+               f"data: {_inline(r.get('sequence', {}))}")
         seen.setdefault(key, []).append(r["index"])
     for key, indices in seen.items():
         which = "every request" if len(seen) == 1 else f"request(s) {', '.join(map(str, indices))}"

@@ -313,3 +313,24 @@ def test_a_small_data_set_forgets_with_the_defaults(small_folder, tmp_path, caps
     assert [line for line in err if line.startswith("WARNING")] and "training image(s) of the class(es)" in err[0]
     assert err[-1].startswith("gslora forget: error: request 0 (s1) was not committed: ")
     assert not (tmp_path / "starved").exists()
+
+
+def test_every_request_is_verified_and_reverified_after_later_requests(finished_run, fashion_subset, tmp_path,
+                                                                       capsys):
+    data, _ = fashion_subset
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    first = json.loads((run / "manifest.json").read_text())["verification"]
+    assert [list(v["results"]) for v in first] == [["0"]]
+    figures = first[0]["results"]["0"]
+    assert {"mia", "probe", "relearn"} <= set(figures) and figures["classes"] == [8, 7]
+    assert 0 <= figures["mia"]["auc"] <= 1 and figures["mia"]["auc_ci"][0] <= figures["mia"]["auc_ci"][1]
+    assert main(["forget", "--run", str(run), "--data", str(data), "--classes", "Trouser", *FORGET]) == 0
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert [sorted(v["results"]) for v in manifest["verification"]] == [["0"], ["0", "1"]]
+    assert manifest["verification"][-1]["after_request"] == 1
+    capsys.readouterr()
+    assert main(["verify", "--run", str(run), "--request", "0", "-q"]) == 0
+    assert "| 0 | Bag, Sneaker |" in capsys.readouterr().out
+    assert "## Verification" in (run / "report.md").read_text()
+    _expect_error(capsys, ["verify", "--run", str(run), "--request", "9"], "is not an applied request")

@@ -90,7 +90,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
                           ("model.pretrained", args.pretrained or None), ("model.weights", args.weights),
                           ("train.epochs", args.epochs), ("train.lr", args.lr), ("train.batch_size", args.batch_size),
                           ("train.augment", args.augment), ("train.device", args.device), ("out", args.out),
-                          ("distill.teacher", args.teacher), ("distill.weight", args.distill_weight)):
+                          ("distill.teacher", args.teacher), ("distill.weight", args.distill_weight),
+                          ("exclude_classes", _split_classes(args.exclude_classes) if args.exclude_classes else None)):
         _set(tree, dotted, value)
     _apply_sets(tree, args.set)
     out = _pretrain_out(tree, args.overwrite)
@@ -288,12 +289,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                               "per_class": dict(zip(dataset.classes, per_class))}
     if everything.margin_top1 is not None:
         result["margin_accuracy"] = accuracy(everything.margin_top1, labels, range(dataset.num_classes))
+    ids, rest = [], list(range(dataset.num_classes))
     if args.classes:
         ids = resolve_classes(_split_classes(args.classes), dataset.classes)
         rest = [c for c in range(dataset.num_classes) if c not in ids]
         result["selected"] = {"classes": [dataset.classes[c] for c in ids],
                               "accuracy": accuracy(predictions, labels, ids),
                               "accuracy_other": accuracy(predictions, labels, rest) if rest else None}
+    if args.verify:
+        if not args.classes:
+            raise GSLoRAError("--verify measures forgetting of --classes A,B; name the classes that were forgotten")
+        result["verification"] = _verify_checkpoint(args, model, dataset, ids, rest, device)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -307,6 +313,57 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         other = sel["accuracy_other"]
         print(f"selected classes ({', '.join(sel['classes'])}): {sel['accuracy']:.2f}%; other classes: "
               f"{'-' if other is None else f'{other:.2f}%'}")
+    if "verification" in result:
+        from gslora.report.markdown import verification_section
+
+        v = result["verification"]
+        print("\n".join(verification_section({"requests": [], "verification": [
+            {"time": "now", "after_request": None, "results": v["results"], "reference": v.get("reference")}]})))
+    return 0
+
+
+def _verify_checkpoint(args: argparse.Namespace, model, dataset, ids: list[int], rest: list[int], device) -> dict:
+    """The verification suite on a bare checkpoint for the classes ``ids`` (with ``--original``: the relearn target
+    and face prototypes; with ``--reference``: the same figures on a model retrained without them)."""
+    from gslora.engine import predict
+    from gslora.metrics import accuracy
+    from gslora.models import load_checkpoint
+    from gslora.verification import VerifyConfig, compare, verify
+
+    groups = {"selected": ids}
+    original = load_checkpoint(args.original)[0].to(device) if args.original else None
+    before = {"selected": accuracy(predict(original, dataset.test, device=device).top1, dataset.test.labels, ids)} \
+        if original is not None else None
+    config = VerifyConfig(relearn=original is not None)
+    results = verify(model, dataset, groups, rest, config=config, device=device, acc_before=before, original=original)
+    out: dict[str, Any] = {"results": results}
+    if args.reference:
+        reference = load_checkpoint(args.reference)[0].to(device)
+        ref = verify(reference, dataset, groups, rest, config=config, device=device, acc_before=before,
+                     original=original)
+        out["reference"] = {"checkpoint": args.reference, "results": ref, "versus": compare(results, ref)}
+    return out
+
+
+# -- verify ---------------------------------------------------------------------------------------
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from gslora.config import from_dict
+    from gslora.engine.verify import verify_run
+    from gslora.report.markdown import verification_section
+    from gslora.verification import VerifyConfig
+
+    tree = _load_config(args.config, ("verify",))
+    _apply_sets(tree, args.set)
+    config = from_dict(VerifyConfig, tree.get("verify"), "verify") if tree.get("verify") else None
+    out = verify_run(args.run, data={"dataset": args.data} if args.data else None, request=args.request,
+                     reference=args.reference, config=config, device=args.device or "auto")
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    from gslora.engine import read_manifest
+
+    print("\n".join(verification_section(read_manifest(args.run))))
     return 0
 
 
@@ -394,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="set any config field, for example --set model.head=cosface --set train.jitter=0.3 (default: "
                    "none; repeatable)")
+    p.add_argument("--exclude-classes", metavar="A,B",
+                   help="leave these classes' training images out (the head keeps them): a run's Retrain reference "
+                   "(default: none)")
     p.add_argument("--out", help="checkpoint directory to write (required here or in --config)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out (default: refuse)")
     p.set_defaults(func=cmd_pretrain)
@@ -487,6 +547,21 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="comparison directory")
     c.set_defaults(func=cmd_compare)
 
+    v = sub.add_parser("verify", parents=[common],
+                       help="prove forgetting beyond accuracy: membership inference, linear probe, relearn time and "
+                       "face figures on a run's latest model for every request, recorded in its ledger")
+    v.add_argument("--run", required=True, help="the run directory")
+    v.add_argument("--request", type=int, help="only this request id (default: every applied request)")
+    v.add_argument("--reference", help="a checkpoint retrained without the run's forgotten classes (`gslora pretrain "
+                   "--exclude-classes`): every figure is also measured on it (default: none)")
+    v.add_argument("--data", help="the run's data set, if it moved (default: the path the run recorded)")
+    v.add_argument("--config", help="YAML file with a verify: section (default: the run's settings)")
+    v.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="for example --set verify.relearn_max_steps=400 (default: none; repeatable)")
+    v.add_argument("--device", help=f"default: {d['device']}")
+    v.add_argument("--json", action="store_true", help="print JSON (default: a Markdown table)")
+    v.set_defaults(func=cmd_verify)
+
     e = sub.add_parser("evaluate", parents=[common], help="test accuracy of a checkpoint, per class")
     e.add_argument("--config", help="YAML file with checkpoint: and data: (default: none)")
     e.add_argument("--checkpoint",
@@ -494,6 +569,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", help=f"the checkpoint's data set (default: {d['dataset']})")
     e.add_argument("--classes", help="also report accuracy on these classes and on the others (default: none)")
     e.add_argument("--device", help=f"default: {d['device']}")
+    e.add_argument("--verify", action="store_true", help="also prove the forgetting of --classes: membership "
+                   "inference, linear probe (and relearn time and face figures with --original) (default: off)")
+    e.add_argument("--original", help="with --verify: the model before forgetting (default: none)")
+    e.add_argument("--reference", help="with --verify: a model retrained without --classes (default: none)")
     e.add_argument("--json", action="store_true", help="print JSON (default: a Markdown table)")
     e.set_defaults(func=cmd_evaluate)
     return parser

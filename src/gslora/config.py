@@ -246,12 +246,15 @@ class PretrainConfig:
         model: the model to build (``model.weights`` starts from local weights).
         train: optimisation, with pre-training's defaults (lr 1e-3, batch 128, one warm-up epoch).
         distill: optional distillation toward teacher embeddings.
+        exclude_classes: classes (names or ids) whose training images are left out; the head keeps every class.
+            With a run's forgotten classes this trains its Retrain reference (what forgetting should look like).
     """
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(**PRETRAIN_TRAIN))
     distill: DistillConfig = field(default_factory=DistillConfig)
+    exclude_classes: list[str | int] = field(default_factory=list)
 
 
 @dataclass

@@ -31,6 +31,7 @@ from gslora.engine.rundir import MANIFEST, RunDirectory, manifest_from
 from gslora.errors import GSLoRAError, Interrupted, RequestRejected
 from gslora.methods import TaskContext, build_method, resolved_spec
 from gslora.tasks import Subsets, Task, get_task
+from gslora.verification import VerifyConfig
 from gslora.version import __version__, code_version
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ class ForgetConfig:
         fars: false-accept rates of the verification report.
         verification_images: at most this many test images (balanced per class) form the pairs.
         acceptance: when a finished request is committed (thresholds on forgetting and on retained accuracy).
+        verify: the verification suite run after every request on every request so far (membership inference,
+            linear probe, relearn time, face figures); ``verify.enabled: false`` turns it off.
     """
 
     task: ClassVar[str] = "classification"
@@ -66,6 +69,7 @@ class ForgetConfig:
     fars: list[float] = field(default_factory=lambda: [0.01, 0.001])
     verification_images: int = 2000
     acceptance: AcceptanceConfig = field(default_factory=AcceptanceConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
 
     def __post_init__(self) -> None:
         require(all(0 < f < 1 for f in self.fars), "fars", self.fars, "each FAR must be in (0, 1)")
@@ -131,7 +135,26 @@ def run_forgetting(config: Any, run_dir: str | Path, *, resume: bool = False, pe
             model, before = _apply_request(run, state, config, request, subset, model, before, device, progress,
                                            queued_id=row.get("id"), requester=row.get("requester", requester),
                                            reason=row.get("reason", reason))
+            verify = getattr(config, "verify", None)
+            if verify is not None and verify.enabled:
+                _verify_after(run, state, model, verify, device)
         return run.manifest()
+
+
+def _verify_after(run: RunDirectory, state: _State, model: torch.nn.Module, config: VerifyConfig,
+                  device: torch.device) -> None:
+    """The verification suite on the new latest model, for every request so far (the request itself is committed:
+    an interruption here leaves it so, and `gslora verify` measures it later)."""
+    from gslora.engine.verify import verify_latest
+
+    try:
+        verify_latest(run, state.task, state.dataset, model, config, device=device,
+                      original=state.original().to(device))
+    except KeyboardInterrupt as exc:
+        latest = run.applied()[-1]["position"]
+        raise Interrupted(getattr(exc, "signum", signal.SIGINT),
+                          f"interrupted; the run {str(run.path)!r} is as it was after request {latest}, whose "
+                          "verification did not finish: run `gslora verify --run RUN`") from None
 
 
 #: below these a request is unlikely to forget: said before training, with the numbers and the flags to change

@@ -46,3 +46,20 @@ def predict(model: VisionClassifier, data: ImageSet, *, device: torch.device, ba
     return Predictions(torch.cat(top1) if top1 else empty, torch.cat(margin) if margin else None,
                        torch.cat(feats) if feats else None)
 
+
+
+@torch.no_grad()
+def logits_and_embeddings(model: VisionClassifier, images: torch.Tensor, *, device: torch.device,
+                          batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain logits (no margin applied) and embeddings of ``images`` in eval mode, on the CPU."""
+    was_training = model.training
+    model.eval()
+    logits, feats = [], []
+    for i in range(0, len(images), batch_size):
+        embedding = model.embed(images[i:i + batch_size].to(device))
+        logits.append(model.classify(embedding).float().cpu())
+        feats.append(embedding.float().cpu())
+    model.train(was_training)
+    if not logits:
+        return torch.empty(0), torch.empty(0)
+    return torch.cat(logits), torch.cat(feats)

@@ -48,6 +48,15 @@ CREATE TABLE requests (
     record TEXT,
     error TEXT
 );
+CREATE TABLE verifications (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time TEXT NOT NULL,
+    after_request INTEGER,
+    model_sha256 TEXT,
+    reference TEXT,
+    config TEXT NOT NULL,
+    results TEXT NOT NULL
+);
 CREATE TABLE events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     time TEXT NOT NULL,
@@ -189,6 +198,22 @@ class Ledger:
     def applied(self) -> list[dict[str, Any]]:
         """The requests that make the run's latest model, in order: done and not rolled back."""
         return self.rows(where="status = 'done'", order="position")
+
+    def add_verification(self, db: sqlite3.Connection, *, after_request: int | None, model_sha256: str | None,
+                         config: dict[str, Any], results: dict[str, Any], reference: dict[str, Any] | None = None
+                         ) -> int:
+        cursor = db.execute("INSERT INTO verifications (time, after_request, model_sha256, reference, config, results) "
+                            "VALUES (?, ?, ?, ?, ?, ?)", (now(), after_request, model_sha256,
+                                                          None if reference is None else json.dumps(reference),
+                                                          json.dumps(config), json.dumps(results)))
+        return int(cursor.lastrowid)
+
+    def verifications(self) -> list[dict[str, Any]]:
+        cursor = self._db.execute("SELECT id, time, after_request, model_sha256, reference, config, results FROM "
+                                  "verifications ORDER BY id")
+        return [{"id": i, "time": t, "after_request": a, "model_sha256": h,
+                 "reference": None if r is None else json.loads(r), "config": json.loads(c), "results": json.loads(x)}
+                for i, t, a, h, r, c, x in cursor]
 
     def events(self) -> list[dict[str, Any]]:
         cursor = self._db.execute("SELECT id, time, kind, request_id, detail FROM events ORDER BY id")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from gslora.config import ModelConfig, PretrainConfig, TrainConfig, to_dict
-from gslora.data import Dataset, load_dataset, load_embeddings
+from gslora.data import Dataset, load_dataset, load_embeddings, resolve_classes
 from gslora.engine.evaluate import predict
 from gslora.engine.loop import (
     ProgressFactory,
@@ -92,9 +93,17 @@ def run_pretraining(config: PretrainConfig, out: str | Path, *, overwrite: bool 
         raise GSLoRAError(f"model.num_classes={config.model.num_classes} but {dataset.name} has {dataset.num_classes} "
                           "classes; drop model.num_classes to take it from the data")
     teacher = load_embeddings(config.distill.teacher, config.distill.key) if config.distill.teacher else None
+    excluded = resolve_classes(config.exclude_classes, dataset.classes) if config.exclude_classes else []
+    if excluded:
+        keep = torch.nonzero(~torch.isin(dataset.train.labels, torch.tensor(excluded))).flatten()
+        if teacher is not None:
+            teacher = teacher[keep]
+        dataset = dataclasses.replace(dataset, train=dataset.train.subset(keep))
+        log.info("training without %s (%d training images left)", [dataset.classes[c] for c in excluded], len(keep))
     model, info = pretrain(config.model, dataset, config.train, teacher=teacher, distill_weight=config.distill.weight,
                            progress=progress)
     info.pop("history")
     digest = save_checkpoint(model, out, classes=dataset.classes, replace=out.exists(),
-                             extra={"pretrain": {**info, "dataset": dataset.name, "config": to_dict(config)}})
+                             extra={"pretrain": {**info, "dataset": dataset.name, "config": to_dict(config),
+                                                 "excluded_classes": excluded}})
     return digest, info

@@ -395,4 +395,5 @@ def manifest_from(ledger: Ledger) -> dict[str, Any]:
                                         "started", "finished", "status", "target", "error")}
                    for row in ledger.rows()],
         "events": ledger.events(),
+        "verification": ledger.verifications(),
     }

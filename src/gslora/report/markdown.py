@@ -170,6 +170,69 @@ def _inline(mapping: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in mapping.items())
 
 
+def _ci(value: float | None, interval: list[float] | None, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f} [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]" if interval else \
+        f"{value:.{digits}f}"
+
+
+def verification_section(manifest: dict[str, Any]) -> list[str]:
+    """The latest verification of every request (on the run's latest model), and the reference's where measured."""
+    entries = manifest.get("verification") or []
+    if not entries:
+        return []
+    latest = entries[-1]
+    rows = {str(r["id"]): r for r in manifest["requests"] if "id" in r}
+    has_faces = any("faces" in g for g in latest["results"].values())
+    face_header = " TAR@1e-2 f / r | prototype similarity f / r |" if has_faces else ""
+    lines = ["## Verification", "",
+             f"Measured {latest['time']} on the model after request id {latest['after_request']}, for every request "
+             "so far (forgetting must survive later edits). 95% bootstrap intervals in brackets.", "",
+             "| request | classes | MIA AUC | called members | probe (held-out train) | probe (test) | relearn steps |"
+             + face_header, "|---" * (7 + 2 * has_faces) + "|"]
+    for name, group in latest["results"].items():
+        mia, probe, relearn, faces = (group.get(k) or {} for k in ("mia", "probe", "relearn", "faces"))
+        record = rows.get(name, {})
+        steps = "-" if not relearn else (f"> {relearn.get('max_steps')}" if relearn.get("capped") else
+                                         str(relearn.get("steps")))
+        cells = [str(record.get("index", name)), ", ".join(record.get("forget_class_names", [])),
+                 _ci(mia.get("auc"), mia.get("auc_ci")), _ci(mia.get("member_share"), mia.get("member_share_ci")),
+                 _ci(probe.get("accuracy"), probe.get("accuracy_ci"), 1),
+                 _ci(probe.get("test_accuracy"), probe.get("test_accuracy_ci"), 1), steps]
+        if has_faces:
+            tar = faces.get("tar") or {}
+            cells += [f"{fmt(tar.get('far=0.01'))} / {fmt((faces.get('tar_retained') or {}).get('far=0.01'))}",
+                      f"{fmt(faces.get('prototype_similarity'), 3)} / "
+                      f"{fmt(faces.get('prototype_similarity_retained'), 3)}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "- MIA AUC: a population membership-inference attack (loss, confidence, entropy; logistic regression "
+              "fitted on retained classes' training vs test images) asked about the request's training vs test "
+              "images: 0.5 means the training images look unseen, as after retraining without them",
+              "- called members: share of the request's training images the attack calls members",
+              "- probe: a linear probe on the frozen embeddings fitted on training images of every class; its accuracy "
+              "on held-out training images and on test images of the request's classes (residual knowledge)",
+              "- relearn steps: k-shot fine-tuning steps until the request's classes reach half their accuracy "
+              "before the request (fewer = the knowledge was still there)",
+              *(["- TAR@1e-2, prototype similarity: face verification of the request's identities (f) and the "
+                 "retained ones (r), and cosine similarity of their test embeddings to their prototypes in the "
+                 "original model"] if has_faces else []), ""]
+    reference = latest.get("reference")
+    if reference:
+        lines += [f"Against the reference `{reference['checkpoint']}` (retrained without the forgotten classes): "
+                  "method / reference / difference.", "",
+                  "| request | MIA AUC | called members | probe (held-out train) | relearn steps |",
+                  "|---|---|---|---|---|"]
+        for name, row in reference["versus"].items():
+            cells = []
+            for key in ("mia_auc", "mia_member_share", "probe_accuracy", "relearn_steps"):
+                v = row[key]
+                cells.append(f"{fmt(v['method'])} / {fmt(v['reference'])} / {fmt(v['difference'])}")
+            lines.append(f"| {rows.get(name, {}).get('index', name)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
 def ledger_section(manifest: dict[str, Any]) -> list[str]:
     rows = manifest.get("ledger") or []
     if not rows:
@@ -199,5 +262,5 @@ def markdown_table(manifest: dict[str, Any]) -> str:
 def full_report(manifest: dict[str, Any]) -> str:
     """``report.md``: the table plus per-class changes, settings and the ledger."""
     unit = "mAP@0.5" if manifest.get("task") == "detection" else "top-1 accuracy"
-    return "\n".join([markdown_table(manifest), *per_class_section(manifest, unit=unit), *settings_section(manifest),
-                      *ledger_section(manifest)])
+    return "\n".join([markdown_table(manifest), *verification_section(manifest),
+                      *per_class_section(manifest, unit=unit), *settings_section(manifest), *ledger_section(manifest)])

@@ -145,6 +145,12 @@ class Task(ABC):
                               device: torch.device) -> float | None:
         """The forget classes' score (percent) on the request's own forget training images, after the edit."""
 
+    def verify(self, model: torch.nn.Module, dataset: Any, groups: dict[str, list[int]], retained: list[int],
+               config: Any, *, device: torch.device, acc_before: dict[str, float], original: torch.nn.Module | None
+               ) -> dict[str, Any] | None:
+        """The verification suite (``gslora.verification``) per forgotten group; None where the task has none."""
+        return None
+
     @abstractmethod
     def scores(self, metrics: dict[str, Any]) -> dict[str, float | None]:
         """``forget``, ``forget_before``, ``retain``, ``retain_before`` (percent) for the log and the judgement."""

@@ -121,6 +121,14 @@ class Classification(Task):
         predictions = predict(model, subsets.forget, device=device)
         return accuracy(predictions.top1, subsets.forget.labels, request.forget)
 
+    def verify(self, model: VisionClassifier, dataset: Dataset, groups: dict[str, list[int]], retained: list[int],
+               config: Any, *, device: torch.device, acc_before: dict[str, float],
+               original: VisionClassifier | None) -> dict[str, Any] | None:
+        from gslora.verification import verify
+
+        return verify(model, dataset, groups, retained, config=config, device=device, acc_before=acc_before,
+                      original=original)
+
     def scores(self, metrics: dict[str, Any]) -> dict[str, float | None]:
         return {"forget": metrics["acc_f"], "forget_before": metrics["acc_f_before"], "retain": metrics["acc_r"],
                 "retain_before": metrics["acc_r_before"], "h_mean": metrics["h_mean"]}

@@ -1,0 +1,102 @@
+"""Verification of a run: the suite of ``gslora.verification`` on the run's latest model, for every request so far,
+stored in the ledger; optionally next to a reference model retrained without the forgotten classes."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gslora.config import to_dict
+from gslora.engine.loop import resolve_device
+from gslora.engine.rundir import RunDirectory
+from gslora.errors import GSLoRAError
+from gslora.tasks import Task, get_task
+from gslora.verification import VerifyConfig, compare
+
+log = logging.getLogger(__name__)
+
+
+def groups_of(run: RunDirectory, only: int | None = None) -> tuple[dict[str, list[int]], dict[str, float], list[int]]:
+    """(request id -> forgotten classes, request id -> Acc_f before it, every forgotten class) of the applied
+    requests; ``only`` keeps one request."""
+    rows = [row for row in run.applied() if row["kind"] == "forget"]
+    if only is not None:
+        if only not in [row["id"] for row in rows]:
+            raise GSLoRAError(f"request {only} is not an applied request of {str(run.path)!r}; applied: "
+                              f"{[row['id'] for row in rows] or 'none'} (see `gslora requests list`)")
+    forgotten = [c for row in rows for c in row["classes"]]
+    rows = [row for row in rows if only is None or row["id"] == only]
+    groups = {str(row["id"]): list(row["classes"]) for row in rows}
+    before = {str(row["id"]): row["record"]["metrics"].get("acc_f_before", row["record"]["metrics"].get(
+        "map50_f_before")) for row in rows}
+    return groups, before, forgotten
+
+
+def verify_latest(run: RunDirectory, task: Task, dataset: Any, model: torch.nn.Module, config: VerifyConfig, *,
+                  device: torch.device, original: torch.nn.Module | None, only: int | None = None,
+                  reference: tuple[str, torch.nn.Module] | None = None) -> dict[str, Any] | None:
+    """Run the suite on the run's latest ``model`` (and on ``reference``), record it in the ledger, export."""
+    assert run.ledger is not None
+    groups, before, forgotten = groups_of(run, only)
+    if not groups:
+        return None
+    retained = [c for c in range(dataset.num_classes) if c not in forgotten]
+    results = task.verify(model, dataset, groups, retained, config, device=device, acc_before=before,
+                          original=original)
+    if results is None:
+        return None
+    ref = None
+    if reference is not None:
+        path, ref_model = reference
+        ref_results = task.verify(ref_model, dataset, groups, retained, config, device=device, acc_before=before,
+                                  original=original)
+        ref = {"checkpoint": path, "results": ref_results, "versus": compare(results, ref_results)}
+    applied = [row for row in run.applied() if row["record"].get("checkpoint")]
+    latest = applied[-1] if applied else None
+    with run.ledger.transaction() as db:
+        run.ledger.add_verification(db, after_request=latest["id"] if latest else None,
+                                    model_sha256=latest["record"]["checkpoint_sha256"] if latest else None,
+                                    config=to_dict(config), results=results, reference=ref)
+    run.export()
+    return {"results": results, "reference": ref}
+
+
+def verify_run(run_dir: str | Path, *, data: dict[str, Any] | None = None, request: int | None = None,
+               reference: str | None = None, config: VerifyConfig | None = None,
+               device: str = "auto") -> dict[str, Any]:
+    """``gslora verify``: the suite on a run's latest model for every request (or ``request``), recorded in its
+    ledger; with ``reference`` (a checkpoint retrained without the run's forgotten classes) every figure is also
+    reported for it and as the difference.
+
+    Raises:
+        GSLoRAError: not a run, a run without requests, a task without verification, a reference that does not fit.
+    """
+    from gslora.engine.continual import resume_config
+
+    overrides = {"data": data} if data else {}
+    run_config = resume_config(run_dir, overrides)
+    task = get_task(run_config.task)
+    config = config or getattr(run_config, "verify", None) or VerifyConfig()
+    torch_device = resolve_device(device)
+    with RunDirectory.lock(Path(run_dir), create=False) as run:
+        meta = run.meta()
+        dataset = task.load_data(run_config)
+        task.check_same_data(dataset, meta["dataset"], run.path)
+        latest = run.latest_model()
+        if latest is None:
+            raise GSLoRAError(f"run {str(run_dir)!r} has no committed request to verify")
+        model, _ = task.load_model(latest)
+        original, _ = task.load_model(meta["base"]["checkpoint"])
+        ref = None
+        if reference:
+            _, ref_meta = task.read_meta(reference)
+            task.check_model(dataset, ref_meta, reference)
+            ref = (str(reference), task.load_model(reference)[0].to(torch_device))
+        out = verify_latest(run, task, dataset, model.to(torch_device), config, device=torch_device,
+                            original=original.to(torch_device), only=request, reference=ref)
+    if out is None:
+        raise GSLoRAError(f"{task.name} runs have no verification suite yet; it measures classifiers")
+    return out

@@ -1,0 +1,55 @@
+"""Bootstrap confidence intervals and seeded balanced samples, shared by the verification figures."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+
+def bootstrap_ci(statistic: Callable[[np.ndarray], float], n: int, *, resamples: int, seed: int,
+                 level: float = 0.95) -> list[float] | None:
+    """Percentile interval of ``statistic(indices)`` over ``resamples`` bootstrap draws of ``n`` indices."""
+    if resamples <= 0 or n == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(resamples):
+        value = statistic(rng.integers(0, n, n))
+        if value is not None and np.isfinite(value):
+            values.append(value)
+    if not values:
+        return None
+    tail = (1 - level) / 2 * 100
+    return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
+
+
+def paired_bootstrap_ci(statistic: Callable[[np.ndarray, np.ndarray], float | None], n_a: int, n_b: int, *,
+                        resamples: int, seed: int, level: float = 0.95) -> list[float] | None:
+    """As ``bootstrap_ci`` for a statistic of two independent samples (members and non-members), each resampled."""
+    if resamples <= 0 or not n_a or not n_b:
+        return None
+    rng = np.random.default_rng(seed)
+    values = [statistic(rng.integers(0, n_a, n_a), rng.integers(0, n_b, n_b)) for _ in range(resamples)]
+    values = [v for v in values if v is not None and np.isfinite(v)]
+    if not values:
+        return None
+    tail = (1 - level) / 2 * 100
+    return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
+
+
+def balanced_sample(labels: torch.Tensor, classes: Sequence[int], limit: int, *, seed: int) -> torch.Tensor:
+    """Indices of at most ``limit`` samples of ``classes``, as even across the classes as they allow."""
+    generator = torch.Generator().manual_seed(seed)
+    pools = [torch.nonzero(labels == c).flatten() for c in classes]
+    pools = [p[torch.randperm(len(p), generator=generator)] for p in pools if len(p)]
+    if not pools:
+        return torch.empty(0, dtype=torch.long)
+    picked, taken = [], [0] * len(pools)
+    while sum(taken) < limit and any(t < len(p) for t, p in zip(taken, pools)):
+        for i, pool in enumerate(pools):
+            if taken[i] < len(pool) and sum(taken) < limit:
+                picked.append(pool[taken[i]])
+                taken[i] += 1
+    return torch.sort(torch.stack(picked)).values

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -367,6 +368,42 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- rollback and gate ------------------------------------------------------------------------------
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from gslora.engine.rollback import rollback
+
+    out = rollback(args.run, request=args.request, data={"dataset": args.data} if args.data else None,
+                   device=args.device or "auto")
+    if out["exact"]:
+        print(f"rolled back request id {out['rolled_back']} exactly: the latest model is {out['checkpoint']} again "
+              f"(sha256 {out['sha256'][:16]}, checked byte for byte)")
+    else:
+        m = out["scores"]
+        print(f"rolled back request id {out['rolled_back']} approximately (its edit subtracted from the latest "
+              f"weights): restored classes {m['forget_before']:.2f} -> {m['forget']:.2f}, retained "
+              f"{m['retain_before']:.2f} -> {m['retain']:.2f}; new latest model {out['checkpoint']}; every remaining "
+              "request verified again")
+    return 0
+
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    from gslora.engine.gate import GateConfig, gate
+
+    config = GateConfig(max_acc_f=args.max_acc_f, max_mia_auc=args.max_mia_auc,
+                        max_probe_accuracy=args.max_probe_accuracy, min_acc_r_ratio=args.min_acc_r_ratio,
+                        max_mia_auc_vs_retrain=args.max_mia_auc_vs_retrain,
+                        max_probe_vs_retrain=args.max_probe_vs_retrain)
+    key = args.key or os.environ.get("GSLORA_SIGNING_KEY")
+    certificate = gate(args.run, config, key=key)
+    for miss in certificate["misses"]:
+        print(miss)
+    signed = f", signed ({certificate['signature']['algorithm']})" if certificate["signature"] else ", unsigned"
+    print(f"gate {'passed' if certificate['passed'] else 'failed'}: certificate {Path(args.run) / 'certificate.json'}"
+          f"{signed}")
+    return 0 if certificate["passed"] else 1
+
+
 # -- requests -------------------------------------------------------------------------------------
 
 def cmd_requests(args: argparse.Namespace) -> int:
@@ -561,6 +598,36 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--device", help=f"default: {d['device']}")
     v.add_argument("--json", action="store_true", help="print JSON (default: a Markdown table)")
     v.set_defaults(func=cmd_verify)
+
+    rb = sub.add_parser("rollback", parents=[common],
+                        help="undo the latest request exactly, or an earlier one approximately (recorded in the "
+                        "ledger)")
+    rb.add_argument("--run", required=True, help="the run directory")
+    rb.add_argument("--request", type=int, help="an earlier request id to undo approximately, by subtracting its edit "
+                    "from the latest weights (default: the latest request, undone exactly)")
+    rb.add_argument("--data", help="the run's data set, if it moved (default: the path the run recorded)")
+    rb.add_argument("--device", help=f"default: {d['device']}")
+    rb.set_defaults(func=cmd_rollback)
+
+    g = sub.add_parser("gate", parents=[common],
+                       help="exit 0 when the latest model meets every threshold for every request, else 1 with one "
+                       "line per miss; writes a (signed) certificate.json into the run")
+    g.add_argument("--run", required=True, help="the run directory")
+    g.add_argument("--max-acc-f", type=float, help="each request's classes' accuracy, percent, at most (default: "
+                   "not checked)")
+    g.add_argument("--max-mia-auc", type=float, help="membership-inference AUC per request, at most (default: not "
+                   "checked)")
+    g.add_argument("--max-probe-accuracy", type=float, help="linear-probe accuracy per request, at most (default: not "
+                   "checked)")
+    g.add_argument("--min-acc-r-ratio", type=float, help="retained accuracy over the original model's, at least "
+                   "(default: not checked)")
+    g.add_argument("--max-mia-auc-vs-retrain", type=float, help="MIA AUC minus the Retrain reference's, at most "
+                   "(default: not checked)")
+    g.add_argument("--max-probe-vs-retrain", type=float, help="probe accuracy minus the Retrain reference's, points, "
+                   "at most (default: not checked)")
+    g.add_argument("--key", help="sign the certificate: an Ed25519 private key (PEM) or any secret file for an HMAC "
+                   "(default: $GSLORA_SIGNING_KEY, else unsigned)")
+    g.set_defaults(func=cmd_gate)
 
     e = sub.add_parser("evaluate", parents=[common], help="test accuracy of a checkpoint, per class")
     e.add_argument("--config", help="YAML file with checkpoint: and data: (default: none)")

@@ -151,7 +151,7 @@ def _verify_after(run: RunDirectory, state: _State, model: torch.nn.Module, conf
         verify_latest(run, state.task, state.dataset, model, config, device=device,
                       original=state.original().to(device))
     except KeyboardInterrupt as exc:
-        latest = run.applied()[-1]["position"]
+        latest = run.applied()[-1]["record"]["index"]
         raise Interrupted(getattr(exc, "signum", signal.SIGINT),
                           f"interrupted; the run {str(run.path)!r} is as it was after request {latest}, whose "
                           "verification did not finish: run `gslora verify --run RUN`") from None
@@ -290,7 +290,7 @@ def _apply_request(run: RunDirectory, state: _State, config: Any, request: Reque
             run.fail(request_id, "interrupted by a signal", interrupted=True)
         signum = getattr(exc, "signum", signal.SIGINT)
         applied = [r for r in run.applied() if r["kind"] == "forget"]
-        where = (f"as it was after request {applied[-1]['position']}" if applied else
+        where = (f"as it was after request {applied[-1]['record']['index']}" if applied else
                  "not created (no request finished)")
         raise Interrupted(signum, f"interrupted; the run {str(run.path)!r} is {where}") from None
     except Exception as exc:

@@ -197,7 +197,13 @@ class Ledger:
 
     def applied(self) -> list[dict[str, Any]]:
         """The requests that make the run's latest model, in order: done and not rolled back."""
-        return self.rows(where="status = 'done'", order="position")
+        return self.rows(where="status = 'done' AND position IS NOT NULL", order="position")
+
+    def next_position(self) -> int:
+        """The place of the next state in the run's sequence of models (after every state so far, rolled back or
+        not)."""
+        row = self._db.execute("SELECT MAX(position) FROM requests").fetchone()
+        return 0 if row[0] is None else row[0] + 1
 
     def add_verification(self, db: sqlite3.Connection, *, after_request: int | None, model_sha256: str | None,
                          config: dict[str, Any], results: dict[str, Any], reference: dict[str, Any] | None = None

@@ -285,8 +285,9 @@ class RunDirectory:
     # -- requests ---------------------------------------------------------------------------------
 
     def start(self, *, classes: list[int], class_names: list[str], method: dict[str, Any], settings: dict[str, Any],
-              queued_id: int | None = None, requester: str | None = None, reason: str | None = None) -> int:
-        """Record that a request is running; returns its id (its directory will be ``requests/<id>``)."""
+              queued_id: int | None = None, requester: str | None = None, reason: str | None = None,
+              kind: str = "forget", target: int | None = None) -> int:
+        """Record that a request (or a rollback) is running; returns its id (its directory: ``requests/<id>``)."""
         if self.ledger is None:
             self._new_row = {"classes": classes, "class_names": class_names, "method": method, "settings": settings,
                              "requester": requester, "reason": reason, "received": now(), "started": now()}
@@ -295,9 +296,9 @@ class RunDirectory:
             if queued_id is not None:
                 self.ledger.update(db, queued_id, status="running", started=now(), method=method, settings=settings)
                 return queued_id
-            return self.ledger.add(db, classes=classes, class_names=class_names, source="command", status="running",
-                                   requester=requester, reason=reason, started=now(), method=method,
-                                   settings=settings)
+            return self.ledger.add(db, kind=kind, target=target, classes=classes, class_names=class_names,
+                                   source="command", status="running", requester=requester, reason=reason,
+                                   started=now(), method=method, settings=settings)
 
     def stage(self) -> Path:
         """A fresh staging directory inside the run (removed by the next writer if this process dies)."""
@@ -308,8 +309,9 @@ class RunDirectory:
             raise os_error(exc, path, "write into") from exc
         return path
 
-    def commit(self, request_id: int, stage: Path, record: dict[str, Any]) -> None:
-        """Move a finished request's files into ``requests/<id>`` and commit it; then export the manifest."""
+    def commit(self, request_id: int, stage: Path, record: dict[str, Any], *, rolls_back: int | None = None) -> None:
+        """Move a finished request's files into ``requests/<id>`` and commit it (with ``rolls_back``, in the same
+        transaction mark that request rolled back); then export the manifest."""
         with deferred_signals():
             name = f"{REQUESTS}/{request_id:03d}"
             apply_umask(stage)
@@ -321,8 +323,11 @@ class RunDirectory:
             else:
                 os.replace(stage, self.path / name)
                 with self.ledger.transaction() as db:
-                    self.ledger.update(db, request_id, status="done", position=record["index"], finished=now(),
-                                       artefacts=artefacts, record=record, error=None)
+                    self.ledger.update(db, request_id, status="done", position=self.ledger.next_position(),
+                                       finished=now(), artefacts=artefacts, record=record, error=None)
+                    if rolls_back is not None:
+                        self.ledger.update(db, rolls_back, status="rolled_back")
+                        self.ledger.event(db, "rolled_back", {"by": request_id, "exact": False}, rolls_back)
             self.last_committed = request_id
             self.export()
 
@@ -340,7 +345,7 @@ class RunDirectory:
                 ledger.add(db, classes=row["classes"], class_names=row["class_names"], source="command",
                            status="done", requester=row["requester"], reason=row["reason"], received=row["received"],
                            started=row["started"], finished=now(), method=row["method"], settings=row["settings"],
-                           position=record["index"], artefacts=record["artefacts"], record=record)
+                           position=0, artefacts=record["artefacts"], record=record)
         os.replace(base, self.path / BASE_PREDICTIONS)
         os.replace(stage, self.path / name)
         os.replace(draft, self.path / LEDGER)  # from here on this is a run

@@ -77,6 +77,9 @@ def request_table(manifest: dict[str, Any]) -> list[str]:
         m = r["metrics"]
         names = ", ".join(r["forget_class_names"])
         names = names if len(names) <= 60 else f"{len(r['forget_classes'])} classes"
+        if r.get("kind") == "rollback":
+            names = (f"rollback of request {r.get('target_index')} ({', '.join(_class_names(manifest, r))}), "
+                     "approximate: Acc_f is the restored classes'")
         cells = [str(r["index"]), names, _change(m["acc_f_before"], m["acc_f"]), _change(m["acc_r_before"], m["acc_r"])]
         if has["acc_o"]:
             cells.append(fmt(m.get("acc_o")))
@@ -86,6 +89,11 @@ def request_table(manifest: dict[str, Any]) -> list[str]:
                   f"{r['seconds']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     shown = [c for c in columns if c in DEFINITIONS]
+    if any(r.get("kind") == "rollback" for r in requests):
+        lines += ["", "A rollback row undoes an earlier request approximately: that request's weight edit is "
+                  "subtracted from the latest weights, which later edits were trained on; its Acc_f is the accuracy "
+                  "of the classes it restores (higher is better there), and every remaining request is verified "
+                  "again."]
     if has["margin"] or has["tar"]:
         lines += ["", "| request | margin Acc_f / Acc_r / H | TAR@FAR=1% forgotten before -> after | TAR@FAR=1% "
                   "retained before -> after |", "|---|---|---|---|"]
@@ -98,6 +106,11 @@ def request_table(manifest: dict[str, Any]) -> list[str]:
                          f"{_change(tar['tar_r_before'], tar['tar_r'])} |")
         shown += (["margin"] if has["margin"] else []) + (["TAR@FAR=1%"] if has["tar"] else [])
     return lines + _legend(shown)
+
+
+def _class_names(manifest: dict[str, Any], record: dict[str, Any]) -> list[str]:
+    classes = manifest["dataset"]["classes"]
+    return [classes[c] for c in record.get("restored_classes", [])]
 
 
 def detection_request_table(manifest: dict[str, Any]) -> list[str]:

@@ -1,0 +1,182 @@
+"""The erasure ledger through the command line: queued requests, exact and approximate rollback, the deployment
+gate and its signed certificate, ledgers from other versions."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from gslora.cli import main
+from gslora.engine.gate import check_signature
+from gslora.io import sha256_file
+
+FORGET = ["--bnd", "10", "--beta", "0.2", "--lr", "0.01", "--epochs", "3", "--ratio", "0.5", "--device", "cpu", "-q",
+          "--set", "verify.relearn_max_steps=20", "--set", "verify.max_images=200", "--set", "verify.bootstrap=50"]
+
+
+def _statuses(run: Path) -> list[tuple[int, str, str]]:
+    with closing(sqlite3.connect(run / "ledger.sqlite")) as db:
+        return db.execute("SELECT id, kind, status FROM requests ORDER BY id").fetchall()
+
+
+def _manifest(run: Path) -> dict:
+    return json.loads((run / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def two_requests(base_checkpoint, fashion_subset, tmp_path_factory):
+    """A run with two requests: Bag and Sneaker (id 0), then Trouser (id 1), the second one queued first."""
+    data, _ = fashion_subset
+    run = tmp_path_factory.mktemp("ledger") / "run"
+    assert main(["forget", "--checkpoint", str(base_checkpoint), "--data", str(data), "--classes", "Bag,Sneaker",
+                 "--requester", "dpo@example.org", "--reason", "ticket 17", "--out", str(run), *FORGET]) == 0
+    assert main(["requests", "add", "--run", str(run), "--classes", "Trouser", "--requester", "legal",
+                 "--reason", "ticket 18"]) == 0
+    assert _statuses(run)[-1] == (1, "forget", "queued")
+    assert main(["forget", "--run", str(run), "--data", str(data), "--pending", *FORGET]) == 0
+    return run, data
+
+
+def test_queued_requests_run_in_order_with_who_and_why(two_requests, capsys):
+    run, _ = two_requests
+    assert _statuses(run) == [(0, "forget", "done"), (1, "forget", "done")]
+    manifest = _manifest(run)
+    assert [(r["requester"], r["reason"]) for r in manifest["ledger"]] == [("dpo@example.org", "ticket 17"),
+                                                                          ("legal", "ticket 18")]
+    assert [r["forget_class_names"] for r in manifest["requests"]] == [["Bag", "Sneaker"], ["Trouser"]]
+    capsys.readouterr()
+    assert main(["requests", "show", "--run", str(run), "1"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    for path, digest in shown["artefacts"].items():  # every artefact listed with its hash, and the hash holds
+        assert sha256_file(run / path) == digest
+
+
+def test_queue_refuses_what_cannot_run(two_requests, tmp_path, capsys):
+    source, data = two_requests
+    run = tmp_path / "run"
+    shutil.copytree(source, run)
+    for args, message in ((["--classes", "Bag"], "already forgotten"), (["--classes", "Hat"], "unknown class 'Hat'")):
+        capsys.readouterr()
+        assert main(["requests", "add", "--run", str(run), *args]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["requests", "add", "--run", str(run), "--classes", "Coat"]) == 0
+    capsys.readouterr()
+    assert main(["requests", "add", "--run", str(run), "--classes", "Coat"]) == 2
+    assert "already queued as request 2" in capsys.readouterr().err
+    assert main(["forget", "--run", str(run), "--data", str(data), "--classes", "Coat", *FORGET]) == 2
+    assert "is queued as request 2" in capsys.readouterr().err
+
+
+def test_rolling_back_the_latest_request_restores_the_model_before_it_byte_for_byte(two_requests, tmp_path, capsys):
+    source, data = two_requests
+    run = tmp_path / "run"
+    shutil.copytree(source, run)
+    first = _manifest(run)["requests"][0]
+    assert main(["rollback", "--run", str(run)]) == 0
+    manifest = _manifest(run)
+    assert manifest["latest_checkpoint"] == first["checkpoint"]
+    assert sha256_file(run / first["checkpoint"] / "model.safetensors") == first["checkpoint_sha256"]
+    assert _statuses(run) == [(0, "forget", "done"), (1, "forget", "rolled_back"), (2, "rollback", "done")]
+    assert (run / "requests" / "001").is_dir()  # the undone request's files stay, as evidence
+    # Trouser is no longer forgotten: it can be requested again, on top of request 0's model
+    assert main(["forget", "--run", str(run), "--data", str(data), "--classes", "Trouser", *FORGET]) == 0
+    assert _manifest(run)["requests"][-1]["old_classes"] == [8, 7]
+    assert main(["rollback", "--run", str(run)]) == 0
+    assert main(["rollback", "--run", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["rollback", "--run", str(run)]) == 2
+    assert "nothing to roll back" in capsys.readouterr().err
+
+
+def test_rolling_back_an_earlier_request_subtracts_its_edit_approximately(two_requests, tmp_path, capsys):
+    source, data = two_requests
+    run = tmp_path / "run"
+    shutil.copytree(source, run)
+    before = _manifest(run)
+    capsys.readouterr()
+    assert main(["rollback", "--run", str(run), "--request", "0", "--data", str(data)]) == 0
+    assert "approximately" in capsys.readouterr().out
+    manifest = _manifest(run)
+    record = manifest["requests"][-1]
+    assert record["kind"] == "rollback" and record["approximation"] and record["target"] == 0
+    assert _statuses(run) == [(0, "forget", "rolled_back"), (1, "forget", "done"), (2, "rollback", "done")]
+    m = record["metrics"]
+    original_bag_sneaker = before["requests"][0]["metrics"]["acc_f_before"]
+    assert m["acc_f_before"] < 10 and m["acc_f"] > 0.5 * original_bag_sneaker, m  # the restored classes come back
+    assert m["acc_o"] < 10, m  # Trouser stays forgotten
+    assert sorted(manifest["verification"][-1]["results"]) == ["1"]  # the remaining request, verified again
+    assert "approximate" in (run / "report.md").read_text()
+
+
+def test_the_gate_passes_or_lists_each_miss_and_signs_its_certificate(two_requests, tmp_path, capsys):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    source, _ = two_requests
+    run = tmp_path / "run"
+    shutil.copytree(source, run)
+    key = tmp_path / "key.pem"
+    key.write_bytes(Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    capsys.readouterr()
+    assert main(["gate", "--run", str(run), "--max-acc-f", "10", "--min-acc-r-ratio", "0.8", "--key", str(key)]) == 0
+    certificate = json.loads((run / "certificate.json").read_text())
+    assert certificate["passed"] and certificate["signature"]["algorithm"] == "ed25519"
+    assert check_signature(certificate)
+    assert certificate["latest_model"]["sha256"] == _manifest(run)["requests"][-1]["checkpoint_sha256"]
+    certificate["misses"] = ["nothing to see"]
+    assert not check_signature(certificate)  # any change breaks the signature
+    capsys.readouterr()
+    assert main(["gate", "--run", str(run), "--max-acc-f", "0", "--max-mia-auc", "0.01"]) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert sum("MIA AUC" in line for line in lines) == 2 and lines[-1].startswith("gate failed")
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"shared secret")
+    assert main(["gate", "--run", str(run), "--max-acc-f", "100", "--key", str(secret)]) == 0
+    certificate = json.loads((run / "certificate.json").read_text())
+    assert certificate["signature"]["algorithm"] == "hmac-sha256" and check_signature(certificate, secret)
+    assert [e["kind"] for e in _manifest(run)["events"]].count("gate") == 3
+
+
+def test_the_gate_refuses_without_verification_or_thresholds(two_requests, fashion_subset, base_checkpoint, tmp_path,
+                                                             capsys):
+    data, _ = fashion_subset
+    run = tmp_path / "run"
+    assert main(["forget", "--checkpoint", str(base_checkpoint), "--data", str(data), "--classes", "Bag",
+                 "--set", "verify.enabled=false", "--out", str(run), *FORGET]) == 0
+    for args, message in ((["--max-mia-auc", "0.6"], "run `gslora verify --run RUN`"),
+                          ([], "at least one threshold")):
+        capsys.readouterr()
+        assert main(["gate", "--run", str(run), *args]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_a_ledger_from_a_newer_gslora_is_refused(two_requests, tmp_path, capsys):
+    source, data = two_requests
+    run = tmp_path / "run"
+    shutil.copytree(source, run)
+    with closing(sqlite3.connect(run / "ledger.sqlite")) as db:
+        db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+        db.commit()
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    for args in (["requests", "list", "--run", str(run)],
+                 ["forget", "--run", str(run), "--data", str(data), "--classes", "Coat", *FORGET]):
+        capsys.readouterr()
+        assert main(args) == 2
+        assert "written by a newer gslora" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_a_run_of_gslora_0_1_gets_its_ledger_from_its_manifest(two_requests, tmp_path):
+    source, data = two_requests
+    run = tmp_path / "run"
+    shutil.copytree(source, run)
+    (run / "ledger.sqlite").unlink()  # what an 0.1 run looks like: the manifest is all there is
+    assert main(["forget", "--run", str(run), "--data", str(data), "--classes", "Coat", *FORGET]) == 0
+    assert [s for _, _, s in _statuses(run)] == ["done", "done", "done"]
+    assert "migrated" in [e["kind"] for e in _manifest(run)["events"]]

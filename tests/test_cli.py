@@ -204,7 +204,7 @@ def test_pretrain_command_writes_a_loadable_checkpoint(fashion_subset, tmp_path,
     assert "test accuracy" in capsys.readouterr().out
     model, meta = load_checkpoint(out)
     assert meta["classes"] == subset.classes and meta["model"]["in_chans"] == 1
-    assert meta["pretrain"]["test_acc"] > 10  # better than chance after one epoch on real data
+    assert meta["pretrain"]["test_acc"] > 30  # three times chance (10%) after one epoch on 6,000 real images
     _expect_error(capsys, args, "already exists; pass --overwrite")
 
 

@@ -37,7 +37,7 @@ def comparison(base_checkpoint, fashion_subset, tmp_path_factory):
     return out, config
 
 
-def test_compare_writes_one_row_per_method_with_the_same_requests(comparison):
+def test_compare_writes_one_row_per_method_with_the_same_requests(comparison, tmp_path):
     out, _ = comparison
     result = json.loads((out / "comparison.json").read_text())
     assert list(result["methods"]) == ["GS-LoRA", "RL*", "broken", "ssd"]
@@ -54,9 +54,19 @@ def test_compare_writes_one_row_per_method_with_the_same_requests(comparison):
     assert manifest["requests"][0]["train"]["lr"] == 0.0003  # the method's train override
     assert "the loss became non-finite" in result["methods"]["broken"]["error"]
     table = (out / "comparison.md").read_text()
-    assert "| method | Bag + Sneaker (0) | s / request | trainable |" in table
+    assert "| method | Bag + Sneaker (0) | s / request | parameters |" in table
     assert "| RL* | " in table and "| broken | failed: " in table and "| H_exact | " in table
-    assert (out / "comparison.png").stat().st_size > 1000
+    png = (out / "comparison.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    from gslora.report import plot_comparison
+
+    widths = []
+    for n in (1, 3):  # one panel per request: more requests, a wider plot
+        shown = {**result, "methods": {k: {**v, "tasks": [{**t, "task": i} for i in range(n) for t in v["tasks"][:1]]}
+                                       for k, v in result["methods"].items()}}
+        plot_comparison(shown, tmp_path / f"c{n}.png")
+        widths.append(int.from_bytes((tmp_path / f"c{n}.png").read_bytes()[16:20], "big"))
+    assert widths[1] > 1.5 * widths[0]
 
 
 def test_rerunning_some_methods_keeps_the_others(comparison, capsys):

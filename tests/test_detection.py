@@ -126,7 +126,15 @@ def test_forget_classification_term_is_zero_past_bnd_and_box_terms_stay():
     high.setup_task(build_detector(TINY), _context())
     terms = high.training_step((x, targets), (x, targets), epoch=0)
     assert terms["forget"].item() == pytest.approx(1e6 - terms["forget_cls"].item() + terms["forget_box"].item())
-    assert 0 < terms["prototype_push"].item() <= 18.0
+    # the push is ReLU(BND_pro - KL(softmax(class embedding row) || softmax(matched query embedding))), recomputed here
+    with torch.no_grad():
+        out = high.detector(x, targets)
+        queries, classes = high.match(out, targets, x.shape[-1])
+        z = out.last_hidden_state[queries[:, 0], queries[:, 1]]
+        rows = high.detector.class_embeddings()[classes]
+        kl = torch.nn.functional.kl_div(z.log_softmax(1), rows.log_softmax(1), log_target=True, reduction="batchmean")
+    assert len(classes) == 2 and classes.tolist() == [1, 1]  # one matched query per forget object
+    assert terms["prototype_push"].item() == pytest.approx(max(0.0, 18.0 - kl.item()), rel=1e-4, abs=1e-5)
 
 
 def test_forget_pairs_are_the_matched_queries_and_those_overlapping_a_forget_object():

@@ -30,5 +30,8 @@ def test_face_model_pretrain_and_forget_reports_margin_accuracy_and_verification
     assert m["margin"]["acc_r"] <= m["acc_r"] + 1e-9  # the margin can only take correct answers away
     for key in ("tar_f", "tar_r", "tar_f_before", "tar_r_before"):
         assert set(m[key]) == {"far=0.01", "far=0.001"}
-        assert all(0 <= v <= 100 for v in m[key].values())
+        assert m[key]["far=0.001"] <= m[key]["far=0.01"]  # a stricter operating point accepts fewer genuine pairs
+    # a trained face model verifies people far better than chance: at FAR 1% random embeddings accept ~1% of pairs
+    # (35 retained identities, one genuine pair each; the 5 forgotten ones have too few pairs to say)
+    assert m["tar_r_before"]["far=0.01"] > 5, m
     assert "TAR@FAR=1%" in (run / "report.md").read_text()

@@ -96,7 +96,7 @@ def summarize(manifest: dict[str, Any]) -> dict[str, Any]:
         m = r["metrics"]
         task = {"task": r["index"], "forget_classes": r["forget_class_names"],
                 **{k: m[k] for k in TASK_KEYS if m.get(k) is not None}, "seconds": r["seconds"],
-                "trainable_ratio": r.get("trainable_ratio")}
+                "trainable_ratio": r.get("trainable_ratio"), "ratio_meaning": r.get("ratio_meaning", "trainable")}
         for key in ("tar_f", "tar_r", "tar_f_before", "tar_r_before", "margin"):
             if key in m:
                 task[key] = m[key]
@@ -105,6 +105,7 @@ def summarize(manifest: dict[str, Any]) -> dict[str, Any]:
         tasks.append(task)
     ratios = [t["trainable_ratio"] for t in tasks if t["trainable_ratio"] is not None]
     return {"name": manifest["config"]["method"]["name"], "trainable_ratio": max(ratios) if ratios else None,
+            "ratio_meaning": tasks[0]["ratio_meaning"] if tasks else "trainable",
             "seconds_per_request": sum(t["seconds"] for t in tasks) / max(len(tasks), 1), "tasks": tasks}
 
 

@@ -82,3 +82,7 @@ class SalUn(FineTuneMethod):
     def after_step(self) -> None:
         for n, p in self.named.items():
             p.copy_(torch.where(self.masks[n], p, self.start[n]))
+
+    def diagnostics(self) -> dict[str, Any]:
+        """The ratio is SalUn's mask: the share of weights allowed to change (the others never move)."""
+        return {**super().diagnostics(), "ratio_meaning": "masked"}

@@ -15,17 +15,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from gslora.config import require
 from gslora.methods.base import METHODS, TaskContext
-from gslora.methods.finetune import FineTuneConfig, FineTuneMethod, kd_loss
+from gslora.methods.finetune import FineTuneMethod, kd_loss
 from gslora.models import VisionClassifier
 
 
 @dataclass
-class SCRUBConfig(FineTuneConfig):
-    """Args:
-        rehearsal: gamma, the weight of CE on the retained batch [0.99].
+class SCRUBConfig:
+    """Args (the SCRUB paper's names):
+        gamma: the weight of CE on the retained batch [0.99].
         kd: alpha, the weight of the retained distillation [0.001].
         temperature: distillation temperature [2].
         max_fraction: share of the epochs that include the max (forget) term [0.5: 5 of 10 passes].
@@ -33,7 +34,7 @@ class SCRUBConfig(FineTuneConfig):
         average_beta: the running average's step [0.1].
     """
 
-    rehearsal: float = 0.99
+    gamma: float = 0.99
     kd: float = 0.001
     temperature: float = 2.0
     max_fraction: float = 0.5
@@ -41,7 +42,7 @@ class SCRUBConfig(FineTuneConfig):
     average_beta: float = 0.1
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        require(self.gamma >= 0, "method.gamma", self.gamma, "must be >= 0")
         require(self.kd >= 0, "method.kd", self.kd, "must be >= 0")
         require(self.temperature > 0, "method.temperature", self.temperature, "must be > 0")
         require(0 <= self.max_fraction <= 1, "method.max_fraction", self.max_fraction, "must be in [0, 1]")
@@ -77,9 +78,9 @@ class SCRUB(FineTuneMethod):
 
     def loss_terms(self, x_f, y_f, x_r, y_r, *, epoch):
         _, retain_logits, forget_plain, retain_plain = self.forward_both(x_f, y_f, x_r, y_r)
-        rehearsal, retain_ce = self.rehearsal_terms(retain_logits, y_r)
+        retain_ce = F.cross_entropy(retain_logits, y_r)
         retain_kl = kd_loss(retain_plain, self.teacher_logits(x_r), self.config.temperature)
-        loss = rehearsal + self.config.kd * retain_kl
+        loss = self.config.gamma * retain_ce + self.config.kd * retain_kl
         terms = {"retain": retain_ce, "retain_kl": retain_kl}
         if epoch < self.max_epochs:
             forget_kl = kd_loss(forget_plain, self.teacher_logits(x_f), self.config.temperature)

@@ -95,4 +95,5 @@ class SSD(Method):
 
     def diagnostics(self) -> dict[str, Any]:
         return {"trainable_parameters": self.selected, "base_parameters": self.base_parameters,
-                "trainable_ratio": self.selected / self.base_parameters}
+                "trainable_ratio": self.selected / self.base_parameters,
+                "ratio_meaning": "dampened"}  # SSD trains nothing: the share of weights it scaled down

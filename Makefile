@@ -9,6 +9,9 @@ FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 DEMO_MODEL := .cache/demo/base/config.json
 
 .PHONY: demo test test-slow bench bench-all lint venv system clean
+BENCHMARKS := fashion_mnist_continual fashion_mnist_4shot fashion_mnist_baselines fashion_mnist_baselines_4shot \
+	fashion_mnist_det step_cost verification smoke
+NAME ?= fashion_mnist_continual
 
 demo: venv system $(DEMO_MODEL)
 	rm -rf runs/demo
@@ -21,16 +24,13 @@ test: venv system
 test-slow: venv system
 	$(PY) -m pytest -q -m slow
 
+# One benchmark's committed results re-created from this checkout: make bench NAME=fashion_mnist_det
 bench: venv system
-	$(PY) benchmarks/fashion_mnist_continual/run.py
+	$(PY) benchmarks/run.py $(NAME)
 
-# Every benchmark (the face ones read ../shared/data/celeba_faces100); about 3 h on 2 CPU cores.
-bench-all: bench
-	for b in fashion_mnist_4shot fashion_mnist_baselines fashion_mnist_baselines_4shot \
-		faces_4shot faces_full faces_missing faces_4shot_wr faces_4shot_cosine; do \
-		$(PY) benchmarks/run_methods.py benchmarks/$$b || exit 1; done
-	$(PY) benchmarks/step_cost/run.py
-	$(PY) benchmarks/fashion_mnist_det/run.py
+# Every benchmark (verification reads ../shared/data/celeba_faces100); several hours on 2 CPU cores.
+bench-all: venv system
+	for b in $(BENCHMARKS); do $(PY) benchmarks/run.py $$b || exit 1; done
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -1,7 +1,9 @@
-"""Shared pieces of the benchmark scripts: cached pre-training and results in the committed shape."""
+"""Shared pieces of the benchmark scripts: cached pre-training keyed by its resolved config, results rows that carry
+their own config and provenance, and results files written whole by their runner (never edited by hand)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -9,13 +11,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import gslora
-from gslora.config import DataConfig, ModelConfig, TrainConfig, from_dict, load_yaml
-from gslora.data import load_dataset, load_embeddings
-from gslora.engine import ForgetConfig, pretrain, run_forgetting
+from gslora.config import PretrainConfig, from_dict, load_yaml, to_dict
+from gslora.engine import ForgetConfig, run_forgetting, run_pretraining
 from gslora.engine.compare import summarize
-from gslora.engine.provenance import hardware
-from gslora.models import read_checkpoint_meta, save_checkpoint
+from gslora.engine.provenance import stamp
+from gslora.models import read_checkpoint_meta
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "benchmarks"
@@ -25,34 +25,50 @@ def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
 
 
-def cached_base(config: dict[str, Any], name: str, *, device: str = "auto") -> tuple[Path, dict[str, Any]]:
-    """Pre-train the model of ``config`` (sections data, model, train, optional distill) once; reuse it after."""
-    checkpoint = CACHE / name / "base"
+def config_key(resolved: dict[str, Any]) -> str:
+    """A short hash of a resolved config: what a cached artefact was made from."""
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def resolve_paths(tree: Any) -> Any:
+    """Paths in benchmark configs are relative to the repository root (``../shared/...``): make them absolute so the
+    config hash does not depend on the working directory."""
+    if isinstance(tree, dict):
+        return {k: resolve_paths(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [resolve_paths(v) for v in tree]
+    if isinstance(tree, str) and (tree.startswith("../") or tree.startswith("./")):
+        return str((ROOT / tree).resolve())
+    return tree
+
+
+def cached_base(config: dict[str, Any], *, device: str = "auto") -> tuple[Path, dict[str, Any]]:
+    """Pre-train the model of ``config`` (a ``PretrainConfig`` mapping) once, cached under a hash of its resolved
+    config; returns the checkpoint and ``{"config": resolved, "key", "test_acc", "seconds", commit, time, ...}``."""
+    resolved = to_dict(from_dict(PretrainConfig, resolve_paths(config)))
+    key = config_key(resolved)
+    checkpoint = CACHE / f"base-{key}"
     if not (checkpoint / "config.json").is_file():
-        dataset = load_dataset(from_dict(DataConfig, config.get("data"), "data"))
-        model_cfg = from_dict(ModelConfig, config["model"], "model")
-        train_cfg = from_dict(TrainConfig, {**config["train"], "device": device}, "train")
-        distill = config.get("distill") or {}
-        teacher = load_embeddings(distill["teacher"], distill.get("key", "train")) if distill.get("teacher") else None
-        model, info = pretrain(model_cfg, dataset, train_cfg, teacher=teacher,
-                               distill_weight=float(distill.get("weight", 10.0)))
-        info.pop("history")
-        save_checkpoint(model, checkpoint, classes=dataset.classes, replace=checkpoint.exists(),
-                        extra={"pretrain": info})
-    return checkpoint, read_checkpoint_meta(checkpoint)[1]["pretrain"]
+        run_config = from_dict(PretrainConfig, {**resolved, "train": {**resolved["train"], "device": device}})
+        run_pretraining(run_config, checkpoint, overwrite=True)
+    pretrain = read_checkpoint_meta(checkpoint)[1]["pretrain"]
+    return checkpoint, {**{k: v for k, v in pretrain.items() if k != "config"}, "config": resolved, "key": key}
 
 
 def run_method(checkpoint: Path, forget: dict[str, Any], run_name: str, *, device: str = "auto") -> dict[str, Any]:
-    """Run one forgetting sequence and return it in the foundation benchmark's shape."""
-    forget = {**forget, "train": {**forget.get("train", {}), "device": device}}
+    """Run one forgetting sequence and return its results row (with its own config and provenance)."""
+    forget = resolve_paths({**forget, "train": {**forget.get("train", {}), "device": device}})
     config = from_dict(ForgetConfig, {"checkpoint": str(checkpoint), **forget})
     run_dir = CACHE / run_name
     shutil.rmtree(run_dir, ignore_errors=True)
-    return {**summarize(run_forgetting(config, run_dir)), "run_dir": str(run_dir.relative_to(ROOT))}
+    return {**summarize(run_forgetting(config, run_dir)), "run_dir": str(run_dir.relative_to(ROOT)), **stamp(),
+            "config": to_dict(config)}
 
 
 def write_results(folder: Path, results: dict[str, Any], config: dict[str, Any]) -> None:
-    results = {**results, "config": config, "version": gslora.__version__, "hardware": hardware()}
+    """``results.json``: the rows (each with its config, commit, time, hardware), the benchmark's config and when
+    this file was written. Runners only; never edit it by hand."""
+    results = {**results, "config": config, "written": stamp()}
     (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 
 

@@ -7,8 +7,9 @@ under .cache/benchmarks), ``forget`` (data, sequence, train) and ``methods`` (la
 a spec's ``train`` overrides the shared one). The methods run through ``gslora.engine.compare`` (what
 ``gslora compare`` runs); the runs stay under .cache/benchmarks/<folder>. Writes
 ``<folder>/results.json`` shaped as ``{"pretrain": .., "methods": {label: {"name", "trainable_ratio",
-"seconds_per_request", "tasks": [..]}}, "targets", "config", "version", "hardware"}``, ``report.md``
-and ``comparison.png``.
+"seconds_per_request", "tasks": [..], "config", "commit", "time", "hardware"}}, "targets", "config", "written"}``,
+``report.md`` and ``comparison.png``. Each method's row carries its own config and provenance; with ``--methods``
+the other rows are kept as they were, with theirs.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from common import CACHE, cached_base, load_config, setup_logging, write_results  # noqa: I001
+from common import CACHE, cached_base, load_config, resolve_paths, setup_logging, write_results  # noqa: I001
 
 from gslora.config import from_dict, load_yaml
 from gslora.engine import CompareConfig, compare
@@ -98,31 +99,36 @@ def main() -> int:
     parser.add_argument("folder")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--methods", help="comma-separated subset of the config's methods")
+    parser.add_argument("--out", help="write results.json, report.md and comparison.png here instead of the folder "
+                        "(to compare a re-run with the committed results)")
     args = parser.parse_args()
     setup_logging()
-    folder = Path(args.folder).resolve()
-    config = load_config(folder)
+    source = Path(args.folder).resolve()
+    config = load_config(source)
+    folder = Path(args.out).resolve() if args.out else source
+    folder.mkdir(parents=True, exist_ok=True)
     base_config = load_yaml(HERE / config["base"])
-    checkpoint, pre_info = cached_base(base_config, Path(config["base"]).stem, device=args.device)
-    forget = config["forget"]
+    checkpoint, pre_info = cached_base(base_config, device=args.device)
+    forget = resolve_paths(config["forget"])
     compare_config = from_dict(CompareConfig, {
         "checkpoint": str(checkpoint), "data": forget["data"], "sequence": forget["sequence"],
-        "train": {**forget.get("train", {}), "device": args.device}, "methods": config["methods"]})
-    out = CACHE / folder.name
+        "train": {**forget.get("train", {}), "device": args.device}, "methods": config["methods"],
+        **{k: forget[k] for k in ("verify", "eval_batch_size", "verification") if k in forget}})
+    out = CACHE / source.name
     only = args.methods.split(",") if args.methods else None
     if only is None:
         shutil.rmtree(out, ignore_errors=True)
-    elif (folder / "results.json").exists() and not (out / "comparison.json").exists():  # results from elsewhere
+    elif (source / "results.json").exists() and not (out / "comparison.json").exists():  # results from elsewhere
         out.mkdir(parents=True, exist_ok=True)
-        previous = json.loads((folder / "results.json").read_text())
+        previous = json.loads((source / "results.json").read_text())
         (out / "comparison.json").write_text(json.dumps({"methods": previous["methods"]}))
     comparison = compare(compare_config, out, only=only)
     results = {"pretrain": pre_info, "methods": comparison["methods"]}
     if config.get("targets"):
         results["targets"] = check_targets(config["targets"], comparison["methods"])
-    write_results(folder, results, {"base": base_config, **config})
+    write_results(folder, results, {**config, "base": pre_info["config"], "base_file": config["base"]})
     saved = json.loads((folder / "results.json").read_text())
-    (folder / "report.md").write_text(report(folder, saved))
+    (folder / "report.md").write_text(report(source, saved))
     plot_comparison(saved, folder / "comparison.png")
     print((folder / "report.md").read_text())
     if "targets" in results:

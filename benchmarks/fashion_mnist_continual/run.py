@@ -27,7 +27,7 @@ def main() -> int:
     setup_logging()
     config = load_config(HERE)
     base_config = load_yaml(HERE.parent / config["base"])
-    checkpoint, pre_info = cached_base(base_config, Path(config["base"]).stem, device=args.device)
+    checkpoint, pre_info = cached_base(base_config, device=args.device)
     result = run_method(checkpoint, config["forget"], HERE.name, device=args.device)
     tasks = result["tasks"]
     targets = {
@@ -36,8 +36,8 @@ def main() -> int:
         "h_mean_ge_95pct_h_exact": all(t["h_mean"] >= 0.95 * t["h_exact"] for t in tasks),
         "seconds_le_tenth_of_pretrain": all(t["seconds"] <= pre_info["seconds"] / 10 for t in tasks),
     }
-    write_results(HERE, {"pretrain": pre_info, "trainable_ratio": result["trainable_ratio"], "tasks": tasks,
-                         "targets": targets}, {"base": base_config, **config})
+    write_results(HERE, {"pretrain": pre_info, "methods": {"gs_lora": result}, "targets": targets},
+                  {**config, "base": pre_info["config"], "base_file": config["base"]})
     run_dir = ROOT / result["run_dir"]
     for name in ("report.md", "accuracy.png", "group_norms.png"):
         shutil.copy(run_dir / name, HERE / name)

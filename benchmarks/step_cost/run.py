@@ -24,9 +24,10 @@ sys.path.insert(0, str(HERE.parent))
 
 from common import setup_logging, write_results  # noqa: E402
 
-from gslora.config import ModelConfig, TrainConfig  # noqa: E402
+from gslora.config import ModelConfig, TrainConfig, to_dict  # noqa: E402
 from gslora.data import ImageSet, Request  # noqa: E402
 from gslora.engine.loop import make_optimizer, optimizer_step, resolve_device  # noqa: E402
+from gslora.engine.provenance import stamp  # noqa: E402
 from gslora.methods import METHODS, TaskContext  # noqa: E402
 from gslora.models import build_model  # noqa: E402
 
@@ -64,7 +65,9 @@ def time_method(name: str, model, batch: int, steps: int, device: torch.device) 
             torch.cuda.synchronize()
         if step >= 2:  # two warm-up steps
             times.append(time.perf_counter() - start)
-    return {"seconds_per_step": sum(times) / len(times), "trainable_parameters": sum(p.numel() for p in params)}
+    return {"seconds_per_step": sum(times) / len(times), "trainable_parameters": sum(p.numel() for p in params),
+            **stamp(), "config": {"method": {"name": name, **METHOD_SPECS[name]}, "batch": batch, "steps": steps,
+                                  "model": to_dict(model.config)}}
 
 
 def main() -> int:

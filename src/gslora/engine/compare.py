@@ -2,8 +2,10 @@
 
 A comparison directory holds::
 
-    comparison.json    {"methods": {label: {"name", "trainable_ratio", "seconds_per_request", "tasks": [..]}},
-                        "config", "version", "hardware"}
+    comparison.json    {"methods": {label: {"name", "trainable_ratio", "seconds_per_request", "tasks": [..],
+                        "config", "version", "commit", "time", "hardware"}}, "config", "version", "hardware"}
+                       (each method's row carries its own config and provenance: rows kept from an earlier
+                       ``--methods`` run keep theirs)
     comparison.md      one row per method, one column per request: H / Acc_r / Acc_f / Acc_o
     comparison.png     H per request, one line per method
     runs/<label>/      each method's run directory (manifest, adapters or models, report)
@@ -25,10 +27,11 @@ from typing import Any
 from gslora.config import DataConfig, SequenceConfig, TrainConfig, from_dict, to_dict
 from gslora.engine.continual import ForgetConfig, run_forgetting
 from gslora.engine.loop import ProgressFactory, no_progress
-from gslora.engine.provenance import hardware
+from gslora.engine.provenance import hardware, stamp
 from gslora.errors import GSLoRAError, NonFiniteLossError
 from gslora.io import atomic_write_json, atomic_write_text
 from gslora.report import comparison_markdown, plot_comparison
+from gslora.verification import VerifyConfig, headlines
 from gslora.version import __version__
 
 log = logging.getLogger(__name__)
@@ -43,7 +46,7 @@ class CompareConfig:
     """The shared set-up and the methods to compare.
 
     Args:
-        checkpoint, data, sequence, train, eval_batch_size, verification: as in ``ForgetConfig``.
+        checkpoint, data, sequence, train, eval_batch_size, verification, verify: as in ``ForgetConfig``.
         methods: label -> method spec (``name`` of a registered method, its hyper-parameters and an
             optional ``train`` mapping that overrides the shared ``train`` for that method).
     """
@@ -55,6 +58,7 @@ class CompareConfig:
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
     eval_batch_size: int = 512
     verification: bool | None = None
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
 
     def __post_init__(self) -> None:
         if not self.methods or not isinstance(self.methods, dict):
@@ -77,7 +81,7 @@ class CompareConfig:
             return from_dict(ForgetConfig, {"checkpoint": self.checkpoint, "data": to_dict(self.data),
                                             "sequence": to_dict(self.sequence), "method": method, "train": train,
                                             "eval_batch_size": self.eval_batch_size,
-                                            "verification": self.verification,
+                                            "verification": self.verification, "verify": to_dict(self.verify),
                                             # a comparison measures every method, whether it forgets or not
                                             "acceptance": {"accept_partial": True}})
         except GSLoRAError as exc:
@@ -102,9 +106,16 @@ def summarize(manifest: dict[str, Any]) -> dict[str, Any]:
                 task[key] = m[key]
         if r.get("delta_norms"):
             task["delta_norms"] = r["delta_norms"]
+        right_after = [v for v in manifest.get("verification") or [] if v["after_request"] == r.get("id")]
+        if right_after and str(r.get("id")) in right_after[-1]["results"]:
+            task["verification"] = headlines(right_after[-1]["results"][str(r.get("id"))])
         tasks.append(task)
     ratios = [t["trainable_ratio"] for t in tasks if t["trainable_ratio"] is not None]
+    final = (manifest.get("verification") or [None])[-1]
+    ids = {str(r.get("id")): r["index"] for r in manifest["requests"]}
+    final_figures = {ids.get(k, k): headlines(v) for k, v in final["results"].items()} if final else None
     return {"name": manifest["config"]["method"]["name"], "trainable_ratio": max(ratios) if ratios else None,
+            "final_verification": final_figures,
             "ratio_meaning": tasks[0]["ratio_meaning"] if tasks else "trainable",
             "seconds_per_request": sum(t["seconds"] for t in tasks) / max(len(tasks), 1), "tasks": tasks}
 
@@ -142,10 +153,12 @@ def compare(config: CompareConfig, out_dir: str | Path, *, only: list[str] | Non
         try:
             manifest = run_forgetting(config.forget_config(label), run_dir, progress=progress)
         except NonFiniteLossError as exc:
-            results[label] = {"name": config.methods[label]["name"], "error": str(exc), "tasks": []}
+            results[label] = {"name": config.methods[label]["name"], "error": str(exc), "tasks": [], **stamp(),
+                              "config": to_dict(config.forget_config(label))}
             log.warning("%s failed: %s", label, exc)
             continue
-        results[label] = {**summarize(manifest), "run_dir": str(Path("runs") / slug(label))}
+        results[label] = {**summarize(manifest), "run_dir": str(Path("runs") / slug(label)), **stamp(),
+                          "config": to_dict(config.forget_config(label))}
     comparison = {"methods": results, "config": to_dict(config), "version": __version__,
                   "hardware": hardware()}
     write_comparison(comparison, out_dir)

@@ -21,6 +21,7 @@ from gslora.engine.loop import (
     resolve_device,
     train_epochs,
 )
+from gslora.engine.provenance import stamp
 from gslora.errors import GSLoRAError
 from gslora.metrics import accuracy
 from gslora.models import VisionClassifier, build_model, save_checkpoint
@@ -105,5 +106,5 @@ def run_pretraining(config: PretrainConfig, out: str | Path, *, overwrite: bool 
     info.pop("history")
     digest = save_checkpoint(model, out, classes=dataset.classes, replace=out.exists(),
                              extra={"pretrain": {**info, "dataset": dataset.name, "config": to_dict(config),
-                                                 "excluded_classes": excluded}})
+                                                 "excluded_classes": excluded, **stamp()}})
     return digest, info

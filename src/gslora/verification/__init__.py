@@ -232,6 +232,19 @@ HEADLINES = {"mia_auc": ("mia", "auc"), "mia_member_share": ("mia", "member_shar
              "tar_far_1e-2": ("faces", "tar", "far=0.01"), "prototype_similarity": ("faces", "prototype_similarity")}
 
 
+def headlines(group: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures of one group's results (for tables), intervals included."""
+    out = {key: _get(group, path) for key, path in HEADLINES.items()}
+    out.update({"mia_auc_ci": _get(group, ("mia", "auc_ci")),
+                "probe_accuracy_ci": _get(group, ("probe", "accuracy_ci")),
+                "probe_test_accuracy": _get(group, ("probe", "test_accuracy")),
+                "relearn_capped": _get(group, ("relearn", "capped")),
+                "attack_auc_on_retained": _get(group, ("mia", "attack_auc_on_retained")),
+                "tar_retained_far_1e-2": _get(group, ("faces", "tar_retained", "far=0.01")),
+                "prototype_similarity_retained": _get(group, ("faces", "prototype_similarity_retained"))})
+    return out
+
+
 def _get(tree: dict[str, Any], path: tuple[str, ...]) -> Any:
     if path == ("relearn", "steps") and (tree.get("relearn") or {}).get("capped"):
         return tree["relearn"].get("max_steps")  # capped: at least this many (a lower bound)

@@ -1,0 +1,33 @@
+"""Re-create one benchmark's committed results from this checkout: ``python benchmarks/run.py NAME [options]``
+(``make bench NAME=...``). A folder with its own ``run.py`` runs that; a folder with only a ``config.yaml`` runs
+``run_methods.py`` on it. Extra options (``--device cuda``) pass through."""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> int:
+    names = sorted(p.name for p in HERE.iterdir() if p.is_dir() and ((p / "config.yaml").is_file() or
+                                                                     (p / "run.py").is_file()))
+    if len(sys.argv) < 2 or sys.argv[1] not in names:
+        print(f"usage: python benchmarks/run.py NAME [options]; NAME is one of: {', '.join(names)}", file=sys.stderr)
+        return 2
+    name, extra = sys.argv[1], sys.argv[2:]
+    folder = HERE / name
+    sys.path.insert(0, str(HERE))
+    if (folder / "run.py").is_file():
+        sys.argv = [str(folder / "run.py"), *extra]
+        runpy.run_path(str(folder / "run.py"), run_name="__main__")
+    else:
+        sys.argv = [str(HERE / "run_methods.py"), str(folder), *extra]
+        runpy.run_path(str(HERE / "run_methods.py"), run_name="__main__")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""Verification benchmark: does forgetting hold beyond top-1 accuracy, and how close is each method to Retrain?
+
+Usage: python benchmarks/verification/run.py [--device auto|cpu|cuda] [--settings fashion_full,faces_full]
+
+For each setting of config.yaml: the methods run through ``gslora.engine.compare`` with the verification suite on
+(membership inference, linear probe, relearn time, face figures; after every request, for every request so far);
+"Retrain (converged)" is the base model's pre-training recipe without the classes forgotten so far (``gslora
+pretrain --exclude-classes``), cached per request; "Original" is the untouched base model. Every figure of a method
+is also reported as the difference from Retrain's. Writes results.json (each row with its config, commit, time and
+hardware) and report.md here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from common import CACHE, cached_base, load_config, resolve_paths, setup_logging, write_results  # noqa: E402
+
+from gslora.config import DataConfig, SequenceConfig, from_dict, load_yaml, to_dict  # noqa: E402
+from gslora.data import build_requests, load_dataset  # noqa: E402
+from gslora.engine import CompareConfig, compare, predict  # noqa: E402
+from gslora.engine.loop import resolve_device  # noqa: E402
+from gslora.engine.provenance import stamp  # noqa: E402
+from gslora.metrics import accuracy  # noqa: E402
+from gslora.models import load_checkpoint  # noqa: E402
+from gslora.verification import VerifyConfig, compare as versus, headlines, verify  # noqa: E402
+
+
+def method_specs(config: dict, setting: dict) -> dict[str, dict]:
+    """The methods of the benchmark with the setting's GS-LoRA(++) hyper-parameters."""
+    specs = {}
+    for label, spec in config["methods"].items():
+        if spec["name"] == "gs_lora":
+            spec = {**spec, **setting["gs_lora"]}
+        elif spec["name"] == "gs_lora_pp":
+            spec = {**spec, **setting["gs_lora"], **setting["gs_lora_pp"]}
+        specs[label] = spec
+    return specs
+
+
+def reference_rows(setting: dict, checkpoint: Path, verify_config: VerifyConfig, device: torch.device
+                   ) -> tuple[dict, dict]:
+    """Per request k: Retrain (converged) without the classes of requests 0..k, and the original model, each with
+    its accuracy and the suite's figures for every request so far."""
+    base_config = load_yaml(HERE.parent / setting["base"])
+    forget = resolve_paths(setting["forget"])
+    dataset = load_dataset(from_dict(DataConfig, forget["data"], "data"))
+    requests = build_requests(from_dict(SequenceConfig, forget["sequence"], "sequence"), dataset.classes)
+    original, _ = load_checkpoint(checkpoint)
+    original = original.to(device)
+    labels = dataset.test.labels
+    original_top1 = predict(original, dataset.test, device=device).top1
+    references, originals = {}, {}
+    for k, request in enumerate(requests):
+        groups = {str(j): list(requests[j].forget) for j in range(k + 1)}
+        before = {str(j): accuracy(original_top1, labels, requests[j].forget) for j in range(k + 1)}
+        excluded = [c for j in range(k + 1) for c in requests[j].forget]
+        ref_checkpoint, ref_pretrain = cached_base({**base_config, "exclude_classes": excluded}, device=str(device))
+        model, _ = load_checkpoint(ref_checkpoint)
+        model = model.to(device)
+        top1 = predict(model, dataset.test, device=device).top1
+        figures = verify(model, dataset, groups, list(request.retain), config=verify_config, device=device,
+                         acc_before=before, original=original)
+        references[k] = {"pretrain": ref_pretrain, "figures": figures, "acc_f": accuracy(top1, labels, request.forget),
+                         "acc_r": accuracy(top1, labels, request.retain),
+                         "acc_o": accuracy(top1, labels, request.old) if request.old else None}
+        original_figures = verify(original, dataset, groups, list(request.retain), config=verify_config,
+                                  device=device, acc_before=before, original=original)
+        originals[k] = {"figures": original_figures, "acc_f": before[str(k)],
+                        "acc_r": accuracy(original_top1, labels, request.retain),
+                        "acc_o": accuracy(original_top1, labels, request.old) if request.old else None}
+    return references, originals
+
+
+def per_request(runs_dir: Path, label: str, references: dict) -> list[dict[str, Any]]:
+    """A method's figures right after each request, for every request so far, and their differences from Retrain."""
+    from gslora.engine.compare import slug
+
+    manifest = json.loads((runs_dir / "runs" / slug(label) / "manifest.json").read_text())
+    rows = []
+    for k, record in enumerate(manifest["requests"]):
+        after = [v for v in manifest.get("verification") or [] if v["after_request"] == record["id"]]
+        results = after[-1]["results"] if after else {}
+        index_of = {str(r["id"]): str(r["index"]) for r in manifest["requests"]}
+        figures = {index_of[g]: fig for g, fig in results.items()}
+        m = record["metrics"]
+        rows.append({"request": k, "acc_f": m["acc_f"], "acc_r": m["acc_r"], "acc_o": m.get("acc_o"),
+                     "h_mean": m["h_mean"], "figures": {g: headlines(f) for g, f in figures.items()},
+                     "versus_retrain": versus(figures, references[k]["figures"])})
+    return rows
+
+
+def cell(figures: dict, group: str) -> str:
+    f = figures.get(group) or {}
+
+    def show(v, digits=2):
+        return "-" if v is None else f"{v:.{digits}f}"
+
+    steps = f.get("relearn_steps")
+    relearn = "-" if steps is None else (f">{steps}" if f.get("relearn_capped") else str(steps))
+    return f"{show(f.get('mia_auc'))} / {show(f.get('probe_accuracy'), 1)} / {relearn}"
+
+
+def report(results: dict) -> str:
+    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    lines = ["# verification", "",
+             "Per setting and request k: Acc_f / Acc_r of the model right after request k, then the suite's figures "
+             "for request k's classes on that model: membership-inference AUC (0.5: the training images look unseen) "
+             "/ linear-probe accuracy on held-out training images of the classes (residual knowledge) / k-shot "
+             "relearn steps to half the accuracy before (more: less left to relearn; > cap: not relearned). "
+             "The second table measures every request again on the model after the last request (does forgetting "
+             "hold?), and the third gives each method's difference from Retrain (converged) right after each "
+             "request.", ""]
+    for name, setting in results["settings"].items():
+        pre = setting["pretrain"]
+        n = len(setting["references"])
+        lines += [f"## {name}", "", f"Base model: test top-1 {fmt(pre.get('test_acc'))}%. Retrain (converged): the "
+                  f"same recipe without the forgotten classes, test top-1 "
+                  f"{', '.join(fmt(r['pretrain'].get('test_acc')) for r in setting['references'].values())}% over "
+                  "all classes (those it never saw count as 0).", "",
+                  "| method | " + " | ".join(f"request {k}: Acc_f / Acc_r; AUC / probe / relearn" for k in range(n))
+                  + " |", "|---" * (n + 1) + "|"]
+        rows = [("Original", [setting["original"][str(k)] | {"figures": {
+                    g: headlines(f) for g, f in setting["original"][str(k)]["figures"].items()}} for k in range(n)]),
+                ("Retrain (converged)", [setting["references"][str(k)] | {"figures": {
+                    g: headlines(f) for g, f in setting["references"][str(k)]["figures"].items()}} for k in range(n)])]
+        rows += [(label, m["per_request"]) for label, m in setting["methods"].items() if m.get("per_request")]
+        for label, per in rows:
+            cells = [f"{fmt(r['acc_f'])} / {fmt(r['acc_r'])}; {cell(r['figures'], str(k))}" for k, r in enumerate(per)]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        last = n - 1
+        lines += ["", f"After the last request, every request again: AUC / probe / relearn for request 0..{last}.", "",
+                  "| method | " + " | ".join(f"request {k}" for k in range(n)) + " |", "|---" * (n + 1) + "|"]
+        for label, per in rows:
+            lines.append(f"| {label} | " + " | ".join(cell(per[last]["figures"], str(k)) for k in range(n)) + " |")
+        lines += ["", "Difference from Retrain (converged), right after each request: AUC / probe points / relearn "
+                  "steps.", "", "| method | " + " | ".join(f"request {k}" for k in range(n)) + " |",
+                  "|---" * (n + 1) + "|"]
+        for label, m in setting["methods"].items():
+            cells = []
+            for k, r in enumerate(m.get("per_request") or []):
+                v = r["versus_retrain"].get(str(k)) or {}
+                cells.append(" / ".join(fmt((v.get(key) or {}).get("difference"))
+                                        for key in ("mia_auc", "probe_accuracy", "relearn_steps")))
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--settings", help="comma-separated subset of the config's settings")
+    parser.add_argument("--config", help="another config file (a quick check); results then go next to it")
+    args = parser.parse_args()
+    setup_logging()
+    config = load_yaml(args.config) if args.config else load_config(HERE)
+    out = Path(args.config).resolve().parent if args.config else HERE
+    device = resolve_device(args.device)
+    verify_config = from_dict(VerifyConfig, config["verify"], "verify")
+    wanted = args.settings.split(",") if args.settings else list(config["settings"])
+    previous = json.loads((out / "results.json").read_text())["settings"] if (out / "results.json").exists() \
+        else {}
+    settings = {}
+    for name, setting in config["settings"].items():
+        if name not in wanted:
+            if name in previous:
+                settings[name] = previous[name]
+            continue
+        checkpoint, pre = cached_base(load_yaml(HERE.parent / setting["base"]), device=args.device)
+        forget = resolve_paths(setting["forget"])
+        compare_config = from_dict(CompareConfig, {
+            "checkpoint": str(checkpoint), "data": forget["data"], "sequence": forget["sequence"],
+            "train": {**forget["train"], "device": args.device}, "methods": method_specs(config, setting),
+            "verify": config["verify"]})
+        runs_dir = CACHE / HERE.name / name
+        shutil.rmtree(runs_dir, ignore_errors=True)
+        comparison = compare(compare_config, runs_dir)
+        references, originals = reference_rows(setting, checkpoint, verify_config, device)
+        methods = {label: {**row, "per_request": per_request(runs_dir, label, references) if row.get("tasks") else []}
+                   for label, row in comparison["methods"].items()}
+        settings[name] = {"pretrain": pre, "methods": methods, "references": references, "original": originals,
+                          "reference_stamp": stamp(), "config": {**setting, "verify": to_dict(verify_config)}}
+    write_results(out, {"settings": json.loads(json.dumps(settings))}, config)
+    saved = json.loads((out / "results.json").read_text())
+    (out / "report.md").write_text(report(saved))
+    print((out / "report.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

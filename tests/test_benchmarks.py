@@ -1,0 +1,55 @@
+"""Benchmarks are re-created from the checkout by one command, and every committed results row says where it came
+from (its config, the code version, when, on what hardware)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import requires_fashion
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = sorted(ROOT.glob("benchmarks/*/results.json"))
+
+
+def _rows(results: dict) -> list[dict]:
+    if "settings" in results:  # the verification benchmark: one comparison per setting
+        return [row for s in results["settings"].values() for row in s["methods"].values()]
+    return list(results.get("methods", {}).values()) or list(results.get("shapes", {}).values())
+
+
+@pytest.mark.parametrize("path", RESULTS, ids=[p.parent.name for p in RESULTS])
+def test_every_results_row_carries_its_config_and_provenance(path):
+    results = json.loads(path.read_text())
+    assert {"config", "written"} <= set(results), path
+    rows = _rows(results)
+    assert rows, path
+    for row in rows:
+        methods = row.get("methods") if "methods" in row and isinstance(row["methods"], dict) else {None: row}
+        for inner in methods.values():
+            assert {"config", "commit", "time", "hardware"} <= set(inner), (path, sorted(inner))
+            assert inner["commit"].startswith("0."), inner["commit"]  # a gslora version, with its git commit
+
+
+@requires_fashion
+def test_the_smoke_benchmark_is_recreated_from_the_checkout(tmp_path):
+    committed = json.loads((ROOT / "benchmarks" / "smoke" / "results.json").read_text())
+    result = subprocess.run([sys.executable, "benchmarks/run.py", "smoke", "--out", str(tmp_path)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    rerun = json.loads((tmp_path / "results.json").read_text())
+    assert rerun["pretrain"]["test_acc"] == pytest.approx(committed["pretrain"]["test_acc"], abs=0.5)
+    for label, row in committed["methods"].items():
+        again = rerun["methods"][label]
+        assert again["config"] == row["config"], label
+        for old, new in zip(row["tasks"], again["tasks"]):
+            for key in ("acc_f", "acc_r", "h_mean"):
+                assert new[key] == pytest.approx(old[key], abs=0.5), (label, key)
+            for key in ("mia_auc", "probe_accuracy"):
+                assert new["verification"][key] == pytest.approx(old["verification"][key], abs=0.03 if key == "mia_auc"
+                                                                 else 3.0), (label, key)

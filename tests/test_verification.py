@@ -57,7 +57,8 @@ def test_linear_probe_still_separates_what_was_learned_and_not_what_was_never_se
     groups = {"forgotten": [FORGOTTEN]}
     config = dataclasses.replace(FAST, membership=False)
     on_seen = verify(seen, dataset, groups, RETAINED, config=config, device=torch.device("cpu"))["forgotten"]["probe"]
-    on_unseen = verify(unseen, dataset, groups, RETAINED, config=config, device=torch.device("cpu"))["forgotten"]["probe"]
+    on_unseen = verify(unseen, dataset, groups, RETAINED, config=config,
+                       device=torch.device("cpu"))["forgotten"]["probe"]
     assert on_seen["accuracy"] > 70, on_seen  # chance is 20%
     assert on_unseen["accuracy"] < 45, on_unseen
     assert on_seen["accuracy_ci"][0] > on_unseen["accuracy_ci"][1]

@@ -33,7 +33,8 @@ from gslora.engine.loop import resolve_device  # noqa: E402
 from gslora.engine.provenance import stamp  # noqa: E402
 from gslora.metrics import accuracy  # noqa: E402
 from gslora.models import load_checkpoint  # noqa: E402
-from gslora.verification import VerifyConfig, compare as versus, headlines, verify  # noqa: E402
+from gslora.verification import VerifyConfig, headlines, verify  # noqa: E402
+from gslora.verification import compare as versus  # noqa: E402
 
 
 def method_specs(config: dict, setting: dict) -> dict[str, dict]:

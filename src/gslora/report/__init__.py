@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from gslora.io import atomic_write_json, atomic_write_text
+from gslora.report.html import write_html
 from gslora.report.markdown import detection_request_table, fmt, full_report, markdown_table
 from gslora.report.plots import plot_accuracies, plot_comparison, plot_group_norms
 
@@ -35,11 +36,15 @@ def comparison_markdown(comparison: dict[str, Any], title: str = "Comparison") -
     methods = comparison["methods"]
     done = [r for r in methods.values() if r.get("tasks")]
     first = done[0]["tasks"] if done else []
-    lines = [f"# {title}", "", f"gslora {comparison.get('version', '?')}, {comparison.get('hardware', '?')}.", "",
+    written = comparison.get("written") or {}
+    version = comparison.get("version") or written.get("commit") or written.get("version", "?")
+    lines = [f"# {title}", "", f"gslora {version}, {comparison.get('hardware') or written.get('hardware', '?')}.", "",
              "Cells: H / Acc_r / Acc_f / Acc_o (percent, top-1); Acc_o is '-' on the first request. "
-             "H_exact (the H of a perfect forget with Acc_r unchanged) in the last row.", ""]
+             "H_exact (the H of an exact request: Acc_f to 0, Acc_r unchanged) in the last row. Parameters: the share "
+             "of the base model's weights that train (masked: that SalUn's mask lets change; dampened: that SSD "
+             "scaled down without training).", ""]
     header = [f"{' + '.join(t['forget_classes'])} ({t['task']})" for t in first]
-    lines.append("| method | " + " | ".join(header) + " | s / request | trainable |")
+    lines.append("| method | " + " | ".join(header) + " | s / request | parameters |")
     lines.append("|---" * (len(first) + 3) + "|")
     for label, result in methods.items():
         if result.get("error"):
@@ -49,8 +54,9 @@ def comparison_markdown(comparison: dict[str, Any], title: str = "Comparison") -
                  + (f" / m {fmt(t['acc_m'])}" if t.get("acc_m") is not None else "") for t in result["tasks"]]
         ratio = result.get("trainable_ratio")
         seconds = sum(t["seconds"] for t in result["tasks"]) / len(result["tasks"])
+        meaning = result.get("ratio_meaning", "trainable")
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {seconds:.1f} | "
-                     + (f"{100 * ratio:.2f}% |" if ratio is not None else "- |"))
+                     + (f"{100 * ratio:.2f}% {meaning} |" if ratio is not None else "- |"))
     if first:
         lines.append("| H_exact | " + " | ".join(fmt(t["h_exact"]) for t in first) + " | | |")
     return "\n".join(lines) + "\n"
@@ -69,6 +75,7 @@ def write_report(manifest: dict[str, Any], directory: str | Path) -> None:
     if manifest["requests"]:
         plot_accuracies(manifest, directory / "accuracy.png")
         plot_group_norms(manifest, directory / "group_norms.png")
+    write_html(manifest, directory / "report.html")
 
 
 __all__ = ["comparison_markdown", "detection_request_table", "full_report", "markdown_table", "metrics_summary",

@@ -53,3 +53,18 @@ def test_the_smoke_benchmark_is_recreated_from_the_checkout(tmp_path):
             for key in ("mia_auc", "probe_accuracy"):
                 assert new["verification"][key] == pytest.approx(old["verification"][key], abs=0.03 if key == "mia_auc"
                                                                  else 3.0), (label, key)
+
+
+@pytest.mark.slow
+@requires_fashion
+def test_the_foundation_benchmark_is_recreated_from_the_checkout(tmp_path):
+    """The foundation benchmark (pre-training included when it is not cached: about 15 minutes on 2 cores)."""
+    committed = json.loads((ROOT / "benchmarks" / "fashion_mnist_continual" / "results.json").read_text())
+    result = subprocess.run([sys.executable, "benchmarks/run.py", "fashion_mnist_continual", "--out", str(tmp_path)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=3600,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    rerun = json.loads((tmp_path / "results.json").read_text())
+    for old, new in zip(committed["methods"]["gs_lora"]["tasks"], rerun["methods"]["gs_lora"]["tasks"]):
+        for key in ("acc_f", "acc_r", "h_mean"):
+            assert new[key] == pytest.approx(old[key], abs=0.5), key

@@ -142,7 +142,7 @@ def test_sigkill_during_the_first_request_of_a_new_run(setting, tmp_path, point)
     assert statuses(run) == [(0, "done")]
     assert sorted(p.name for p in run.iterdir()) == sorted(
         ["accuracy.png", "base_predictions.safetensors", "group_norms.png", "ledger.sqlite", "manifest.json",
-         "metrics.json", "report.md", "requests"])
+         "metrics.json", "report.html", "report.md", "requests"])
 
 
 @pytest.mark.parametrize("sig, code", [("INT", 130), ("TERM", 143)])

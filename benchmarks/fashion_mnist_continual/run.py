@@ -23,7 +23,10 @@ from gslora.config import load_yaml  # noqa: E402
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", help="write the results here instead of this folder (to compare a re-run)")
     args = parser.parse_args()
+    out = Path(args.out).resolve() if args.out else HERE
+    out.mkdir(parents=True, exist_ok=True)
     setup_logging()
     config = load_config(HERE)
     base_config = load_yaml(HERE.parent / config["base"])
@@ -36,11 +39,11 @@ def main() -> int:
         "h_mean_ge_95pct_h_exact": all(t["h_mean"] >= 0.95 * t["h_exact"] for t in tasks),
         "seconds_le_tenth_of_pretrain": all(t["seconds"] <= pre_info["seconds"] / 10 for t in tasks),
     }
-    write_results(HERE, {"pretrain": pre_info, "methods": {"gs_lora": result}, "targets": targets},
+    write_results(out, {"pretrain": pre_info, "methods": {"gs_lora": result}, "targets": targets},
                   {**config, "base": pre_info["config"], "base_file": config["base"]})
     run_dir = ROOT / result["run_dir"]
     for name in ("report.md", "accuracy.png", "group_norms.png"):
-        shutil.copy(run_dir / name, HERE / name)
+        shutil.copy(run_dir / name, out / name)
     print(json.dumps(targets, indent=2))
     return 0
 

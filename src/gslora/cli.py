@@ -178,6 +178,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
     from gslora.config import from_dict
     from gslora.engine import resume_config, run_forgetting
     from gslora.report import run_table
+    from gslora.report.markdown import verification_section
     from gslora.tasks import get_task
 
     if bool(args.out) == bool(args.run):
@@ -226,7 +227,11 @@ def cmd_forget(args: argparse.Namespace) -> int:
     manifest = run_forgetting(config, run_dir, resume=resume, pending=args.pending, requester=args.requester,
                               reason=args.reason, progress=_progress_factory(not args.quiet))
     print(run_table(manifest))
-    print(f"run directory: {run_dir} (latest model: {Path(run_dir) / manifest['latest_checkpoint']})")
+    verification = verification_section(manifest)
+    if verification:
+        print("\n".join(verification))
+    print(f"run directory: {run_dir} (latest model: {Path(run_dir) / manifest['latest_checkpoint']}; report: "
+          f"{Path(run_dir) / 'report.md'}, {Path(run_dir) / 'report.html'})")
     return 0
 
 

@@ -216,15 +216,22 @@ def load_coco(json_path: str | Path, image_dir: str | Path, *, image_size: int,
 
 
 def ensure_scenes(config: DetectionDataConfig) -> Path:
-    """Compose the Fashion-MNIST scene data set under ``config.root`` unless it is there already."""
+    """Compose the Fashion-MNIST scene data set under ``config.root`` unless scenes of this very config are there
+    already (other counts, seed, objects or size are composed anew in their place)."""
     root = Path(config.root)
+    objects = tuple(config.objects or [1, 3])
+    wanted = {"scenes_train": config.scenes_train, "scenes_test": config.scenes_test, "objects": list(objects),
+              "seed": config.seed, "image_size": config.image_size}
     if (root / "test.json").is_file():
-        return root
+        try:
+            if json.loads((root / "README.json").read_text()).get("config") == wanted:
+                return root
+        except (OSError, json.JSONDecodeError):
+            pass
     from gslora.config import DataConfig
     from gslora.data import load_dataset
 
     fashion = load_dataset(DataConfig())
-    objects = tuple(config.objects or [1, 3])
     log.info("composing %d + %d Fashion-MNIST scenes under %s", config.scenes_train, config.scenes_test, root)
     with atomic_directory(root, replace=root.exists()) as tmp:
         for split, source, n, seed in (("train", fashion.train, config.scenes_train, config.seed),
@@ -232,9 +239,7 @@ def ensure_scenes(config: DetectionDataConfig) -> Path:
             scenes = compose_scenes(source.images, source.labels, n, size=config.image_size, objects=objects,
                                     seed=seed)
             write_coco(scenes, fashion.classes, tmp / f"{split}.json", tmp / split)
-        atomic_write_json(tmp / "README.json", {"source": "Debian dataset-fashion-mnist", "config": {
-            "scenes_train": config.scenes_train, "scenes_test": config.scenes_test, "objects": list(objects),
-            "seed": config.seed, "image_size": config.image_size}})
+        atomic_write_json(tmp / "README.json", {"source": "Debian dataset-fashion-mnist", "config": wanted})
     return root
 
 

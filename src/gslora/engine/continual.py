@@ -27,7 +27,7 @@ from gslora.data import Request, build_requests
 from gslora.engine.ledger import LEDGER, now
 from gslora.engine.loop import ProgressFactory, no_progress, resolve_device
 from gslora.engine.provenance import hardware
-from gslora.engine.rundir import MANIFEST, RunDirectory, manifest_from
+from gslora.engine.rundir import MANIFEST, RunDirectory, deferred_signals, manifest_from
 from gslora.errors import GSLoRAError, Interrupted, RequestRejected
 from gslora.methods import TaskContext, build_method, resolved_spec
 from gslora.tasks import Subsets, Task, get_task
@@ -130,14 +130,19 @@ def run_forgetting(config: Any, run_dir: str | Path, *, resume: bool = False, pe
             state.base = task.base_tensors(before)
             run.begin({**_run_meta(task, config, state), "base_metrics": task.overall(before, state.dataset)},
                       state.base)
-        for i, (request, subset) in enumerate(zip(requests, subsets)):
-            row = queued[i] if pending else {}
-            model, before = _apply_request(run, state, config, request, subset, model, before, device, progress,
-                                           queued_id=row.get("id"), requester=row.get("requester", requester),
-                                           reason=row.get("reason", reason))
-            verify = getattr(config, "verify", None)
-            if verify is not None and verify.enabled:
-                _verify_after(run, state, model, verify, device)
+        try:
+            for i, (request, subset) in enumerate(zip(requests, subsets)):
+                row = queued[i] if pending else {}
+                model, before = _apply_request(run, state, config, request, subset, model, before, device, progress,
+                                               queued_id=row.get("id"), requester=row.get("requester", requester),
+                                               reason=row.get("reason", reason))
+                verify = getattr(config, "verify", None)
+                if verify is not None and verify.enabled:
+                    _verify_after(run, state, model, verify, device)
+        finally:
+            if run.last_committed is not None:  # the report, once for every request this call committed
+                with deferred_signals():
+                    run.export()
         return run.manifest()
 
 
@@ -149,7 +154,7 @@ def _verify_after(run: RunDirectory, state: _State, model: torch.nn.Module, conf
 
     try:
         verify_latest(run, state.task, state.dataset, model, config, device=device,
-                      original=state.original().to(device))
+                      original=state.original().to(device), report=False)
     except KeyboardInterrupt as exc:
         latest = run.applied()[-1]["record"]["index"]
         raise Interrupted(getattr(exc, "signum", signal.SIGINT),
@@ -284,7 +289,7 @@ def _apply_request(run: RunDirectory, state: _State, config: Any, request: Reque
             "checkpoint": f"{prefix}/model", "checkpoint_sha256": digest, "metrics": metrics, "acceptance": verdict,
             **method.diagnostics(), "history": history,
         }
-        run.commit(request_id, stage, record)
+        run.commit(request_id, stage, record, report=False)  # run_forgetting writes the report at the end
     except KeyboardInterrupt as exc:
         if run.last_committed != request_id:
             run.fail(request_id, "interrupted by a signal", interrupted=True)

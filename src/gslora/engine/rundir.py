@@ -224,12 +224,13 @@ class RunDirectory:
             if not directory.name.isdigit() or int(directory.name) not in committed:
                 log.warning("removing %s: not committed to the ledger", directory)
                 shutil.rmtree(directory, ignore_errors=True)
-        if interrupted or self._manifest_revision() != self.ledger.meta("revision"):
-            self.export()
+        revision = self.ledger.meta("revision")
+        if interrupted or self._revision(MANIFEST) != revision or self._revision("metrics.json") != revision:
+            self.export()  # the manifest or the report is older than the ledger: a process died before writing it
 
-    def _manifest_revision(self) -> int | None:
+    def _revision(self, name: str) -> int | None:
         try:
-            return json.loads((self.path / MANIFEST).read_text()).get("ledger_revision")
+            return json.loads((self.path / name).read_text()).get("ledger_revision")
         except (OSError, json.JSONDecodeError, AttributeError):
             return None
 
@@ -309,9 +310,11 @@ class RunDirectory:
             raise os_error(exc, path, "write into") from exc
         return path
 
-    def commit(self, request_id: int, stage: Path, record: dict[str, Any], *, rolls_back: int | None = None) -> None:
+    def commit(self, request_id: int, stage: Path, record: dict[str, Any], *, rolls_back: int | None = None,
+               report: bool = True) -> None:
         """Move a finished request's files into ``requests/<id>`` and commit it (with ``rolls_back``, in the same
-        transaction mark that request rolled back); then export the manifest."""
+        transaction mark that request rolled back); then export the manifest, and the report unless ``report`` is
+        off (a caller that commits several requests writes it once at the end; ``_recover`` writes a stale one)."""
         with deferred_signals():
             name = f"{REQUESTS}/{request_id:03d}"
             apply_umask(stage)
@@ -329,7 +332,7 @@ class RunDirectory:
                         self.ledger.update(db, rolls_back, status="rolled_back")
                         self.ledger.event(db, "rolled_back", {"by": request_id, "exact": False}, rolls_back)
             self.last_committed = request_id
-            self.export()
+            self.export(report=report)
 
     def _commit_first(self, stage: Path, name: str, record: dict[str, Any]) -> None:
         """The first commit of a new run: its files, then the ledger, which makes it a run."""
@@ -371,13 +374,14 @@ class RunDirectory:
         assert self.ledger is not None
         return manifest_from(self.ledger)
 
-    def export(self) -> None:
-        """Rewrite ``manifest.json`` and the report from the ledger."""
+    def export(self, *, report: bool = True) -> None:
+        """Rewrite ``manifest.json`` and (``report``) the report from the ledger."""
         from gslora.report import write_report
 
         manifest = self.manifest()
         atomic_write_json(self.path / MANIFEST, manifest)
-        write_report(manifest, self.path)
+        if report:
+            write_report(manifest, self.path)
 
 
 def manifest_from(ledger: Ledger) -> dict[str, Any]:

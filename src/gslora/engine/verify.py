@@ -37,8 +37,9 @@ def groups_of(run: RunDirectory, only: int | None = None) -> tuple[dict[str, lis
 
 def verify_latest(run: RunDirectory, task: Task, dataset: Any, model: torch.nn.Module, config: VerifyConfig, *,
                   device: torch.device, original: torch.nn.Module | None, only: int | None = None,
-                  reference: tuple[str, torch.nn.Module] | None = None) -> dict[str, Any] | None:
-    """Run the suite on the run's latest ``model`` (and on ``reference``), record it in the ledger, export."""
+                  reference: tuple[str, torch.nn.Module] | None = None, report: bool = True) -> dict[str, Any] | None:
+    """Run the suite on the run's latest ``model`` (and on ``reference``), record it in the ledger, export the
+    manifest (and the report, with ``report``)."""
     assert run.ledger is not None
     groups, before, forgotten = groups_of(run, only)
     if not groups:
@@ -60,7 +61,7 @@ def verify_latest(run: RunDirectory, task: Task, dataset: Any, model: torch.nn.M
         run.ledger.add_verification(db, after_request=latest["id"] if latest else None,
                                     model_sha256=latest["record"]["checkpoint_sha256"] if latest else None,
                                     config=to_dict(config), results=results, reference=ref)
-    run.export()
+    run.export(report=report)
     return {"results": results, "reference": ref}
 
 

@@ -26,7 +26,8 @@ def task_rows(manifest: dict[str, Any]) -> list[dict[str, Any]]:
 def metrics_summary(manifest: dict[str, Any]) -> dict[str, Any]:
     rows = task_rows(manifest)
     ratios = [row["trainable_ratio"] for row in rows if row["trainable_ratio"] is not None]
-    return {"version": manifest["gslora_version"], "dataset": manifest["dataset"]["name"],
+    return {"version": manifest["gslora_version"], "ledger_revision": manifest.get("ledger_revision"),
+            "dataset": manifest["dataset"]["name"],
             "method": manifest["config"]["method"], "trainable_ratio": ratios[-1] if ratios else None,
             "hardware": manifest["hardware"], "tasks": rows}
 

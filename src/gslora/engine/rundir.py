@@ -48,8 +48,9 @@ MANIFEST = "manifest.json"
 BASE_PREDICTIONS = "base_predictions.safetensors"
 REQUESTS = "requests"
 STAGING = ".staging-"
-#: what gslora writes at the top of a run directory: a directory holding only these and no ledger is what an
-#: interrupted first commit left, and may be cleaned
+#: what gslora writes at the top of a run directory: a directory holding only these (the original model's
+#: predictions among them, the first file a first commit moves in) and no ledger is what an interrupted first
+#: commit left, and may be cleaned
 RUN_ENTRIES = {LEDGER, f"{LEDGER}-wal", f"{LEDGER}-shm", MANIFEST, BASE_PREDICTIONS, REQUESTS, "metrics.json",
                "report.md", "report.html", "accuracy.png", "group_norms.png", "certificate.json"}
 
@@ -172,7 +173,8 @@ class RunDirectory:
         if LEDGER in entries or MANIFEST in entries:
             raise GSLoRAError(f"run directory {str(self.path)!r} already exists; pass --run {self.path} to add "
                               "requests to it, or choose a new --out")
-        if entries and not set(entries) <= RUN_ENTRIES:
+        leftovers = set(entries) <= RUN_ENTRIES and BASE_PREDICTIONS in entries  # moved first by a first commit
+        if entries and not leftovers:
             shown = ", ".join(sorted(entries)[:3])
             raise GSLoRAError(f"{str(self.path)!r} is not empty ({shown}, ...); a new run needs an empty or new "
                               "directory: choose another --out")

@@ -8,7 +8,7 @@ POINT is where the process signals itself:
     saving        half-way through writing the merged model's weights
     before_ledger after the request's files moved into requests/NNN, before the ledger commits them (a new
                   run: before its ledger file is moved into place)
-    before_export after the ledger committed the request, before manifest.json is rewritten
+    before_export after the ledger committed the request, before manifest.json and the report are rewritten
 SIGNAL is KILL, INT or TERM. Nothing in gslora is changed for this: the runner wraps library functions.
 """
 
@@ -79,9 +79,9 @@ def install(point: str, sig: str) -> None:
     elif point == "before_export":
         original_export = rundir.RunDirectory.export
 
-        def export(self):
+        def export(self, **kwargs):
             _fire(sig)
-            return original_export(self)
+            return original_export(self, **kwargs)
 
         rundir.RunDirectory.export = export
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -33,7 +34,8 @@ def test_every_results_row_carries_its_config_and_provenance(path):
         methods = row.get("methods") if "methods" in row and isinstance(row["methods"], dict) else {None: row}
         for inner in methods.values():
             assert {"config", "commit", "time", "hardware"} <= set(inner), (path, sorted(inner))
-            assert inner["commit"].startswith("0."), inner["commit"]  # a gslora version, with its git commit
+            # a gslora version and the git commit it ran at (a clean checkout, so anyone can check it out)
+            assert re.fullmatch(r"\d+\.\d+\.\d+\+g[0-9a-f]{12}", inner["commit"]), inner["commit"]
 
 
 @requires_fashion
@@ -44,9 +46,11 @@ def test_the_smoke_benchmark_is_recreated_from_the_checkout(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     rerun = json.loads((tmp_path / "results.json").read_text())
     assert rerun["pretrain"]["test_acc"] == pytest.approx(committed["pretrain"]["test_acc"], abs=0.5)
+    assert list(rerun["methods"]) == list(committed["methods"])
     for label, row in committed["methods"].items():
         again = rerun["methods"][label]
         assert again["config"] == row["config"], label
+        assert len(again["tasks"]) == len(row["tasks"]) > 0, label
         for old, new in zip(row["tasks"], again["tasks"]):
             for key in ("acc_f", "acc_r", "h_mean"):
                 assert new[key] == pytest.approx(old[key], abs=0.5), (label, key)
@@ -65,6 +69,7 @@ def test_the_foundation_benchmark_is_recreated_from_the_checkout(tmp_path):
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stderr[-2000:]
     rerun = json.loads((tmp_path / "results.json").read_text())
+    assert len(rerun["methods"]["gs_lora"]["tasks"]) == len(committed["methods"]["gs_lora"]["tasks"]) == 4
     for old, new in zip(committed["methods"]["gs_lora"]["tasks"], rerun["methods"]["gs_lora"]["tasks"]):
         for key in ("acc_f", "acc_r", "h_mean"):
             assert new[key] == pytest.approx(old[key], abs=0.5), key

@@ -220,15 +220,16 @@ def test_two_writers_on_one_run(setting, tmp_path, existing):
     assert statuses(run)[-1][1] == "done"
 
 
-def test_files_follow_the_umask_and_no_lock_file_is_left(setting, tmp_path):
+@pytest.mark.parametrize("mask", [0o022, 0o027])
+def test_files_follow_the_umask_and_no_lock_file_is_left(setting, tmp_path, mask):
     root, data, _ = setting
     run = tmp_path / "run"
     result = gslora("forget", "--checkpoint", str(root / "base"), "--data", str(data), "--classes", "class_2",
-                    "--out", str(run), *FORGET, preexec_fn=lambda: os.umask(0o022))
+                    "--out", str(run), *FORGET, preexec_fn=lambda: os.umask(mask))
     assert result.returncode == 0, result.stderr
     for path in [run, *run.rglob("*")]:
         mode = path.stat().st_mode & 0o777
-        assert mode == (0o755 if path.is_dir() else 0o644), (path, oct(mode))
+        assert mode == (0o777 if path.is_dir() else 0o666) & ~mask, (path, oct(mode))
     assert not [p for p in run.rglob("*") if p.name.endswith(".lock") or p.name.startswith(".staging")]
 
 
@@ -313,7 +314,7 @@ def _corpus(root: Path, data: Path, run: Path, tmp: Path) -> list[tuple[list[str
         ([*new[:4], str(tmp / "truncated.npz"), *new[5:], "--out", str(tmp / "r2")], "truncated or not an .npz"),
         (["forget", "--checkpoint", str(tmp / "list_config"), *new[3:], "--out", str(tmp / "r3")],
          "is not a gslora checkpoint config"),
-        (["forget", "--run", str(tmp / "no_config_run"), *new[3:]], "is not a gslora manifest (no config)"),
+        (["forget", "--run", str(tmp / "no_config_run"), *new[3:]], "lacks config"),
         (["forget", "--checkpoint", str(tmp / "nan_base"), *new[3:], "--out", str(tmp / "r4")],
          "holds non-finite weights"),
         ([*new, "--config", str(tmp / "broken.yaml"), "--out", str(tmp / "r5")], "is not valid YAML"),

@@ -73,8 +73,15 @@ def test_pretrain_config_parser_gives_a_config_or_a_gslora_error(tree):
     assert config.model.image_size % config.model.patch_size == 0 or config.model.name is not None
 
 
+known_keys = st.sampled_from([f"{section}.{key}" for section, keys in SECTIONS.items() if section != "model"
+                              for key in keys])
+assignment_values = st.one_of(st.text(max_size=8), st.sampled_from(["1e-3", "-1", "0", "true", "[1, 2]", "null", "nan",
+                                                                    "{a: 1}", "[[Bag]]", "'x'", "1e400"]))
+
+
 @FUZZ
-@given(st.lists(st.text(max_size=30), max_size=4))
+@given(st.lists(st.one_of(st.text(max_size=30), st.tuples(known_keys, assignment_values).map("=".join)),
+                max_size=4))
 def test_set_assignments_give_a_tree_or_a_gslora_error(assignments):
     tree: dict = {}
     try:

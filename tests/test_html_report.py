@@ -319,3 +319,15 @@ def test_write_report_writes_the_page(tmp_path):
 
 def test_render_matches_written_file(tmp_path, classification_page):
     assert render_html(classification_manifest()) == classification_page
+
+
+def test_an_approximate_rollback_is_a_row_of_its_own_and_not_a_column():
+    """Request 0 rolled back: the run applies request 1 then a rollback row restoring class 2."""
+    manifest = classification_manifest()
+    first = _request(1, [4], [], BEFORE_0, AFTER_0)
+    rollback = {**_request(2, [], [4], AFTER_0, AFTER_1), "kind": "rollback", "restored_classes": [2],
+                "forget_class_names": ["rollback of Pull<b>&over"]}
+    manifest["requests"] = [first, rollback]
+    rows, columns, _ = accuracy_matrix(manifest)
+    assert rows == ["before request 1", "after request 1", "after rollback 2"]
+    assert columns == [f"forgot at request 1: {MATH}", "retained"]

@@ -127,10 +127,26 @@ def test_the_gate_passes_or_lists_each_miss_and_signs_its_certificate(two_reques
     assert main(["gate", "--run", str(run), "--max-acc-f", "10", "--min-acc-r-ratio", "0.8", "--key", str(key)]) == 0
     certificate = json.loads((run / "certificate.json").read_text())
     assert certificate["passed"] and certificate["signature"]["algorithm"] == "ed25519"
-    assert check_signature(certificate)
+    public = tmp_path / "public.pem"
+    public.write_bytes(serialization.load_pem_private_key(key.read_bytes(), None).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    assert check_signature(certificate, public) and check_signature(certificate, key)
     assert certificate["latest_model"]["sha256"] == _manifest(run)["requests"][-1]["checkpoint_sha256"]
-    certificate["misses"] = ["nothing to see"]
-    assert not check_signature(certificate)  # any change breaks the signature
+    forged = {**certificate, "misses": ["nothing to see"]}
+    assert not check_signature(forged, public)  # any change breaks the signature
+    intruder = Ed25519PrivateKey.generate()  # re-signed with another key, its public key carried along: refused
+    payload = {k: v for k, v in forged.items() if k != "signature"}
+    from gslora.engine.gate import canonical
+
+    forged["signature"] = {"algorithm": "ed25519", "value": intruder.sign(canonical(payload)).hex(),
+                           "public_key": intruder.public_key().public_bytes(
+                               serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()}
+    assert not check_signature(forged, public)
+    capsys.readouterr()
+    assert main(["check-certificate", str(run / "certificate.json"), "--key", str(public)]) == 0
+    (tmp_path / "forged.json").write_text(json.dumps(forged))
+    assert main(["check-certificate", str(tmp_path / "forged.json"), "--key", str(public)]) == 1
+    assert "INVALID" in capsys.readouterr().out
     capsys.readouterr()
     assert main(["gate", "--run", str(run), "--max-acc-f", "0", "--max-mia-auc", "0.01"]) == 1
     lines = capsys.readouterr().out.strip().splitlines()
@@ -140,6 +156,8 @@ def test_the_gate_passes_or_lists_each_miss_and_signs_its_certificate(two_reques
     assert main(["gate", "--run", str(run), "--max-acc-f", "100", "--key", str(secret)]) == 0
     certificate = json.loads((run / "certificate.json").read_text())
     assert certificate["signature"]["algorithm"] == "hmac-sha256" and check_signature(certificate, secret)
+    (tmp_path / "other").write_bytes(b"another secret")
+    assert not check_signature(certificate, tmp_path / "other")
     assert [e["kind"] for e in _manifest(run)["events"]].count("gate") == 3
 
 
@@ -172,11 +190,37 @@ def test_a_ledger_from_a_newer_gslora_is_refused(two_requests, tmp_path, capsys)
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 
-def test_a_run_of_gslora_0_1_gets_its_ledger_from_its_manifest(two_requests, tmp_path):
+def _as_gslora_0_1(run: Path) -> None:
+    """Rewrite a run the way gslora 0.1 left it: no ledger, a manifest whose records have no id, per-class
+    accuracy, acceptance or verification, and h_max where 0.2 says h_exact."""
+    manifest = _manifest(run)
+    (run / "ledger.sqlite").unlink()
+    old = {"gslora_version": "0.1.0", "created": manifest["created"], "base": manifest["base"],
+           "dataset": manifest["dataset"], "config": {**manifest["config"], "sequence": {
+               **manifest["config"]["sequence"], "requests": []}}, "hardware": manifest["hardware"], "requests": [],
+           "latest_checkpoint": manifest["latest_checkpoint"]}
+    for record in manifest["requests"]:
+        metrics = {k: v for k, v in record["metrics"].items() if k not in ("per_class", "forget_train_score")}
+        metrics["h_max"] = metrics.pop("h_exact")
+        old["requests"].append({k: v for k, v in record.items() if k not in (
+            "id", "artefacts", "acceptance", "kind", "forget_images_per_class", "shots_short", "steps", "sequence",
+            "requester", "reason")} | {"metrics": metrics})
+    (run / "manifest.json").write_text(json.dumps(old))
+
+
+def test_a_run_of_gslora_0_1_gets_its_ledger_from_its_manifest(two_requests, tmp_path, capsys):
     source, data = two_requests
     run = tmp_path / "run"
     shutil.copytree(source, run)
-    (run / "ledger.sqlite").unlink()  # what an 0.1 run looks like: the manifest is all there is
+    _as_gslora_0_1(run)
+    capsys.readouterr()
+    assert main(["requests", "list", "--run", str(run), "--json"]) == 0  # a reader with write access migrates it
+    assert [r["status"] for r in json.loads(capsys.readouterr().out)] == ["done", "done"]
     assert main(["forget", "--run", str(run), "--data", str(data), "--classes", "Coat", *FORGET]) == 0
+    manifest = _manifest(run)
     assert [s for _, _, s in _statuses(run)] == ["done", "done", "done"]
-    assert "migrated" in [e["kind"] for e in _manifest(run)["events"]]
+    assert "migrated" in [e["kind"] for e in manifest["events"]]
+    assert manifest["requests"][-1]["old_classes"] == [8, 7, 1]
+    assert manifest["latest_checkpoint"] == "requests/002/model"
+    assert main(["rollback", "--run", str(run)]) == 0  # the migrated requests are rows like any other
+    assert _manifest(run)["latest_checkpoint"] == "requests/001/model"

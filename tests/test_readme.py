@@ -46,6 +46,10 @@ def small_python(code: str, data: str) -> str:
     return code
 
 
+def test_readme_has_no_unfilled_placeholder():
+    assert not re.findall(r"\b[A-Z]{3,}_[A-Z_]{3,}\b", README.replace("GSLORA_SIGNING_KEY", ""))
+
+
 def blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
 

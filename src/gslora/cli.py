@@ -1,6 +1,7 @@
 """The ``gslora`` command line: parses arguments into config objects and calls the library.
 
-Exit codes: 0 success, 2 bad input (the message names the problem and the fix), 1 anything else.
+Exit codes: 0 success, 1 a gate that said no, 2 bad input (the message names the problem and the fix), 3 a request
+that ran but was not accepted, 130/143 interrupted, 70 anything else (a bug).
 """
 
 from __future__ import annotations
@@ -332,23 +333,19 @@ def _verify_checkpoint(args: argparse.Namespace, model, dataset, ids: list[int],
     """The verification suite on a bare checkpoint for the classes ``ids`` (with ``--original``: the relearn target
     and face prototypes; with ``--reference``: the same figures on a model retrained without them)."""
     from gslora.engine import predict
+    from gslora.engine.verify import measure
     from gslora.metrics import accuracy
     from gslora.models import load_checkpoint
-    from gslora.verification import VerifyConfig, compare, verify
+    from gslora.tasks import get_task
+    from gslora.verification import VerifyConfig
 
-    groups = {"selected": ids}
     original = load_checkpoint(args.original)[0].to(device) if args.original else None
     before = {"selected": accuracy(predict(original, dataset.test, device=device).top1, dataset.test.labels, ids)} \
         if original is not None else None
-    config = VerifyConfig(relearn=original is not None)
-    results = verify(model, dataset, groups, rest, config=config, device=device, acc_before=before, original=original)
-    out: dict[str, Any] = {"results": results}
-    if args.reference:
-        reference = load_checkpoint(args.reference)[0].to(device)
-        ref = verify(reference, dataset, groups, rest, config=config, device=device, acc_before=before,
-                     original=original)
-        out["reference"] = {"checkpoint": args.reference, "results": ref, "versus": compare(results, ref)}
-    return out
+    reference = (args.reference, load_checkpoint(args.reference)[0].to(device)) if args.reference else None
+    return measure(get_task("classification"), model, dataset, {"selected": ids}, rest,
+                   VerifyConfig(relearn=original is not None), device=device, acc_before=before, original=original,
+                   reference=reference)
 
 
 # -- verify ---------------------------------------------------------------------------------------
@@ -407,6 +404,23 @@ def cmd_gate(args: argparse.Namespace) -> int:
     print(f"gate {'passed' if certificate['passed'] else 'failed'}: certificate {Path(args.run) / 'certificate.json'}"
           f"{signed}")
     return 0 if certificate["passed"] else 1
+
+
+def cmd_check_certificate(args: argparse.Namespace) -> int:
+    from gslora.engine.gate import check_signature
+
+    try:
+        certificate = json.loads(Path(args.certificate).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise GSLoRAError(f"cannot read certificate {args.certificate!r} ({exc}); pass a certificate.json") from exc
+    if not isinstance(certificate, dict) or not certificate.get("signature"):
+        print(f"{args.certificate}: not signed")
+        return 1
+    valid = check_signature(certificate, args.key)
+    print(f"{args.certificate}: signature {'valid' if valid else 'INVALID'} ({certificate['signature']['algorithm']}); "
+          f"gate {'passed' if certificate.get('passed') else 'failed'}; latest model sha256 "
+          f"{(certificate.get('latest_model') or {}).get('sha256', '?')[:16]}")
+    return 0 if valid else 1
 
 
 # -- requests -------------------------------------------------------------------------------------
@@ -634,6 +648,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: $GSLORA_SIGNING_KEY, else unsigned)")
     g.set_defaults(func=cmd_gate)
 
+    k = sub.add_parser("check-certificate", parents=[common],
+                       help="check a gate certificate's signature against a trusted key (exit 0 valid, 1 not)")
+    k.add_argument("certificate", help="a certificate.json written by `gslora gate`")
+    k.add_argument("--key", required=True, help="the trusted key: an Ed25519 public (or private) key in PEM, or the "
+                   "HMAC secret")
+    k.set_defaults(func=cmd_check_certificate)
+
     e = sub.add_parser("evaluate", parents=[common], help="test accuracy of a checkpoint, per class")
     e.add_argument("--config", help="YAML file with checkpoint: and data: (default: none)")
     e.add_argument("--checkpoint",
@@ -663,8 +684,9 @@ def _on_signal(signum: int, _frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command. Exit codes: 0 success; 2 bad input (one line naming the problem and the fix); 3 a request
-    that ran but was not accepted; 130 / 143 interrupted by SIGINT / SIGTERM; 1 anything else (a bug)."""
+    """Run one command. Exit codes: 0 success; 1 ``gslora gate``: a threshold missed; 2 bad input (one line naming
+    the problem and the fix); 3 a request that ran but was not accepted; 130 / 143 interrupted by SIGINT / SIGTERM;
+    70 anything else (a bug: "internal error")."""
     import signal
 
     from gslora.errors import user_error
@@ -697,7 +719,7 @@ def main(argv: list[str] | None = None) -> int:
             first = str(exc).splitlines()[0] if str(exc) else ""
             print(f"gslora {command}: internal error: {type(exc).__name__}: {first} (run with -v for the traceback, "
                   "and please report it)", file=sys.stderr)
-            return 1
+            return 70  # EX_SOFTWARE: never 1, which is the gate's "no"
         print(f"gslora {command}: error: {' '.join(str(error).split())}", file=sys.stderr)
         return error.exit_code
     finally:

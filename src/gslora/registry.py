@@ -34,7 +34,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         """Return the object registered as ``name`` or raise an error listing the valid names."""
-        if name not in self._entries:
+        if not isinstance(name, str) or name not in self._entries:
             raise GSLoRAError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(sorted(self._entries))}")
         return self._entries[name]
 

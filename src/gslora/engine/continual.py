@@ -10,9 +10,7 @@ was after the last finished one (the ledger records the attempt).
 from __future__ import annotations
 
 import copy
-import json
 import logging
-import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -24,10 +22,10 @@ import torch
 
 from gslora.config import AcceptanceConfig, DataConfig, SequenceConfig, TrainConfig, from_dict, require, to_dict
 from gslora.data import Request, build_requests
-from gslora.engine.ledger import LEDGER, now
+from gslora.engine.ledger import now
 from gslora.engine.loop import ProgressFactory, no_progress, resolve_device
 from gslora.engine.provenance import hardware
-from gslora.engine.rundir import MANIFEST, RunDirectory, deferred_signals, manifest_from
+from gslora.engine.rundir import RunDirectory, deferred_signals, manifest_from
 from gslora.errors import GSLoRAError, Interrupted, RequestRejected
 from gslora.methods import TaskContext, build_method, resolved_spec
 from gslora.tasks import Subsets, Task, get_task
@@ -117,8 +115,8 @@ def run_forgetting(config: Any, run_dir: str | Path, *, resume: bool = False, pe
         sequence = config.sequence
         if pending:
             sequence = SequenceConfig(**{**to_dict(config.sequence), "requests": [row["classes"] for row in queued]})
-        start = len([row for row in run.applied() if row["kind"] == "forget"])
-        requests = build_requests(sequence, state.dataset.classes, forgotten=state.forgotten, start_index=start)
+        requests = build_requests(sequence, state.dataset.classes, forgotten=state.forgotten,
+                                  start_index=run.next_index())
         if not pending:
             _refuse_queued(run, requests, state.dataset.classes)
         subsets = [task.subsets(state.dataset, r, sequence) for r in requests]  # validate all before training
@@ -155,6 +153,8 @@ def _verify_after(run: RunDirectory, state: _State, model: torch.nn.Module, conf
     try:
         verify_latest(run, state.task, state.dataset, model, config, device=device,
                       original=state.original().to(device), report=False)
+    except Interrupted:
+        raise  # it says what was recorded
     except KeyboardInterrupt as exc:
         latest = run.applied()[-1]["record"]["index"]
         raise Interrupted(getattr(exc, "signum", signal.SIGINT),
@@ -214,7 +214,7 @@ def _resume(task: Task, config: Any, run: RunDirectory) -> _State:
     task.check_same_data(dataset, meta["dataset"], run.path)
     latest = run.latest_model()
     model, _ = task.load_model(latest or meta["base"]["checkpoint"])
-    forgotten = [c for row in run.applied() if row["kind"] == "forget" for c in row["classes"]]
+    forgotten = run.forgotten()
     cache: dict[str, torch.nn.Module] = {}
 
     def original() -> torch.nn.Module:
@@ -255,56 +255,46 @@ def _apply_request(run: RunDirectory, state: _State, config: Any, request: Reque
                            queued_id=queued_id, requester=requester, reason=reason)
     log.info("request %d: forgetting %s (%d forget / %d retain training images)", request.index, ", ".join(names),
              len(subsets.forget), len(subsets.retain))
-    stage: Path | None = None
     try:
-        context = TaskContext(request, train.epochs, steps_per_epoch, forget_data=subsets.forget,
-                              retain_data=subsets.retain, original_model=state.original, device=device)
-        torch.manual_seed(config.train.seed + request.index)
-        started, start = now(), time.perf_counter()
-        method.setup_task(model, context)
-        history = task.train(method, context, subsets, config.train, device=device, progress=progress)
-        stage = run.stage()
-        artifacts = method.save_artifacts(stage)
-        edited = method.end_task(context)
-        seconds = time.perf_counter() - start
-        digest = task.save_model(edited.cpu(), stage / "model", classes=dataset.classes,
-                                 extra={"run_request": request.index})
-        edited = edited.to(device)
-        after = task.evaluate(edited, dataset, config, device=device)
-        metrics = task.measure(dataset, request, before, after, state.base, config)
-        metrics["forget_train_score"] = task.training_forget_score(edited, subsets, request, device=device)
-        verdict = judge(task.scores(metrics), metrics["forget_train_score"], config.acceptance)
-        if verdict["misses"] and not config.acceptance.accept_partial:
-            raise RequestRejected(f"request {request.index} ({', '.join(names)}) was not committed: "
-                                  f"{'; '.join(verdict['misses'])}; the run is as it was. Train longer or harder "
-                                  "(--epochs, --lr, --beta) or pass --accept-partial to commit it anyway")
-        prefix = f"requests/{request_id:03d}"
-        record = {
-            "index": request.index, "kind": "forget", "forget_classes": list(request.forget),
-            "forget_class_names": names, "retain_classes": list(request.retain), "old_classes": list(request.old),
-            "missing_classes": list(request.missing), "requester": requester, "reason": reason,
-            "started": started, "seconds": seconds, "train_images": subsets.sizes,
-            "forget_images_per_class": subsets.forget_per_class, "shots_short": subsets.short, "method": spec,
-            **settings, **{k: f"{prefix}/{v}" for k, v in artifacts.items()},
-            "checkpoint": f"{prefix}/model", "checkpoint_sha256": digest, "metrics": metrics, "acceptance": verdict,
-            **method.diagnostics(), "history": history,
-        }
-        run.commit(request_id, stage, record, report=False)  # run_forgetting writes the report at the end
+        with run.attempt(request_id) as stage:
+            context = TaskContext(request, train.epochs, steps_per_epoch, forget_data=subsets.forget,
+                                  retain_data=subsets.retain, original_model=state.original, device=device)
+            torch.manual_seed(config.train.seed + request.index)
+            started, start = now(), time.perf_counter()
+            method.setup_task(model, context)
+            history = task.train(method, context, subsets, config.train, device=device, progress=progress)
+            artifacts = method.save_artifacts(stage)
+            edited = method.end_task(context)
+            seconds = time.perf_counter() - start
+            digest = task.save_model(edited.cpu(), stage / "model", classes=dataset.classes,
+                                     extra={"run_request": request.index})
+            edited = edited.to(device)
+            after = task.evaluate(edited, dataset, config, device=device)
+            metrics = task.measure(dataset, request, before, after, state.base, config)
+            metrics["forget_train_score"] = task.training_forget_score(edited, subsets, request, device=device)
+            verdict = judge(task.scores(metrics), metrics["forget_train_score"], config.acceptance)
+            if verdict["misses"] and not config.acceptance.accept_partial:
+                raise RequestRejected(f"request {request.index} ({', '.join(names)}) was not committed: "
+                                      f"{'; '.join(verdict['misses'])}; the run is as it was. Train longer or harder "
+                                      "(--epochs, --lr, --beta) or pass --accept-partial to commit it anyway")
+            prefix = f"requests/{request_id:03d}"
+            record = {
+                "index": request.index, "kind": "forget", "forget_classes": list(request.forget),
+                "forget_class_names": names, "retain_classes": list(request.retain),
+                "old_classes": list(request.old), "missing_classes": list(request.missing), "requester": requester,
+                "reason": reason, "started": started, "seconds": seconds, "train_images": subsets.sizes,
+                "forget_images_per_class": subsets.forget_per_class, "shots_short": subsets.short, "method": spec,
+                **settings, **{k: f"{prefix}/{v}" for k, v in artifacts.items()}, "checkpoint": f"{prefix}/model",
+                "checkpoint_sha256": digest, "metrics": metrics, "acceptance": verdict, **method.diagnostics(),
+                "history": history,
+            }
+            run.commit(request_id, stage, record, report=False)  # run_forgetting writes the report at the end
     except KeyboardInterrupt as exc:
-        if run.last_committed != request_id:
-            run.fail(request_id, "interrupted by a signal", interrupted=True)
-        signum = getattr(exc, "signum", signal.SIGINT)
-        applied = [r for r in run.applied() if r["kind"] == "forget"]
+        applied = run.applied()
         where = (f"as it was after request {applied[-1]['record']['index']}" if applied else
-                 "not created (no request finished)")
-        raise Interrupted(signum, f"interrupted; the run {str(run.path)!r} is {where}") from None
-    except Exception as exc:
-        if run.last_committed != request_id:
-            run.fail(request_id, str(exc) if isinstance(exc, GSLoRAError) else f"{type(exc).__name__}: {exc}")
-        raise
-    finally:
-        if stage is not None and stage.exists():
-            shutil.rmtree(stage, ignore_errors=True)
+                 "not created (no request finished)" if run.ledger is None else "as it was (no request applied)")
+        raise Interrupted(getattr(exc, "signum", signal.SIGINT), f"interrupted; the run {str(run.path)!r} is {where}"
+                          ) from None
     state.forgotten.extend(request.forget)
     scores = task.scores(metrics)
     log.info("request %d done in %.1fs: forget %.2f -> %.2f, retain %.2f -> %.2f", request.index, seconds,
@@ -330,17 +320,7 @@ def judge(scores: dict[str, float | None], forget_train: float | None, acceptanc
 # -- reading runs -----------------------------------------------------------------------------------
 
 def read_manifest(run_dir: str | Path) -> dict[str, Any]:
-    """The run as one document (exported from its ledger; a run of gslora < 0.2 from its manifest.json)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / LEDGER).is_file() and (run_dir / MANIFEST).is_file():
-        try:
-            manifest = json.loads((run_dir / MANIFEST).read_text())
-        except json.JSONDecodeError as exc:
-            raise GSLoRAError(f"{run_dir / MANIFEST} is not valid JSON ({exc}); the run directory is damaged") from exc
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("config"), dict):
-            raise GSLoRAError(f"{run_dir / MANIFEST} is not a gslora manifest (no config); the run directory is "
-                              "damaged")
-        return manifest
+    """The run as one document, exported from its ledger (a run of gslora < 0.2 gets its ledger first)."""
     with RunDirectory.read(run_dir) as ledger:
         return manifest_from(ledger)
 

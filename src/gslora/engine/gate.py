@@ -17,7 +17,7 @@ from typing import Any
 
 from gslora.config import require, to_dict
 from gslora.engine.ledger import now
-from gslora.engine.rundir import RunDirectory, manifest_from
+from gslora.engine.rundir import RunDirectory, deferred_signals, manifest_from
 from gslora.errors import GSLoRAError
 from gslora.io import atomic_write_json
 from gslora.version import __version__, code_version
@@ -158,25 +158,41 @@ def sign(payload: dict[str, Any], key_file: str | Path) -> dict[str, Any]:
             "key_sha256": hashlib.sha256(raw).hexdigest()}
 
 
-def check_signature(certificate: dict[str, Any], key_file: str | Path | None = None) -> bool:
-    """Whether ``certificate``'s signature is valid (Ed25519: against its own public key, or ``key_file``'s;
-    HMAC: against ``key_file``, the shared secret)."""
+def check_signature(certificate: dict[str, Any], key_file: str | Path) -> bool:
+    """Whether ``certificate`` was signed with the trusted key in ``key_file``: for Ed25519 the public key (PEM) or
+    the private key it belongs to; for HMAC the shared secret. The public key a certificate carries is never trusted
+    on its own (anyone can re-sign an edited certificate with a key of their own).
+
+    Raises:
+        GSLoRAError: an unreadable key, or a key of the wrong kind for the certificate's signature.
+    """
     signature = certificate.get("signature") or {}
     payload = {k: v for k, v in certificate.items() if k != "signature"}
+    try:
+        raw = Path(key_file).read_bytes()
+    except OSError as exc:
+        raise GSLoRAError(f"cannot read key {str(key_file)!r} ({exc.strerror or exc}); pass the trusted key") from exc
     if signature.get("algorithm") == "ed25519":
         from cryptography.exceptions import InvalidSignature
         from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-        pem = Path(key_file).read_bytes() if key_file else signature["public_key"].encode()
-        public = serialization.load_pem_public_key(pem)
+        try:
+            key = serialization.load_pem_private_key(raw, password=None) if b"PRIVATE KEY" in raw else \
+                serialization.load_pem_public_key(raw)
+        except (ValueError, TypeError) as exc:
+            raise GSLoRAError(f"{str(key_file)!r} is not a PEM Ed25519 key ({exc})") from exc
+        public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+        if not isinstance(public, Ed25519PublicKey):
+            raise GSLoRAError(f"{str(key_file)!r} is not an Ed25519 key, but the certificate is signed with Ed25519")
         try:
             public.verify(bytes.fromhex(signature["value"]), canonical(payload))
             return True
-        except InvalidSignature:
+        except (InvalidSignature, ValueError):
             return False
-    if signature.get("algorithm") == "hmac-sha256" and key_file:
-        expected = hmac.new(Path(key_file).read_bytes(), canonical(payload), hashlib.sha256).hexdigest()
-        return hmac.compare_digest(expected, signature["value"])
+    if signature.get("algorithm") == "hmac-sha256":
+        expected = hmac.new(raw, canonical(payload), hashlib.sha256).hexdigest()
+        return hmac.compare_digest(expected, str(signature.get("value", "")))
     return False
 
 
@@ -203,9 +219,10 @@ def gate(run_dir: str | Path, config: GateConfig, *, key: str | Path | None = No
                          | {"artefacts": row.get("artefacts")} for row in run.ledger.rows()],
         }
         certificate["signature"] = sign(certificate, key) if key else None
-        atomic_write_json(run.path / CERTIFICATE, certificate)
-        with run.ledger.transaction() as db:
-            run.ledger.event(db, "gate", {"passed": not misses, "misses": misses, "thresholds": to_dict(config),
-                                          "signed": bool(key)})
-        run.export()
+        with deferred_signals(after=f"interrupted after the gate wrote {run.path / CERTIFICATE}"):
+            atomic_write_json(run.path / CERTIFICATE, certificate)
+            with run.ledger.transaction() as db:
+                run.ledger.event(db, "gate", {"passed": not misses, "misses": misses, "thresholds": to_dict(config),
+                                              "signed": bool(key)})
+            run.export()
     return certificate

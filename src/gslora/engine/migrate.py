@@ -23,7 +23,8 @@ def ledger_from_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
     meta["gslora_version"] = manifest.get("gslora_version")
     meta.setdefault("task", "classification")
     draft = run_dir / f".staging-{LEDGER}"
-    draft.unlink(missing_ok=True)
+    for leftover in (draft, draft.with_name(draft.name + "-wal"), draft.with_name(draft.name + "-shm")):
+        leftover.unlink(missing_ok=True)
     with Ledger.create(draft, meta) as ledger, ledger.transaction() as db:
         for record in manifest["requests"]:
             try:

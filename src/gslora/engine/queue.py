@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from gslora.data import resolve_classes
-from gslora.engine.rundir import RunDirectory
+from gslora.engine.rundir import RunDirectory, deferred_signals
 from gslora.errors import GSLoRAError
 
 
@@ -24,7 +24,7 @@ def queue_request(run_dir: str | Path, classes: list[str | int], *, requester: s
         assert run.ledger is not None
         names = run.meta()["dataset"]["classes"]
         ids = resolve_classes(classes, names)
-        gone = {c for row in run.applied() if row["kind"] == "forget" for c in row["classes"]}
+        gone = set(run.forgotten())
         queued = {c: row["id"] for row in run.ledger.rows(where="status = 'queued'") for c in row["classes"]}
         for c in ids:
             if c in gone:
@@ -34,11 +34,12 @@ def queue_request(run_dir: str | Path, classes: list[str | int], *, requester: s
                 raise GSLoRAError(f"class {names[c]} is already queued as request {queued[c]}")
         if len(ids) + len(gone) + len(queued) >= len(names):
             raise GSLoRAError("this request would leave no class to retain once the queue has run; keep at least one")
-        with run.ledger.transaction() as db:
-            request_id = run.ledger.add(db, classes=ids, class_names=[names[c] for c in ids], source="queue",
-                                        status="queued", requester=requester, reason=reason)
-            run.ledger.event(db, "queued", {"classes": [names[c] for c in ids]}, request_id)
-        run.export()
+        with deferred_signals(after="interrupted after the request was queued: it is in the ledger"):
+            with run.ledger.transaction() as db:
+                request_id = run.ledger.add(db, classes=ids, class_names=[names[c] for c in ids], source="queue",
+                                            status="queued", requester=requester, reason=reason)
+                run.ledger.event(db, "queued", {"classes": [names[c] for c in ids]}, request_id)
+            run.export()
         return request_id
 
 

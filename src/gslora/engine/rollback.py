@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
-import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -23,8 +23,8 @@ import torch
 from gslora.data import Request
 from gslora.engine.ledger import now
 from gslora.engine.loop import resolve_device
-from gslora.engine.rundir import RunDirectory
-from gslora.errors import GSLoRAError
+from gslora.engine.rundir import RunDirectory, deferred_signals
+from gslora.errors import GSLoRAError, Interrupted
 from gslora.io import sha256_file
 from gslora.tasks import get_task
 
@@ -66,9 +66,16 @@ def _model_before(run: RunDirectory, applied: list[dict[str, Any]], row: dict[st
     earlier = [r for r in applied[: applied.index(row)] if r["record"].get("checkpoint")]
     if earlier:
         record = earlier[-1]["record"]
-        return run.path / record["checkpoint"], record["checkpoint_sha256"]
+        return _inside(run, record["checkpoint"]), record["checkpoint_sha256"]
     base = run.meta()["base"]
     return Path(base["checkpoint"]), base["sha256"]
+
+
+def _inside(run: RunDirectory, relative: str) -> Path:
+    """A model directory the ledger records, refused when it points outside the run."""
+    path = run.path / relative
+    run.check_inside(path)
+    return path
 
 
 def _check_bytes(model_dir: Path, sha256: str) -> None:
@@ -83,7 +90,8 @@ def _exact(run: RunDirectory, applied: list[dict[str, Any]]) -> dict[str, Any]:
     restored, sha = _model_before(run, applied, latest)
     _check_bytes(restored, sha)
     assert run.ledger is not None
-    with run.ledger.transaction() as db:
+    done = f"interrupted after the rollback was recorded: the latest model is {restored} again"
+    with deferred_signals(after=done), run.ledger.transaction() as db:
         run.ledger.update(db, latest["id"], status="rolled_back")
         rollback_id = run.ledger.add(db, kind="rollback", target=latest["id"], classes=latest["classes"],
                                      class_names=latest["class_names"], source="command", status="done", started=now(),
@@ -91,7 +99,8 @@ def _exact(run: RunDirectory, applied: list[dict[str, Any]]) -> dict[str, Any]:
                                                              "target": latest["id"], "restored": str(restored),
                                                              "restored_sha256": sha})
         run.ledger.event(db, "rolled_back", {"by": rollback_id, "exact": True, "restored_sha256": sha}, latest["id"])
-    run.export()
+    with deferred_signals(after=done):
+        run.export()
     log.info("rolled back request %d: the latest model is %s again", latest["id"], restored)
     return {"exact": True, "rolled_back": latest["id"], "checkpoint": str(restored), "sha256": sha}
 
@@ -105,26 +114,25 @@ def _approximate(run: RunDirectory, config: Any, applied: list[dict[str, Any]], 
     latest_dir = run.latest_model()
     before_dir, before_sha = _model_before(run, applied, target)
     _check_bytes(before_dir, before_sha)
-    _check_bytes(run.path / target["record"]["checkpoint"], target["record"]["checkpoint_sha256"])
+    target_dir = _inside(run, target["record"]["checkpoint"])
+    _check_bytes(target_dir, target["record"]["checkpoint_sha256"])
     latest, _ = task.load_model(latest_dir)
-    edited, _ = task.load_model(run.path / target["record"]["checkpoint"])
+    edited, _ = task.load_model(target_dir)
     previous, _ = task.load_model(before_dir)
     start = time.perf_counter()
     undone = _subtract(latest, edited, previous)
     restored = list(target["classes"])
-    forgotten = [c for row in applied if row["kind"] == "forget" and row["id"] != target["id"] for c in row["classes"]]
+    forgotten = [c for c in run.forgotten() if c not in restored]
     retained = [c for c in range(dataset.num_classes) if c not in forgotten and c not in restored]
     names = [dataset.classes[c] for c in restored]
     request_id = run.start(classes=restored, class_names=names, method={"name": "rollback"}, settings={},
                            kind="rollback", target=target["id"])
-    stage = None
-    try:
-        stage = run.stage()
+    with run.attempt(request_id) as stage:
         digest = task.save_model(undone.cpu(), stage / "model", classes=dataset.classes,
                                  extra={"rollback_of": target["id"]})
         before_eval = task.evaluate(latest.to(device), dataset, config, device=device)
         after_eval = task.evaluate(undone.to(device), dataset, config, device=device)
-        index = len([row for row in applied if row["kind"] == "forget"])
+        index = run.next_index()
         metrics = task.measure(dataset, Request(index, tuple(restored), tuple(retained), tuple(forgotten)), before_eval,
                                after_eval, run.base_tensors(task.base_key), config)
         record = {"index": index, "kind": "rollback", "exact": False, "approximation": True,
@@ -135,19 +143,19 @@ def _approximate(run: RunDirectory, config: Any, applied: list[dict[str, Any]], 
                   "checkpoint": f"requests/{request_id:03d}/model", "checkpoint_sha256": digest,
                   "metrics": metrics}
         run.commit(request_id, stage, record, rolls_back=target["id"])
-    except BaseException as exc:
-        if run.last_committed != request_id:
-            run.fail(request_id, f"{type(exc).__name__}: {exc}", interrupted=isinstance(exc, KeyboardInterrupt))
-        raise
-    finally:
-        if stage is not None and stage.exists():
-            shutil.rmtree(stage, ignore_errors=True)
     verify = getattr(config, "verify", None)
     if verify is not None and verify.enabled:
         from gslora.engine.verify import verify_latest
 
         original, _ = task.load_model(meta["base"]["checkpoint"])
-        verify_latest(run, task, dataset, undone.to(device), verify, device=device, original=original.to(device))
+        try:
+            verify_latest(run, task, dataset, undone.to(device), verify, device=device, original=original.to(device))
+        except Interrupted:
+            raise
+        except KeyboardInterrupt as exc:
+            raise Interrupted(getattr(exc, "signum", signal.SIGINT),
+                              f"interrupted; the rollback of request {target['id']} is committed, its verification "
+                              "did not finish: run `gslora verify --run RUN`") from None
     return {"exact": False, "rolled_back": target["id"], "checkpoint": str(run.path / record["checkpoint"]),
             "sha256": digest, "metrics": metrics, "scores": task.scores(metrics)}
 

@@ -39,8 +39,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from gslora.engine.ledger import LEDGER, Ledger, now
-from gslora.errors import GSLoRAError
+from gslora.errors import GSLoRAError, Interrupted
 from gslora.io import apply_umask, atomic_write_json, make_dir, os_error, sha256_file
+from gslora.report import REPORT_FILES
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +52,15 @@ STAGING = ".staging-"
 #: what gslora writes at the top of a run directory: a directory holding only these (the original model's
 #: predictions among them, the first file a first commit moves in) and no ledger is what an interrupted first
 #: commit left, and may be cleaned
-RUN_ENTRIES = {LEDGER, f"{LEDGER}-wal", f"{LEDGER}-shm", MANIFEST, BASE_PREDICTIONS, REQUESTS, "metrics.json",
-               "report.md", "report.html", "accuracy.png", "group_norms.png", "certificate.json"}
+RUN_ENTRIES = {LEDGER, f"{LEDGER}-wal", f"{LEDGER}-shm", MANIFEST, BASE_PREDICTIONS, REQUESTS, "certificate.json",
+               *REPORT_FILES}
 
 
 @contextmanager
-def deferred_signals() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM back until the block ends (a commit must not stop half-way)."""
+def deferred_signals(after: str | None = None) -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back until the block ends (a commit must not stop half-way). A signal that arrived
+    is delivered when the block ends; with ``after``, as ``Interrupted(signum, after)``: the message that says what
+    the block completed."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -69,6 +72,8 @@ def deferred_signals() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if received and after is not None:
+            raise Interrupted(received[0], after)
         if received:
             signal.raise_signal(received[0])
 
@@ -132,6 +137,13 @@ class RunDirectory:
             except BlockingIOError as exc:
                 raise GSLoRAError(f"another gslora process is writing run {str(path)!r}; wait for it to "
                                   "finish") from exc
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(path))
+            except OSError:
+                same = False
+            if not same:  # the directory was removed (a failed new run cleaning up) while this process waited
+                raise GSLoRAError(f"{str(path)!r} was removed or replaced while this command waited for it; run the "
+                                  "command again")
             locked = True
             if create:
                 run._prepare_new()
@@ -155,10 +167,13 @@ class RunDirectory:
     def read(path: str | Path) -> Iterator[Ledger]:
         """The ledger of an existing run, read-only and without the lock (readers never block a writer)."""
         path = Path(path)
+        if not (path / LEDGER).is_file() and (path / MANIFEST).is_file():
+            if not os.access(path, os.W_OK):
+                raise GSLoRAError(f"{str(path)!r} was written by gslora < 0.2 and has no ledger yet, and this user "
+                                  "cannot write it; run any gslora command on it once with write access")
+            with RunDirectory.lock(path, create=False):  # builds its ledger from the manifest
+                pass
         if not (path / LEDGER).is_file():
-            if (path / MANIFEST).is_file():
-                raise GSLoRAError(f"{str(path)!r} was written by gslora < 0.2 and has no ledger yet; add a request or "
-                                  "run `gslora requests list` once with write access to upgrade it")
             raise GSLoRAError(f"{str(path)!r} is not a gslora run directory (no {LEDGER}); start a run with "
                               "`gslora forget --out DIR ...`")
         ledger = Ledger.open(path / LEDGER, read_only=not os.access(path, os.W_OK))
@@ -184,6 +199,7 @@ class RunDirectory:
             shutil.rmtree(target) if target.is_dir() else target.unlink()
 
     def _open_existing(self) -> None:
+        self._remove_staging()
         if not (self.path / LEDGER).is_file():
             from gslora.engine.migrate import ledger_from_manifest
 
@@ -266,6 +282,19 @@ class RunDirectory:
     def applied(self) -> list[dict[str, Any]]:
         return [] if self.ledger is None else self.ledger.applied()
 
+    def forgotten(self) -> list[int]:
+        """Every class the latest model has forgotten: the classes of the applied forget requests."""
+        return [c for row in self.applied() if row["kind"] == "forget" for c in row["classes"]]
+
+    def next_index(self) -> int:
+        """The index of the next change in the run's sequence: after every committed one, rolled back or not, so an
+        index (and the seeds drawn from it) is never used twice."""
+        if self.ledger is None:
+            return 0
+        rows = self.ledger.rows(where="status IN ('done', 'rolled_back') AND record IS NOT NULL")
+        indices = [row["record"]["index"] for row in rows if "index" in row["record"]]
+        return max(indices) + 1 if indices else 0
+
     def latest_model(self) -> Path | None:
         """The latest model's directory (None before the first request), checked against its recorded SHA-256."""
         applied = [row for row in self.applied() if row["record"].get("checkpoint")]
@@ -302,6 +331,26 @@ class RunDirectory:
             return self.ledger.add(db, kind=kind, target=target, classes=classes, class_names=class_names,
                                    source="command", status="running", requester=requester, reason=reason,
                                    started=now(), method=method, settings=settings)
+
+    @contextmanager
+    def attempt(self, request_id: int) -> Iterator[Path]:
+        """A staging directory for a started request (or rollback). If the block ends in an error or a signal before
+        the request is committed, the ledger marks it failed (interrupted: back to queued when it came from the
+        queue); the staging directory goes either way."""
+        stage = self.stage()
+        try:
+            yield stage
+        except KeyboardInterrupt:
+            if self.last_committed != request_id:
+                self.fail(request_id, "interrupted by a signal", interrupted=True)
+            raise
+        except Exception as exc:
+            if self.last_committed != request_id:
+                self.fail(request_id, str(exc) if isinstance(exc, GSLoRAError) else f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            if stage.exists():
+                shutil.rmtree(stage, ignore_errors=True)
 
     def stage(self) -> Path:
         """A fresh staging directory inside the run (removed by the next writer if this process dies)."""

@@ -11,7 +11,7 @@ import torch
 
 from gslora.config import to_dict
 from gslora.engine.loop import resolve_device
-from gslora.engine.rundir import RunDirectory
+from gslora.engine.rundir import RunDirectory, deferred_signals
 from gslora.errors import GSLoRAError
 from gslora.tasks import Task, get_task
 from gslora.verification import VerifyConfig, compare
@@ -27,12 +27,31 @@ def groups_of(run: RunDirectory, only: int | None = None) -> tuple[dict[str, lis
         if only not in [row["id"] for row in rows]:
             raise GSLoRAError(f"request {only} is not an applied request of {str(run.path)!r}; applied: "
                               f"{[row['id'] for row in rows] or 'none'} (see `gslora requests list`)")
-    forgotten = [c for row in rows for c in row["classes"]]
+    forgotten = run.forgotten()
     rows = [row for row in rows if only is None or row["id"] == only]
     groups = {str(row["id"]): list(row["classes"]) for row in rows}
     before = {str(row["id"]): row["record"]["metrics"].get("acc_f_before", row["record"]["metrics"].get(
         "map50_f_before")) for row in rows}
     return groups, before, forgotten
+
+
+def measure(task: Task, model: torch.nn.Module, dataset: Any, groups: dict[str, list[int]], retained: list[int],
+            config: VerifyConfig, *, device: torch.device, acc_before: dict[str, float] | None,
+            original: torch.nn.Module | None, reference: tuple[str, torch.nn.Module] | None = None
+            ) -> dict[str, Any] | None:
+    """The suite on ``model`` and, when given, on ``reference`` (name, model), with the differences; None where the
+    task has no suite."""
+    results = task.verify(model, dataset, groups, retained, config, device=device, acc_before=acc_before or {},
+                          original=original)
+    if results is None:
+        return None
+    ref = None
+    if reference is not None:
+        name, ref_model = reference
+        ref_results = task.verify(ref_model, dataset, groups, retained, config, device=device,
+                                  acc_before=acc_before or {}, original=original)
+        ref = {"checkpoint": name, "results": ref_results, "versus": compare(results, ref_results)}
+    return {"results": results, "reference": ref}
 
 
 def verify_latest(run: RunDirectory, task: Task, dataset: Any, model: torch.nn.Module, config: VerifyConfig, *,
@@ -45,23 +64,19 @@ def verify_latest(run: RunDirectory, task: Task, dataset: Any, model: torch.nn.M
     if not groups:
         return None
     retained = [c for c in range(dataset.num_classes) if c not in forgotten]
-    results = task.verify(model, dataset, groups, retained, config, device=device, acc_before=before,
-                          original=original)
-    if results is None:
+    out = measure(task, model, dataset, groups, retained, config, device=device, acc_before=before,
+                  original=original, reference=reference)
+    if out is None:
         return None
-    ref = None
-    if reference is not None:
-        path, ref_model = reference
-        ref_results = task.verify(ref_model, dataset, groups, retained, config, device=device, acc_before=before,
-                                  original=original)
-        ref = {"checkpoint": path, "results": ref_results, "versus": compare(results, ref_results)}
+    results, ref = out["results"], out["reference"]
     applied = [row for row in run.applied() if row["record"].get("checkpoint")]
     latest = applied[-1] if applied else None
-    with run.ledger.transaction() as db:
-        run.ledger.add_verification(db, after_request=latest["id"] if latest else None,
-                                    model_sha256=latest["record"]["checkpoint_sha256"] if latest else None,
-                                    config=to_dict(config), results=results, reference=ref)
-    run.export(report=report)
+    with deferred_signals(after="interrupted after the verification was recorded in the ledger"):
+        with run.ledger.transaction() as db:
+            run.ledger.add_verification(db, after_request=latest["id"] if latest else None,
+                                        model_sha256=latest["record"]["checkpoint_sha256"] if latest else None,
+                                        config=to_dict(config), results=results, reference=ref)
+        run.export(report=report)
     return {"results": results, "reference": ref}
 
 

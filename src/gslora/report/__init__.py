@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from gslora.io import atomic_write_json, atomic_write_text
+from gslora.report.format import fmt
 from gslora.report.html import write_html
-from gslora.report.markdown import detection_request_table, fmt, full_report, markdown_table
+from gslora.report.markdown import detection_request_table, full_report, markdown_table
 from gslora.report.plots import plot_accuracies, plot_comparison, plot_group_norms
 
 
@@ -68,16 +69,21 @@ def run_table(manifest: dict[str, Any]) -> str:
     return markdown_table(manifest)
 
 
+#: the files ``write_report`` writes (metrics.json last: its ledger revision says the others are current)
+REPORT_FILES = ("report.md", "accuracy.png", "group_norms.png", "report.html", "metrics.json")
+
+
 def write_report(manifest: dict[str, Any], directory: str | Path) -> None:
-    """Write metrics.json, report.md, accuracy.png and group_norms.png into ``directory``."""
+    """Write report.md, accuracy.png, group_norms.png, report.html and, last, metrics.json into ``directory``."""
     directory = Path(directory)
-    atomic_write_json(directory / "metrics.json", metrics_summary(manifest))
     atomic_write_text(directory / "report.md", full_report(manifest))
     if manifest["requests"]:
         plot_accuracies(manifest, directory / "accuracy.png")
         plot_group_norms(manifest, directory / "group_norms.png")
     write_html(manifest, directory / "report.html")
+    atomic_write_json(directory / "metrics.json", metrics_summary(manifest))
 
 
-__all__ = ["comparison_markdown", "detection_request_table", "full_report", "markdown_table", "metrics_summary",
+__all__ = ["REPORT_FILES", "comparison_markdown", "detection_request_table", "full_report", "markdown_table",
+           "metrics_summary",
            "plot_accuracies", "plot_comparison", "plot_group_norms", "run_table", "task_rows", "write_report"]

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gslora.io import atomic_write_text
+from gslora.report.format import accepted, change, ci, fmt, interval, num
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -91,46 +92,21 @@ def _e(value: Any) -> str:
     return "-" if value is None else html.escape(str(value), quote=True)
 
 
-def _num(value: Any) -> float | None:
-    """``value`` as a finite float, or ``None`` when it is missing, not a number, or not finite."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
 
 
-def _fmt(value: Any, digits: int = 2) -> str:
-    """A number with ``digits`` decimals, or "-" when it is missing."""
-    number = _num(value)
-    return "-" if number is None else f"{number:.{digits}f}"
 
 
-def _change(before: Any, after: Any, digits: int = 2) -> str:
-    """``before -> after``, each formatted as :func:`_fmt` does."""
-    return f"{_fmt(before, digits)} -> {_fmt(after, digits)}"
 
 
-def _interval(interval: Any) -> tuple[float, float] | None:
-    """A ``[low, high]`` pair of numbers, or ``None``."""
-    if not isinstance(interval, list | tuple) or len(interval) != 2:
-        return None
-    low, high = _num(interval[0]), _num(interval[1])
-    return None if low is None or high is None else (low, high)
 
 
-def _ci(value: Any, interval: Any, digits: int = 2) -> str:
-    """``value [low, high]`` (the interval only when it is there)."""
-    bounds = _interval(interval)
-    if _num(value) is None or bounds is None:
-        return _fmt(value, digits)
-    return f"{_fmt(value, digits)} [{bounds[0]:.{digits}f}, {bounds[1]:.{digits}f}]"
 
 
 def _auto(value: Any) -> str:
     """Integers as they are, small numbers with 3 decimals, others with 2."""
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
-    number = _num(value)
+    number = num(value)
     return "-" if number is None else f"{number:.3f}" if abs(number) < 1 else f"{number:.2f}"
 
 
@@ -257,15 +233,15 @@ def _bars(ax: Axes, groups: Sequence[str], series: Sequence[dict[str, Any]]) -> 
         offset = (k - (len(series) - 1) / 2) * width
         errors, hatched, texts = (item.get(key) or [None] * len(groups) for key in ("errors", "hatched", "texts"))
         for i, value in enumerate(item["values"]):
-            number = _num(value)
+            number = num(value)
             text = texts[i] or ("-" if number is None else f"{number:.1f}")
             if number is None:
                 ax.annotate(text, (i + offset, 0), ha="center", va="bottom", fontsize=7)
                 continue
             _bar(ax, i + offset, number, width, item["colour"], hatched=bool(hatched[i]),
-                 interval=_interval(errors[i]), text=text)
+                 interval=interval(errors[i]), text=text)
             any_hatched = any_hatched or bool(hatched[i])
-        if any(_num(v) is not None for v in item["values"]):
+        if any(num(v) is not None for v in item["values"]):
             handles.append(Patch(facecolor=item["colour"], label=item["label"]))
     if any_hatched:
         handles.append(Patch(facecolor="white", edgecolor="black", hatch="//", label="capped (> N: never reached)"))
@@ -329,10 +305,10 @@ def _header(manifest: dict[str, Any]) -> str:
     dataset = (manifest.get("dataset") or {}).get("name", "?")
     base, score = manifest.get("base") or {}, manifest.get("base_metrics") or {}
     base_score = "-"
-    if _num(score.get("score")) is not None:
-        base_score = f"{score.get('metric', 'score')}: {_fmt(score.get('score'))}%"
-        if _num(score.get("margin_score")) is not None:
-            base_score += f" (margin-penalised: {_fmt(score.get('margin_score'))}%)"
+    if num(score.get("score")) is not None:
+        base_score = f"{score.get('metric', 'score')}: {fmt(score.get('score'))}%"
+        if num(score.get("margin_score")) is not None:
+            base_score += f" (margin-penalised: {fmt(score.get('margin_score'))}%)"
     facts = [("method", method), ("data set", dataset), ("task", manifest.get("task", "classification")),
              ("classes", len(_class_names(manifest))), ("base model checkpoint", base.get("checkpoint")),
              ("base model sha256", base.get("sha256")), ("base model test score", base_score),
@@ -352,9 +328,9 @@ def _request_rows(manifest: dict[str, Any]) -> tuple[list[str], list[list[str]]]
     """Column names and rows of the request table (classification or detection)."""
     requests, classes = _requests(manifest), _class_names(manifest)
     unit, prefix = ("mAP50", "map50") if _detection(manifest) else ("Acc", "acc")
-    has_o = any(_num(_metrics(r).get(f"{prefix}_o")) is not None for r in requests)
-    has_m = not _detection(manifest) and any(_num(_metrics(r).get("acc_m")) is not None for r in requests)
-    has_original = any(_num(_metrics(r).get("h_mean_original")) is not None for r in requests)
+    has_o = any(num(_metrics(r).get(f"{prefix}_o")) is not None for r in requests)
+    has_m = not _detection(manifest) and any(num(_metrics(r).get("acc_m")) is not None for r in requests)
+    has_original = any(num(_metrics(r).get("h_mean_original")) is not None for r in requests)
     columns = ["request", "forget classes", f"{unit}_f", f"{unit}_r", *([f"{unit}_o"] if has_o else []),
                *(["Acc_m"] if has_m else []), "H", *(["H (vs original)"] if has_original else []), "H_exact",
                "accepted", "seconds"]
@@ -362,23 +338,16 @@ def _request_rows(manifest: dict[str, Any]) -> tuple[list[str], list[list[str]]]
     for r in requests:
         m = _metrics(r)
         cells = [str(r.get("index", "-")), _request_names(r, classes),
-                 _change(m.get(f"{prefix}_f_before"), m.get(f"{prefix}_f")),
-                 _change(m.get(f"{prefix}_r_before"), m.get(f"{prefix}_r"))]
-        cells += [_fmt(m.get(f"{prefix}_o"))] if has_o else []
-        cells += [_change(m.get("acc_m_before"), m.get("acc_m"))] if has_m else []
-        cells += [_fmt(m.get("h_mean"))] + ([_fmt(m.get("h_mean_original"))] if has_original else [])
-        cells += [_fmt(m.get("h_exact")), _accepted(r), _fmt(r.get("seconds"), 1)]
+                 change(m.get(f"{prefix}_f_before"), m.get(f"{prefix}_f")),
+                 change(m.get(f"{prefix}_r_before"), m.get(f"{prefix}_r"))]
+        cells += [fmt(m.get(f"{prefix}_o"))] if has_o else []
+        cells += [change(m.get("acc_m_before"), m.get("acc_m"))] if has_m else []
+        cells += [fmt(m.get("h_mean"))] + ([fmt(m.get("h_mean_original"))] if has_original else [])
+        cells += [fmt(m.get("h_exact")), accepted(r, detail=True), fmt(r.get("seconds"), 1)]
         rows.append(cells)
     return columns, rows
 
 
-def _accepted(record: dict[str, Any]) -> str:
-    """"yes", "partial: <missed thresholds>", or "-" when the record has no acceptance verdict."""
-    verdict = record.get("acceptance")
-    if not isinstance(verdict, dict):
-        return "-"
-    misses = verdict.get("misses") or []
-    return "partial: " + "; ".join(str(m) for m in misses) if misses else "yes"
 
 
 def _request_section(manifest: dict[str, Any]) -> str:
@@ -427,7 +396,7 @@ def _group_mean(scores: list[Any] | None, ids: Sequence[int]) -> float | None:
     """Mean of the classes' scores that are known; ``None`` when none is."""
     if scores is None:
         return None
-    values = [_num(scores[c]) for c in ids if 0 <= c < len(scores)]
+    values = [num(scores[c]) for c in ids if 0 <= c < len(scores)]
     known = [v for v in values if v is not None]
     return sum(known) / len(known) if known else None
 
@@ -442,8 +411,9 @@ def accuracy_matrix(manifest: dict[str, Any]) -> tuple[list[str], list[str], lis
     if not any(after is not None for r in requests for after in _per_class(r)[1:]):
         return None
     groups = _class_groups(manifest)
-    models = [("before request 0", _per_class(requests[0])[0])]
-    models += [(f"after request {r.get('index', '?')}", _per_class(r)[1]) for r in requests]
+    models = [(f"before request {requests[0].get('index', 0)}", _per_class(requests[0])[0])]
+    models += [(f"after {'rollback ' if r.get('kind') == 'rollback' else 'request '}{r.get('index', '?')}",
+                _per_class(r)[1]) for r in requests]
     values = [[_group_mean(scores, ids) for _, ids in groups] for _, scores in models]
     return [label for label, _ in models], [label for label, _ in groups], values
 
@@ -457,7 +427,8 @@ def _matrix_section(manifest: dict[str, Any]) -> str:
         return _section("matrix", title, "This run's records hold no per-class scores (a run from before they were "
                         "recorded), so the accuracy matrix cannot be drawn.")
     rows, columns, values = matrix
-    explanation = (f"Each row is the model after one request (the first row: the base model before request 0); "
+    explanation = (f"Each row is the model after one request or approximate rollback (the first row: the model "
+                   f"before the first request the run still applies); "
                    f"each column is a group of classes: the classes a request forgot, and the classes no request "
                    f"forgot (retained). A cell is the mean per-class test {unit} (percent) of that group on that "
                    f"model, printed in the cell; the colours run from 0 (dark) to 100 (bright). Read down a column: a "
@@ -470,7 +441,7 @@ def _matrix_section(manifest: dict[str, Any]) -> str:
     ax.set_ylabel("model")
     ax.set_title(f"Mean per-class {unit} (percent) per class group and model", fontsize=10)
     image = _image(figure, f"Heat map of the mean per-class {unit} per class group after each request")
-    table = _table(["model", *columns], [[row, *(_fmt(v) for v in cells)] for row, cells in zip(rows, values)])
+    table = _table(["model", *columns], [[row, *(fmt(v) for v in cells)] for row, cells in zip(rows, values)])
     return _section("matrix", title, explanation, image, _numbers(table))
 
 
@@ -479,7 +450,7 @@ def _norm_grid(requests: list[dict[str, Any]], key: str) -> tuple[list[str], lis
     blocks: list[str] = []
     for r in requests:
         blocks += [b for b in r.get(key) or {} if b not in blocks]
-    grid = [[_num((r.get(key) or {}).get(b)) for r in requests] for b in blocks]
+    grid = [[num((r.get(key) or {}).get(b)) for r in requests] for b in blocks]
     return blocks, grid
 
 
@@ -550,11 +521,11 @@ def _roc_figure(results: dict[str, Any], labels: dict[str, tuple[str, str]]) -> 
     figure, (ax,) = _new_figure(5.5, 4.5)
     for name, mia in curves:
         roc = mia["roc"]
-        points = [(_num(f), _num(t)) for f, t in zip(roc.get("fpr") or [], roc.get("tpr") or [])]
+        points = [(num(f), num(t)) for f, t in zip(roc.get("fpr") or [], roc.get("tpr") or [])]
         points = [(f, t) for f, t in points if f is not None and t is not None]
         index, names = labels[name]
         ax.plot([f for f, _ in points], [t for _, t in points], linewidth=1.5,
-                label=_plot_text(f"request {index} ({names}): AUC {_fmt(mia.get('auc'), 3)}", 60))
+                label=_plot_text(f"request {index} ({names}): AUC {fmt(mia.get('auc'), 3)}", 60))
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="chance (AUC 0.5)")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
@@ -676,17 +647,17 @@ def _verification_table(results: dict[str, Any], labels: dict[str, tuple[str, st
         if relearn:
             capped = relearn.get("capped")
             steps = (f"> {_auto(relearn.get('max_steps'))}" if capped else _auto(relearn.get("steps"))) + \
-                f" ({_fmt(relearn.get('target'), 1)})"
-        row = [*labels[name], _ci(mia.get("auc"), mia.get("auc_ci"), 3),
-               _ci(mia.get("member_share"), mia.get("member_share_ci"), 3), _fmt(mia.get("attack_auc_on_retained"), 3),
-               _ci(probe.get("accuracy"), probe.get("accuracy_ci"), 1),
-               _ci(probe.get("test_accuracy"), probe.get("test_accuracy_ci"), 1),
-               _fmt(probe.get("retained_accuracy"), 1), steps]
+                f" ({fmt(relearn.get('target'), 1)})"
+        row = [*labels[name], ci(mia.get("auc"), mia.get("auc_ci"), 3),
+               ci(mia.get("member_share"), mia.get("member_share_ci"), 3), fmt(mia.get("attack_auc_on_retained"), 3),
+               ci(probe.get("accuracy"), probe.get("accuracy_ci"), 1),
+               ci(probe.get("test_accuracy"), probe.get("test_accuracy_ci"), 1),
+               fmt(probe.get("retained_accuracy"), 1), steps]
         if faces:
             tar, kept = face.get("tar") or {}, face.get("tar_retained") or {}
-            row += [f"{_fmt(tar.get(f), 1)} / {_fmt(kept.get(f), 1)}" for f in ("far=0.01", "far=0.001")]
-            row.append(f"{_ci(face.get('prototype_similarity'), face.get('prototype_similarity_ci'), 3)} / "
-                       f"{_fmt(face.get('prototype_similarity_retained'), 3)}")
+            row += [f"{fmt(tar.get(f), 1)} / {fmt(kept.get(f), 1)}" for f in ("far=0.01", "far=0.001")]
+            row.append(f"{ci(face.get('prototype_similarity'), face.get('prototype_similarity_ci'), 3)} / "
+                       f"{fmt(face.get('prototype_similarity_retained'), 3)}")
         rows.append(row)
     return _table(headers, rows)
 
@@ -696,7 +667,7 @@ def _versus_cell(figures: dict[str, Any], side: str, key: str, group: Any, digit
     relearn = _part(group, "relearn")
     if key == "relearn_steps" and relearn.get("capped"):
         return f"> {_auto(relearn.get('max_steps', figures.get(side)))}"
-    return _fmt(figures.get(side), digits)
+    return fmt(figures.get(side), digits)
 
 
 def _versus_table(versus: dict[str, Any], results: dict[str, Any], reference: dict[str, Any],
@@ -707,12 +678,12 @@ def _versus_table(versus: dict[str, Any], results: dict[str, Any], reference: di
         index = labels.get(str(name), (f"id {name}", ""))[0]
         for key, figures in (headlines or {}).items():
             figures = figures if isinstance(figures, dict) else {}
-            if _num(figures.get("method")) is None and _num(figures.get("reference")) is None:
+            if num(figures.get("method")) is None and num(figures.get("reference")) is None:
                 continue
             label, digits = HEADLINES.get(key, (key, 3))
             rows.append([index, label, _versus_cell(figures, "method", key, results.get(str(name)), digits),
                          _versus_cell(figures, "reference", key, reference.get(str(name)), digits),
-                         _fmt(figures.get("difference"), digits)])
+                         fmt(figures.get("difference"), digits)])
     if not rows:
         return _paragraph("The reference was measured, but no headline figure could be compared.")
     return _table(["request", "figure", "this model", "Retrain reference", "difference"], rows)

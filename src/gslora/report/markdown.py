@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gslora.report.format import accepted, change, ci, fmt
+
 #: column -> definition, for the legend under a table
 DEFINITIONS = {
     "Acc_f": "top-1 accuracy on the classes forgotten by this request (lower is better)",
@@ -28,12 +30,8 @@ DEFINITIONS = {
 }
 
 
-def fmt(value: float | None, digits: int = 2) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _change(before: float | None, after: float | None) -> str:
-    return f"{fmt(before)} -> {fmt(after)}"
 
 
 def header(manifest: dict[str, Any], title: str) -> list[str]:
@@ -54,11 +52,6 @@ def _legend(columns: list[str]) -> list[str]:
     return ["", *[f"- {c}: {DEFINITIONS[c]}" for c in columns if c in DEFINITIONS], ""]
 
 
-def _accepted(record: dict[str, Any]) -> str:
-    verdict = record.get("acceptance")
-    if not verdict:
-        return "-"
-    return "partial" if verdict.get("misses") else "yes"
 
 
 def request_table(manifest: dict[str, Any]) -> list[str]:
@@ -80,12 +73,12 @@ def request_table(manifest: dict[str, Any]) -> list[str]:
         if r.get("kind") == "rollback":
             names = (f"rollback of request {r.get('target_index')} ({', '.join(_class_names(manifest, r))}), "
                      "approximate: Acc_f is the restored classes'")
-        cells = [str(r["index"]), names, _change(m["acc_f_before"], m["acc_f"]), _change(m["acc_r_before"], m["acc_r"])]
+        cells = [str(r["index"]), names, change(m["acc_f_before"], m["acc_f"]), change(m["acc_r_before"], m["acc_r"])]
         if has["acc_o"]:
             cells.append(fmt(m.get("acc_o")))
         if has["acc_m"]:
-            cells.append(_change(m.get("acc_m_before"), m.get("acc_m")))
-        cells += [fmt(m["h_mean"]), fmt(m["h_mean_original"]), fmt(m.get("h_exact")), _accepted(r),
+            cells.append(change(m.get("acc_m_before"), m.get("acc_m")))
+        cells += [fmt(m["h_mean"]), fmt(m["h_mean_original"]), fmt(m.get("h_exact")), accepted(r),
                   f"{r['seconds']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     shown = [c for c in columns if c in DEFINITIONS]
@@ -102,8 +95,8 @@ def request_table(manifest: dict[str, Any]) -> list[str]:
             margin = m.get("margin") or {}
             tar = {k: (m.get(k) or {}).get("far=0.01") for k in ("tar_f_before", "tar_f", "tar_r_before", "tar_r")}
             lines.append(f"| {r['index']} | {fmt(margin.get('acc_f'))} / {fmt(margin.get('acc_r'))} / "
-                         f"{fmt(margin.get('h_mean'))} | {_change(tar['tar_f_before'], tar['tar_f'])} | "
-                         f"{_change(tar['tar_r_before'], tar['tar_r'])} |")
+                         f"{fmt(margin.get('h_mean'))} | {change(tar['tar_f_before'], tar['tar_f'])} | "
+                         f"{change(tar['tar_r_before'], tar['tar_r'])} |")
         shown += (["margin"] if has["margin"] else []) + (["TAR@FAR=1%"] if has["tar"] else [])
     return lines + _legend(shown)
 
@@ -125,9 +118,9 @@ def detection_request_table(manifest: dict[str, Any]) -> list[str]:
         m = r["metrics"]
         o = f"{fmt(m.get('map50_o'))} | " if has_o else ""
         lines.append(f"| {r['index']} | {', '.join(r['forget_class_names'])} | "
-                     f"{_change(m['map50_f_before'], m['map50_f'])} | {_change(m['map50_r_before'], m['map50_r'])} | "
+                     f"{change(m['map50_f_before'], m['map50_f'])} | {change(m['map50_r_before'], m['map50_r'])} | "
                      f"{o}{fmt(m['map_f'])} / {fmt(m['map_r'])} | {fmt(m['h_mean'])} | {fmt(m.get('h_exact'))} | "
-                     f"{_accepted(r)} | {r['seconds']:.1f} |")
+                     f"{accepted(r)} | {r['seconds']:.1f} |")
     shown = ["mAP50_f", "mAP50_r", *(["mAP50_o"] if has_o else []), "mAP_f / mAP_r", "H (mAP)", "H_exact (mAP)",
              "accepted"]
     return [*lines, "", "mAP from torchmetrics' MeanAveragePrecision (pycocotools backend).", *_legend(shown)]
@@ -183,11 +176,6 @@ def _inline(mapping: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in mapping.items())
 
 
-def _ci(value: float | None, interval: list[float] | None, digits: int = 2) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.{digits}f} [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]" if interval else \
-        f"{value:.{digits}f}"
 
 
 def verification_section(manifest: dict[str, Any]) -> list[str]:
@@ -210,9 +198,9 @@ def verification_section(manifest: dict[str, Any]) -> list[str]:
         steps = "-" if not relearn else (f"> {relearn.get('max_steps')}" if relearn.get("capped") else
                                          str(relearn.get("steps")))
         cells = [str(record.get("index", name)), ", ".join(record.get("forget_class_names", [])),
-                 _ci(mia.get("auc"), mia.get("auc_ci")), _ci(mia.get("member_share"), mia.get("member_share_ci")),
-                 _ci(probe.get("accuracy"), probe.get("accuracy_ci"), 1),
-                 _ci(probe.get("test_accuracy"), probe.get("test_accuracy_ci"), 1), steps]
+                 ci(mia.get("auc"), mia.get("auc_ci")), ci(mia.get("member_share"), mia.get("member_share_ci")),
+                 ci(probe.get("accuracy"), probe.get("accuracy_ci"), 1),
+                 ci(probe.get("test_accuracy"), probe.get("test_accuracy_ci"), 1), steps]
         if has_faces:
             tar = faces.get("tar") or {}
             cells += [f"{fmt(tar.get('far=0.01'))} / {fmt((faces.get('tar_retained') or {}).get('far=0.01'))}",

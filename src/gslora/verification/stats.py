@@ -14,15 +14,7 @@ def bootstrap_ci(statistic: Callable[[np.ndarray], float], n: int, *, resamples:
     if resamples <= 0 or n == 0:
         return None
     rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(resamples):
-        value = statistic(rng.integers(0, n, n))
-        if value is not None and np.isfinite(value):
-            values.append(value)
-    if not values:
-        return None
-    tail = (1 - level) / 2 * 100
-    return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
+    return _percentiles([statistic(rng.integers(0, n, n)) for _ in range(resamples)], level)
 
 
 def paired_bootstrap_ci(statistic: Callable[[np.ndarray, np.ndarray], float | None], n_a: int, n_b: int, *,
@@ -31,7 +23,12 @@ def paired_bootstrap_ci(statistic: Callable[[np.ndarray, np.ndarray], float | No
     if resamples <= 0 or not n_a or not n_b:
         return None
     rng = np.random.default_rng(seed)
-    values = [statistic(rng.integers(0, n_a, n_a), rng.integers(0, n_b, n_b)) for _ in range(resamples)]
+    return _percentiles([statistic(rng.integers(0, n_a, n_a), rng.integers(0, n_b, n_b)) for _ in range(resamples)],
+                        level)
+
+
+def _percentiles(values: list[float | None], level: float) -> list[float] | None:
+    """The central ``level`` interval of the finite ``values`` (None when there are none)."""
     values = [v for v in values if v is not None and np.isfinite(v)]
     if not values:
         return None

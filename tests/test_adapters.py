@@ -150,11 +150,17 @@ def test_discovery_prefers_the_mlp_pair_over_qkv_with_mlp_ratio_3():
         ("net.blocks.0.mlp.fc1", "net.blocks.0.mlp.fc2"), ("net.blocks.1.mlp.fc1", "net.blocks.1.mlp.fc2")]
 
 
+class Attention(torch.nn.Module):
+    def __init__(self, d: int = 8):
+        super().__init__()
+        self.qkv = torch.nn.Linear(d, 3 * d)
+
+
 def test_discovery_takes_the_innermost_blocks_of_staged_models():
     class Block(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.qkv, self.fc1, self.fc2 = torch.nn.Linear(8, 24), torch.nn.Linear(8, 32), torch.nn.Linear(32, 8)
+            self.attn, self.fc1, self.fc2 = Attention(), torch.nn.Linear(8, 32), torch.nn.Linear(32, 8)
 
     class Stage(torch.nn.Module):
         def __init__(self):
@@ -164,3 +170,56 @@ def test_discovery_takes_the_innermost_blocks_of_staged_models():
     groups = find_ffn_groups(torch.nn.Sequential(Stage(), Stage()))
     assert [g.block for g in groups] == ["0.blocks.0", "0.blocks.1", "1.blocks.0", "1.blocks.1"]
     assert groups[0].targets == ("0.blocks.0.fc1", "0.blocks.0.fc2")
+
+
+def _blocks(make) -> torch.nn.Module:
+    return torch.nn.ModuleList([make(), make()])
+
+
+def test_gated_ffns_adapt_their_gate_and_fused_gates_count():
+    class SwiGLU(torch.nn.Module):  # timm's SwiGLU / EVA-02 base: separate gate and value projections
+        def __init__(self):
+            super().__init__()
+            self.attn = Attention()
+            self.mlp = torch.nn.ModuleDict({"fc1_g": torch.nn.Linear(8, 20), "fc1_x": torch.nn.Linear(8, 20),
+                                            "fc2": torch.nn.Linear(20, 8)})
+
+    class Fused(torch.nn.Module):  # timm's GluMlp (EVA-02 tiny): one projection to 2h, split into gate and value
+        def __init__(self):
+            super().__init__()
+            self.attn, self.fc1, self.fc2 = Attention(), torch.nn.Linear(8, 40), torch.nn.Linear(20, 8)
+
+    assert find_ffn_groups(_blocks(SwiGLU))[0].targets == ("0.mlp.fc1_g", "0.mlp.fc1_x", "0.mlp.fc2")
+    assert find_ffn_groups(_blocks(Fused))[0].targets == ("0.fc1", "0.fc2")
+
+
+def test_the_widest_ffn_wins_over_a_small_position_bias_mlp():
+    class SwinV2Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = Attention(16)
+            self.attn.cpb_mlp = torch.nn.Sequential(torch.nn.Linear(2, 64), torch.nn.ReLU(), torch.nn.Linear(64, 2))
+            self.mlp = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.GELU(), torch.nn.Linear(64, 16))
+
+    assert find_ffn_groups(_blocks(SwinV2Block))[0].targets == ("0.mlp.0", "0.mlp.2")
+
+
+def test_blocks_without_attention_are_adapted_only_when_asked():
+    class ConvMlpBlock(torch.nn.Module):  # ConvNeXt: depthwise conv, then an MLP of 1x1 convolutions
+        def __init__(self):
+            super().__init__()
+            self.conv_dw = torch.nn.Conv2d(8, 8, 7, padding=3, groups=8)
+            self.fc1, self.fc2 = torch.nn.Conv2d(8, 32, 1), torch.nn.Conv2d(32, 8, 1)
+
+    model = _blocks(ConvMlpBlock)
+    with pytest.raises(GSLoRAError, match="has MLP blocks but no attention.*adapters.allow_non_transformer=true"):
+        find_ffn_groups(model)
+    groups = find_ffn_groups(model, allow_non_transformer=True)
+    assert [g.targets for g in groups] == [("0.fc1", "0.fc2"), ("1.fc1", "1.fc2")]
+    peft_model = attach_lora(copy.deepcopy(model), groups, rank=2, lora_alpha=2.0)
+    _randomise_lora(peft_model)
+    x = torch.randn(1, 8, 5, 5)
+    with torch.no_grad():
+        expected = peft_model.base_model.model[0].fc2(peft_model.base_model.model[0].fc1(x))
+        merged = merge_adapter(peft_model)
+        torch.testing.assert_close(merged[0].fc2(merged[0].fc1(x)), expected, atol=1e-5, rtol=1e-5)

@@ -90,6 +90,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
                           ("model.depth", args.depth), ("model.width", args.width), ("model.heads", args.heads),
                           ("model.patch_size", args.patch_size), ("model.image_size", args.image_size),
                           ("model.pretrained", args.pretrained or None), ("model.weights", args.weights),
+                          ("model.replace_head", args.replace_head or None),
                           ("train.epochs", args.epochs), ("train.lr", args.lr), ("train.batch_size", args.batch_size),
                           ("train.augment", args.augment), ("train.device", args.device), ("out", args.out),
                           ("distill.teacher", args.teacher), ("distill.weight", args.distill_weight),
@@ -100,8 +101,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     dataset = load_dataset(from_dict(DataConfig, tree.get("data"), "data"))
     model = tree.get("model") if isinstance(tree.get("model"), dict) else {}
     size = model.get("image_size", dataset.image_shape[1])
-    tree["model"] = {"num_classes": dataset.num_classes, "in_chans": dataset.image_shape[0], "image_size": size,
-                     **({"patch_size": default_patch_size(size)} if "name" not in model else {}),
+    by_shape = {"in_chans": dataset.image_shape[0], "patch_size": default_patch_size(size)}  # a named model: RGB
+    tree["model"] = {"num_classes": dataset.num_classes, "image_size": size,
+                     **(by_shape if "name" not in model else {"in_chans": 3}),
                      **(tree.get("model") or {})}  # the data's shape unless given
     if "warmup_epochs" not in (tree.get("train") or {}) and (tree.get("train") or {}).get("epochs", 10) <= 1:
         tree.setdefault("train", {})["warmup_epochs"] = 0
@@ -109,7 +111,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     digest, info = run_pretraining(config, out, overwrite=args.overwrite, dataset=dataset,
                                    progress=_progress_factory(not args.quiet))
     margin = f" (margin-penalised {info['test_acc_margin']:.2f}%)" if "test_acc_margin" in info else ""
-    print(f"pre-trained {config.model.family} model on {dataset.name}: test accuracy {info['test_acc']:.2f}%{margin} "
+    done = "imported" if config.train.epochs == 0 else "pre-trained"
+    print(f"{done} {config.model.family} model on {dataset.name}: test accuracy {info['test_acc']:.2f}%{margin} "
           f"in {info['seconds']:.0f}s")
     print(f"checkpoint: {out} (sha256 {digest[:16]})")
     return 0
@@ -467,6 +470,51 @@ def _defaults() -> dict[str, Any]:
 GS_LORA_HELP_DEFAULTS = {"beta": 0.2, "bnd": 105.0, "alpha": 1e-4, "rank": 8}
 
 
+def _pretrain_arguments(p: argparse.ArgumentParser, d: dict[str, Any], *, importing: bool) -> None:
+    """The options of ``gslora pretrain`` (and of ``gslora import``, which trains for 0 epochs)."""
+    p.add_argument("--config",
+                   help="YAML file with model:, data:, train:, distill: and out: (and task:) (default: none)")
+    p.add_argument("--task", choices=["classification", "detection"],
+                   help="detection trains a Deformable DETR on COCO-format data (default: classification)")
+    p.add_argument("--data", help=f"fashion-mnist, an .npz file or an ImageFolder directory (default: {d['dataset']})")
+    p.add_argument("--family", help="model family: timm, torchvision or hf (default: timm)")
+    p.add_argument("--name", help="model name of the family, or a local Hugging Face directory (default: none, a ViT "
+                   "of the shape below)")
+    p.add_argument("--depth", type=int, help="transformer blocks (default: 4)")
+    p.add_argument("--width", type=int, help="embedding width (default: 128)")
+    p.add_argument("--heads", type=int, help="attention heads (default: 4)")
+    p.add_argument("--patch-size", type=int, help="patch size; must divide the image size (default: the divisor of "
+                   "the image size closest to an 8x8 grid of patches)")
+    p.add_argument("--image-size", type=int, help="input size (default: the data's)")
+    p.add_argument("--pretrained", action="store_true", help="start from the family's pretrained weights; needs "
+                   "network (default: off)")
+    p.add_argument("--weights", help="start from a local .safetensors or .pth state dict (default: none)")
+    p.add_argument("--replace-head", action="store_true", help="the weights' head has another number of classes: "
+                   "leave it out and start a new head for the data set's classes (default: off)")
+    if importing:
+        p.set_defaults(epochs=0, lr=None, batch_size=None, augment=None, teacher=None, distill_weight=None,
+                       exclude_classes=None)
+    else:
+        p.add_argument("--epochs", type=int, help="passes over the training split; 0 imports --weights without "
+                       "training (default: 10)")
+        p.add_argument("--lr", type=float, help=f"peak learning rate (default: {d['pre_lr']:g}; detection 2e-4)")
+        p.add_argument("--batch-size", type=int, help=f"images per batch (default: {d['pre_batch']}; detection 16)")
+        p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                       help="random shifts and flips (default: off)")
+        p.add_argument("--teacher", help=".npz with one target embedding per training image (default: none)")
+        p.add_argument("--distill-weight", type=float, help="weight of the distillation term (default: 10)")
+        p.add_argument("--exclude-classes", metavar="A,B",
+                       help="leave these classes' training images out (the head keeps them): a run's Retrain "
+                       "reference (default: none)")
+    p.add_argument("--device", help=f"cpu, cuda, cuda:N or auto (default: {d['device']})")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="set any config field, for example --set model.head=cosface --set train.jitter=0.3 (default: "
+                   "none; repeatable)")
+    p.add_argument("--out", help="checkpoint directory to write (required here or in --config)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out (default: refuse)")
+    p.set_defaults(func=cmd_pretrain)
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = _defaults()
     parser = argparse.ArgumentParser(prog="gslora", description="Continual forgetting for vision transformers: "
@@ -480,39 +528,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", parents=[common],
                        help="train a base ViT (or a detector) on all classes of a data set; save a checkpoint")
-    p.add_argument("--config",
-                   help="YAML file with model:, data:, train:, distill: and out: (and task:) (default: none)")
-    p.add_argument("--task", choices=["classification", "detection"],
-                   help="detection trains a Deformable DETR on COCO-format data (default: classification)")
-    p.add_argument("--data", help=f"fashion-mnist, an .npz file or an ImageFolder directory (default: {d['dataset']})")
-    p.add_argument("--family", help="model family: timm, torchvision or hf (default: timm)")
-    p.add_argument("--name", help="model name of the family (default: none, a ViT of the shape below)")
-    p.add_argument("--depth", type=int, help="transformer blocks (default: 4)")
-    p.add_argument("--width", type=int, help="embedding width (default: 128)")
-    p.add_argument("--heads", type=int, help="attention heads (default: 4)")
-    p.add_argument("--patch-size", type=int, help="patch size; must divide the image size (default: the divisor of "
-                   "the image size closest to an 8x8 grid of patches)")
-    p.add_argument("--image-size", type=int, help="input size (default: the data's)")
-    p.add_argument("--pretrained", action="store_true", help="start from the family's pretrained weights; needs "
-                   "network (default: off)")
-    p.add_argument("--weights", help="start from a local .safetensors or .pth state dict (default: none)")
-    p.add_argument("--epochs", type=int, help="passes over the training split (default: 10)")
-    p.add_argument("--lr", type=float, help=f"peak learning rate (default: {d['pre_lr']:g}; detection 2e-4)")
-    p.add_argument("--batch-size", type=int, help=f"images per batch (default: {d['pre_batch']}; detection 16)")
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                   help="random shifts and flips (default: off)")
-    p.add_argument("--teacher", help=".npz with one target embedding per training image (default: none)")
-    p.add_argument("--distill-weight", type=float, help="weight of the distillation term (default: 10)")
-    p.add_argument("--device", help=f"cpu, cuda, cuda:N or auto (default: {d['device']})")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="set any config field, for example --set model.head=cosface --set train.jitter=0.3 (default: "
-                   "none; repeatable)")
-    p.add_argument("--exclude-classes", metavar="A,B",
-                   help="leave these classes' training images out (the head keeps them): a run's Retrain reference "
-                   "(default: none)")
-    p.add_argument("--out", help="checkpoint directory to write (required here or in --config)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out (default: refuse)")
-    p.set_defaults(func=cmd_pretrain)
+    _pretrain_arguments(p, d, importing=False)
+    imp = sub.add_parser("import", parents=[common],
+                         help="turn your own weights (timm, torchvision, transformers, a state dict) into a gslora "
+                         "checkpoint for a data set, without training (pretrain --epochs 0)")
+    _pretrain_arguments(imp, d, importing=True)
 
     f = sub.add_parser("forget", parents=[common],
                        help="apply erasure requests to a model; writes or extends a run directory")

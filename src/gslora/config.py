@@ -43,7 +43,11 @@ class ModelConfig:
         mean, std: input normalisation applied inside the model.
         head: ``linear`` (the family's head) or ``cosface`` (face recognition: CosFace on the embedding).
         cosface_s, cosface_m: CosFace scale and margin (reference: 64 and 0.35).
-        hf_config: a transformers ``ViTConfig`` as a dict (checkpoints store it to rebuild offline).
+        hf_config: a transformers config as a dict (checkpoints store it to rebuild offline).
+        kwargs: further keyword arguments of the family's constructor (timm ``create_model``, torchvision
+            ``get_model``, transformers' config), for example ``{embed_dim: 192, depths: [2, 2, 6, 2]}``.
+        replace_head: when ``weights`` hold a head for another number of classes, leave it out and start a new
+            ``num_classes`` head (fine-tune it before forgetting: ``gslora pretrain --weights ... --replace-head``).
         drop_path: stochastic-depth rate (timm models; regularises pre-training on small data).
         stem: ``patch`` (the ViT patchify convolution) or ``conv`` (a convolutional stem, timm models
             built by shape; trains far better on small data sets).
@@ -67,6 +71,8 @@ class ModelConfig:
     cosface_s: float = 64.0
     cosface_m: float = 0.35
     hf_config: dict | None = None
+    kwargs: dict[str, Any] | None = None
+    replace_head: bool = False
     drop_path: float = 0.0
     stem: str = "patch"
 
@@ -189,7 +195,8 @@ class TrainConfig:
     max_grad_norm: float = 0.0
 
     def __post_init__(self) -> None:
-        require(self.epochs >= 1, "train.epochs", self.epochs, "must be >= 1")
+        require(self.epochs >= 0, "train.epochs", self.epochs,
+                "must be >= 0 (0: pre-training only imports weights; a forgetting request needs >= 1)")
         require(self.min_steps >= 0, "train.min_steps", self.min_steps, "must be >= 0 (0 = off)")
         require(self.batch_size >= 1, "train.batch_size", self.batch_size, "must be >= 1")
         require(self.lr > 0 and math.isfinite(self.lr), "train.lr", self.lr, "must be a positive number")
@@ -255,6 +262,18 @@ class PretrainConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(**PRETRAIN_TRAIN))
     distill: DistillConfig = field(default_factory=DistillConfig)
     exclude_classes: list[str | int] = field(default_factory=list)
+
+
+@dataclass
+class AdaptersConfig:
+    """Where adapters go.
+
+    Args:
+        allow_non_transformer: also adapt MLP blocks that have no attention (a CNN such as ConvNeXt; 1x1
+            convolutions count as linear layers); off: such a model is refused with an error saying so.
+    """
+
+    allow_non_transformer: bool = False
 
 
 @dataclass

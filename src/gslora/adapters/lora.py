@@ -25,11 +25,11 @@ class BlockGroup:
 
     Attributes:
         block: module name of the block (``net.blocks.3``).
-        targets: module names of the expanding and the contracting linear layer.
+        targets: module names of the FFN's layers: expanding (and gate, for a gated FFN), then contracting.
     """
 
     block: str
-    targets: tuple[str, str]
+    targets: tuple[str, ...]
 
 
 def _common_depth(a: str, b: str) -> int:
@@ -41,35 +41,60 @@ def _common_depth(a: str, b: str) -> int:
     return depth
 
 
-def _ffn_pair(block: nn.Module, prefix: str) -> tuple[str, str] | None:
-    """The block's FFN: linear layers up (d -> h) and down (h -> d), h != d.
+def _projection(module: nn.Module, allow_conv: bool) -> tuple[int, int] | None:
+    """(in, out) features of a layer that can be one side of an FFN: a linear layer, or (CNN MLP blocks, when
+    allowed) a 1x1 convolution."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if allow_conv and isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.groups == 1:
+        return module.in_channels, module.out_channels
+    return None
 
-    Several pairs can fit (with mlp_ratio 3 a qkv projection d -> 3d also pairs with fc2); the FFN
-    is the pair with the deepest common parent (timm ``mlp.fc1/fc2``), then the closest in order.
+
+def _parent(name: str) -> str:
+    return name.rpartition(".")[0]
+
+
+def _ffn(block: nn.Module, prefix: str, *, allow_conv: bool = False) -> tuple[str, ...] | None:
+    """The block's FFN: layers up (d -> h) and down (h -> d), h != d, plus a gate (d -> h) beside the up layer when
+    the FFN is a gated linear unit (SwiGLU's ``fc1_g``); a fused gate (up: d -> 2h, as timm's ``GluMlp``) counts too.
+
+    Several pairs can fit: the FFN works on the residual stream, so the widest d wins (a Swin-V2 block's tiny
+    position-bias MLP, 2 -> 512 -> heads, loses); then the deepest common parent (timm ``mlp.fc1/fc2``, not a qkv
+    projection d -> 3d with ``fc2`` when mlp_ratio is 3), then the closest in order.
     """
-    linears = [(name, m) for name, m in block.named_modules() if isinstance(m, nn.Linear)]
+    layers = [(name, dims) for name, m in block.named_modules() if (dims := _projection(m, allow_conv))]
     candidates = []
-    for i, (up_name, up) in enumerate(linears):
-        for j, (down_name, down) in enumerate(linears[i + 1:], start=i + 1):
-            if (up.out_features == down.in_features and up.in_features == down.out_features
-                    and up.out_features != up.in_features):
-                candidates.append((-_common_depth(up_name, down_name), j - i, up_name, down_name))
-    if not candidates:
-        return None
-    _, _, up_name, down_name = min(candidates)
-    return f"{prefix}.{up_name}", f"{prefix}.{down_name}"
+    for i, (up_name, (d, h)) in enumerate(layers):
+        for j, (down_name, (h_down, d_out)) in enumerate(layers[i + 1:], start=i + 1):
+            if d_out != d or h == d or h not in (h_down, 2 * h_down):
+                continue
+            gates = [name for name, dims in layers if name not in (up_name, down_name) and dims == (d, h_down)
+                     and _parent(name) == _parent(up_name)] if h == h_down else []
+            order = [n for n, _ in layers]
+            expanding = sorted([up_name, *gates[:1]], key=order.index)  # gate and value in module order
+            targets = tuple(f"{prefix}.{n}" for n in (*expanding, down_name))
+            candidates.append((-d, -_common_depth(up_name, down_name), j - i, targets))
+    return min(candidates)[-1] if candidates else None
 
 
-def find_ffn_groups(model: nn.Module) -> list[BlockGroup]:
+def _has_attention(block: nn.Module) -> bool:
+    """Whether a block mixes tokens with attention (timm, torchvision, transformers and DETR attention modules)."""
+    return any(isinstance(m, nn.MultiheadAttention) or "attention" in type(m).__name__.lower()
+               for m in block.modules())
+
+
+def find_ffn_groups(model: nn.Module, *, allow_non_transformer: bool = False) -> list[BlockGroup]:
     """One ``BlockGroup`` per transformer block of ``model``, in forward order.
 
-    A block container is a ``ModuleList``/``Sequential`` whose children share one type and each hold
-    an FFN; when containers nest (stages of blocks), only the innermost ones count.
+    A block container is a ``ModuleList``/``Sequential`` whose children share one type and each hold an FFN; when
+    containers nest (stages of blocks, as in Swin), only the innermost ones count. Blocks without attention (a CNN's
+    MLP blocks, ConvNeXt) are adapted only with ``allow_non_transformer``, which also admits 1x1 convolutions.
 
     Raises:
-        GSLoRAError: no block with an FFN was found.
+        GSLoRAError: no block with an FFN was found, or only blocks without attention (and not allowed).
     """
-    containers: dict[str, list[BlockGroup]] = {}
+    containers: dict[str, list[tuple[BlockGroup, bool]]] = {}
     for name, module in model.named_modules():
         if not isinstance(module, (nn.ModuleList, nn.Sequential)):
             continue
@@ -77,15 +102,29 @@ def find_ffn_groups(model: nn.Module) -> list[BlockGroup]:
         if not children or len({type(child) for _, child in children}) != 1:
             continue
         paths = [f"{name}.{child_name}" if name else child_name for child_name, _ in children]
-        pairs = [_ffn_pair(child, path) for (_, child), path in zip(children, paths)]
-        if all(pairs):
-            containers[name] = [BlockGroup(path, pair) for path, pair in zip(paths, pairs)]
+        ffns = [_ffn(child, path, allow_conv=allow_non_transformer) for (_, child), path in zip(children, paths)]
+        if all(ffns):
+            containers[name] = [(BlockGroup(path, ffn), _has_attention(child))
+                                for (_, child), path, ffn in zip(children, paths, ffns)]
     innermost = [name for name in containers
                  if not any(other != name and (name == "" or other.startswith(name + ".")) for other in containers)]
-    groups = [g for name in innermost for g in containers[name]]
+    found = [g for name in innermost for g in containers[name]]
+    groups = [g for g, attention in found if attention or allow_non_transformer]
+    looked_for = ("ModuleList/Sequential containers of blocks that hold attention and an FFN (layers d -> h -> d, "
+                  "gated or not)")
+    if not groups and not allow_non_transformer and not found:
+        try:  # MLP blocks of 1x1 convolutions (ConvNeXt) show only when convolutions count
+            found = [(g, False) for g in find_ffn_groups(model, allow_non_transformer=True)]
+        except GSLoRAError:
+            pass
+    if not groups and found:
+        raise GSLoRAError(f"{type(model).__name__} has MLP blocks but no attention in them (a CNN such as ConvNeXt; "
+                          f"looked for {looked_for}); gslora's groups are a transformer's FFNs. To adapt its MLP "
+                          "blocks anyway pass adapters.allow_non_transformer=true "
+                          "(--set adapters.allow_non_transformer=true)")
     if not groups:
-        raise GSLoRAError(f"found no transformer blocks with an FFN (two linear layers d -> h -> d) in "
-                          f"{type(model).__name__}; gslora adapts ViT-style models")
+        raise GSLoRAError(f"found no transformer blocks in {type(model).__name__} (looked for {looked_for}); gslora "
+                          "adapts transformer-style vision models (ViT, DeiT, BEiT, Swin, EVA, DINOv2, CLIP, DETR)")
     return groups
 
 

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from gslora.config import AcceptanceConfig, SequenceConfig, TrainConfig, to_dict
+from gslora.config import AcceptanceConfig, AdaptersConfig, SequenceConfig, TrainConfig, to_dict
 from gslora.data import Request
 from gslora.detection.data import (
     DetectionDataConfig,
@@ -134,10 +134,13 @@ class DetectionForgetConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval_batch_size: int = 64
     acceptance: AcceptanceConfig = field(default_factory=AcceptanceConfig)
+    adapters: AdaptersConfig = field(default_factory=AdaptersConfig)
 
     def __post_init__(self) -> None:
         if self.sequence.missing_classes:
             raise GSLoRAError("sequence.missing_classes is not supported for detection; drop --missing-classes")
+        if self.train.epochs < 1:
+            raise GSLoRAError(f"train.epochs={self.train.epochs}: must be >= 1 for a forgetting request")
         build_method(self.method, self.task)
 
 

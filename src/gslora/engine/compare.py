@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gslora.config import DataConfig, SequenceConfig, TrainConfig, from_dict, to_dict
+from gslora.config import AdaptersConfig, DataConfig, SequenceConfig, TrainConfig, from_dict, to_dict
 from gslora.engine.continual import ForgetConfig, run_forgetting
 from gslora.engine.loop import ProgressFactory, no_progress
 from gslora.engine.provenance import hardware, stamp
@@ -46,7 +46,7 @@ class CompareConfig:
     """The shared set-up and the methods to compare.
 
     Args:
-        checkpoint, data, sequence, train, eval_batch_size, verification, verify: as in ``ForgetConfig``.
+        checkpoint, data, sequence, train, eval_batch_size, verification, verify, adapters: as in ``ForgetConfig``.
         methods: label -> method spec (``name`` of a registered method, its hyper-parameters and an
             optional ``train`` mapping that overrides the shared ``train`` for that method).
     """
@@ -59,6 +59,7 @@ class CompareConfig:
     eval_batch_size: int = 512
     verification: bool | None = None
     verify: VerifyConfig = field(default_factory=VerifyConfig)
+    adapters: AdaptersConfig = field(default_factory=AdaptersConfig)
 
     def __post_init__(self) -> None:
         if not self.methods or not isinstance(self.methods, dict):
@@ -82,6 +83,7 @@ class CompareConfig:
                                             "sequence": to_dict(self.sequence), "method": method, "train": train,
                                             "eval_batch_size": self.eval_batch_size,
                                             "verification": self.verification, "verify": to_dict(self.verify),
+                                            "adapters": to_dict(self.adapters),
                                             # a comparison measures every method, whether it forgets or not
                                             "acceptance": {"accept_partial": True}})
         except GSLoRAError as exc:

@@ -20,7 +20,16 @@ from typing import Any, ClassVar
 
 import torch
 
-from gslora.config import AcceptanceConfig, DataConfig, SequenceConfig, TrainConfig, from_dict, require, to_dict
+from gslora.config import (
+    AcceptanceConfig,
+    AdaptersConfig,
+    DataConfig,
+    SequenceConfig,
+    TrainConfig,
+    from_dict,
+    require,
+    to_dict,
+)
 from gslora.data import Request, build_requests
 from gslora.engine.ledger import now
 from gslora.engine.loop import ProgressFactory, no_progress, resolve_device
@@ -53,6 +62,7 @@ class ForgetConfig:
         acceptance: when a finished request is committed (thresholds on forgetting and on retained accuracy).
         verify: the verification suite run after every request on every request so far (membership inference,
             linear probe, relearn time, face figures); ``verify.enabled: false`` turns it off.
+        adapters: where adapters may go (``allow_non_transformer`` for MLP blocks without attention).
     """
 
     task: ClassVar[str] = "classification"
@@ -68,10 +78,12 @@ class ForgetConfig:
     verification_images: int = 2000
     acceptance: AcceptanceConfig = field(default_factory=AcceptanceConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
+    adapters: AdaptersConfig = field(default_factory=AdaptersConfig)
 
     def __post_init__(self) -> None:
         require(all(0 < f < 1 for f in self.fars), "fars", self.fars, "each FAR must be in (0, 1)")
         require(self.eval_batch_size >= 1, "eval_batch_size", self.eval_batch_size, "must be >= 1")
+        require(self.train.epochs >= 1, "train.epochs", self.train.epochs, "must be >= 1 for a forgetting request")
         build_method(self.method, self.task)  # validates the name and the hyper-parameters now
 
 
@@ -257,8 +269,10 @@ def _apply_request(run: RunDirectory, state: _State, config: Any, request: Reque
              len(subsets.forget), len(subsets.retain))
     try:
         with run.attempt(request_id) as stage:
+            adapters = getattr(config, "adapters", None)
             context = TaskContext(request, train.epochs, steps_per_epoch, forget_data=subsets.forget,
-                                  retain_data=subsets.retain, original_model=state.original, device=device)
+                                  retain_data=subsets.retain, original_model=state.original, device=device,
+                                  allow_non_transformer=bool(adapters and adapters.allow_non_transformer))
             torch.manual_seed(config.train.seed + request.index)
             started, start = now(), time.perf_counter()
             method.setup_task(model, context)

@@ -34,6 +34,7 @@ class TaskContext:
             ``DetectionSet`` for detection).
         original_model: returns the run's original (pre-trained) model, loaded on first use.
         device: where training runs.
+        allow_non_transformer: adapters may go on MLP blocks without attention (``adapters.allow_non_transformer``).
     """
 
     request: Request
@@ -43,6 +44,7 @@ class TaskContext:
     retain_data: Any = None
     original_model: Callable[[], VisionClassifier] | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    allow_non_transformer: bool = False
 
 
 class Method(ABC):

@@ -74,7 +74,7 @@ class GSLoRA(Method):
     config_class = GSLoRAConfig
 
     def setup_task(self, model: VisionClassifier, task: TaskContext) -> None:
-        self.groups = find_ffn_groups(model)
+        self.groups = find_ffn_groups(model, allow_non_transformer=task.allow_non_transformer)
         self.peft_model = attach_lora(copy.deepcopy(model), self.groups, rank=self.config.rank,
                                       lora_alpha=self.config.lora_alpha)
         self.model = self.peft_model

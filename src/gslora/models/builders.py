@@ -35,13 +35,14 @@ class VisionClassifier(nn.Module):
         embed_dim: size of the embedding the head reads.
     """
 
-    def __init__(self, net: nn.Module, config: ModelConfig, *, in_chans: int, embed_dim: int) -> None:
+    def __init__(self, net: nn.Module, config: ModelConfig, *, in_chans: int, embed_dim: int,
+                 family: Family | None = None) -> None:
         super().__init__()
         self.net = net
         self.config = config
         self.in_chans = in_chans
         self.embed_dim = embed_dim
-        self.family: Family = FAMILIES.get(config.family)()
+        self.family: Family = family or FAMILIES.get(config.family)()
         self.head: CosFaceHead | None = None
         if config.head == "cosface":
             self.family.drop_head(net)
@@ -97,7 +98,7 @@ def build_model(config: ModelConfig) -> VisionClassifier:
     """
     family = FAMILIES.get(config.family)()
     net, in_chans, embed_dim = family.build(config)
-    model = VisionClassifier(net, config, in_chans=in_chans, embed_dim=embed_dim)
+    model = VisionClassifier(net, config, in_chans=in_chans, embed_dim=embed_dim, family=family)
     if config.weights:
-        load_weights(model, config.weights)
+        load_weights(model, config.weights, replace_head=config.replace_head)
     return model

@@ -27,8 +27,7 @@ def save_checkpoint(model: VisionClassifier, directory: str | Path, *, classes: 
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "gslora_version": __version__})
         digest = sha256_file(tmp / WEIGHTS_FILE)
         model_config = to_dict(model.config) | {"weights": None, "pretrained": False}  # weights are in the file
-        if model.config.family == "hf":
-            model_config["hf_config"] = model.net.config.to_dict()  # rebuild offline, whatever the name
+        model_config.update(model.family.saved_config(model.net))
         meta = {"gslora_version": __version__, "model": model_config,
                 "classes": list(classes), "sha256": digest, **(extra or {})}
         atomic_write_json(tmp / CONFIG_FILE, meta)

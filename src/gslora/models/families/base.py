@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from gslora.errors import GSLoRAError
 from gslora.registry import Registry
@@ -76,3 +77,44 @@ class Family(ABC):
 
     def classify(self, net: nn.Module, embedding: torch.Tensor) -> torch.Tensor:
         return self.head(net)(embedding)
+
+    def saved_config(self, net: nn.Module) -> dict[str, Any]:
+        """What a checkpoint must record beyond the ``ModelConfig`` to rebuild ``net`` offline (transformers'
+        config, for one)."""
+        return {}
+
+
+def module_path(net: nn.Module, module: nn.Module) -> str:
+    """The dotted name of ``module`` inside ``net``."""
+    return next(name for name, m in net.named_modules() if m is module)
+
+
+def last_linear(net: nn.Module) -> tuple[str, nn.Module]:
+    """The classifier of a torchvision-style network: its last linear layer (``heads.head``, ``head``, ``fc``,
+    ``classifier.2``)."""
+    from torch import nn
+
+    found = [(name, m) for name, m in net.named_modules() if isinstance(m, nn.Linear)]
+    if not found:
+        raise GSLoRAError(f"{type(net).__name__} has no linear classifier; gslora needs a classification head")
+    return found[-1]
+
+
+def replace_module(net: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(net.get_submodule(parent) if parent else net, name, module)
+
+
+def embed_through_head(net: nn.Module, head: nn.Module, run: Callable[[], Any]) -> torch.Tensor:
+    """The embedding a network's head reads: the head's input, caught by a forward hook while ``run()`` runs the
+    network. Works for any architecture whose head is one module (Swin's pooled features, DINOv2's CLS and mean
+    patch tokens side by side, a ViT's CLS token)."""
+    caught: list[torch.Tensor] = []
+    handle = head.register_forward_hook(lambda _m, inputs, _out: caught.append(inputs[0]))
+    try:
+        run()
+    finally:
+        handle.remove()
+    if not caught:
+        raise GSLoRAError(f"{type(net).__name__} never called its head; gslora cannot read its embedding")
+    return caught[-1]

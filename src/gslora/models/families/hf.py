@@ -1,10 +1,19 @@
-"""Hugging Face transformers ViTs (``ViTForImageClassification``): by hub id or by shape."""
+"""Hugging Face transformers image classifiers (``AutoModelForImageClassification``): ViT, DeiT, BEiT, Swin,
+Swin-V2, DINOv2, ... by hub id, from a local directory, from a saved config, or a ViT by shape."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from gslora.models.families.base import FAMILIES, Family, require_hub, require_patch_stem, unreachable_weights
+from gslora.models.families.base import (
+    FAMILIES,
+    Family,
+    embed_through_head,
+    require_hub,
+    require_patch_stem,
+    unreachable_weights,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -17,31 +26,33 @@ if TYPE_CHECKING:
 class HuggingFace(Family):
     def build(self, config: ModelConfig) -> tuple[nn.Module, int, int]:
         require_patch_stem(config)
-        from transformers import ViTConfig, ViTForImageClassification
+        from transformers import AutoConfig, AutoModelForImageClassification, ViTConfig
 
+        extra: dict[str, Any] = dict(config.kwargs or {})
         if config.hf_config is not None:
-            hf_config = ViTConfig.from_dict(config.hf_config)
-            hf_config.num_labels = config.num_classes
-            net = ViTForImageClassification(hf_config)
+            saved = dict(config.hf_config)
+            hf_config = AutoConfig.for_model(saved.pop("model_type", "vit"), **saved)
         elif config.name is None:
             hf_config = ViTConfig(hidden_size=config.width, num_hidden_layers=config.depth,
                                   num_attention_heads=config.heads,
                                   intermediate_size=int(config.width * config.mlp_ratio),
                                   image_size=config.image_size, patch_size=config.patch_size,
-                                  num_channels=config.in_chans, num_labels=config.num_classes)
-            net = ViTForImageClassification(hf_config)
+                                  num_channels=config.in_chans, **extra)
         else:
-            require_hub(config.name, "huggingface.co")
+            if not Path(config.name).exists():
+                require_hub(config.name, "huggingface.co")
             try:
-                if not config.pretrained:
-                    net = ViTForImageClassification(ViTConfig.from_pretrained(config.name,
-                                                                              num_labels=config.num_classes))
-                else:
-                    net = ViTForImageClassification.from_pretrained(config.name, num_labels=config.num_classes,
-                                                                    ignore_mismatched_sizes=True)
+                if config.pretrained:
+                    net = AutoModelForImageClassification.from_pretrained(
+                        config.name, num_labels=config.num_classes, ignore_mismatched_sizes=True, **extra)
+                    return net, _channels(net.config), self.head(net).in_features
+                hf_config = AutoConfig.from_pretrained(config.name, **extra)
             except Exception as exc:  # OSError offline; hub and http libraries raise their own types
                 raise unreachable_weights(config.name, exc) from exc
-        return net, net.config.num_channels, net.config.hidden_size
+        hf_config.num_labels = config.num_classes
+        hf_config.architectures = hf_config.architectures or []  # DeiT (several heads) takes its first
+        net = AutoModelForImageClassification.from_config(hf_config)
+        return net, _channels(net.config), self.head(net).in_features
 
     def head(self, net: nn.Module) -> nn.Module:
         return net.classifier
@@ -52,4 +63,13 @@ class HuggingFace(Family):
         net.classifier = nn.Identity()
 
     def embed(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return net.vit(pixel_values=x).last_hidden_state[:, 0]
+        return embed_through_head(net, self.head(net), lambda: net(pixel_values=x))
+
+    def saved_config(self, net: nn.Module) -> dict[str, Any]:
+        return {"hf_config": net.config.to_dict()}  # rebuilds offline, whatever the name
+
+
+def _channels(config: Any) -> int:
+    """Input channels of a transformers config (a CLIP-style config keeps them in its vision config)."""
+    vision = getattr(config, "vision_config", None)
+    return int(getattr(config, "num_channels", None) or getattr(vision, "num_channels", 3))

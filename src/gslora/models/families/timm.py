@@ -22,7 +22,7 @@ class Timm(Family):
         from gslora.models.stems import ConvStem
 
         shape = {"img_size": config.image_size, "in_chans": config.in_chans, "num_classes": config.num_classes,
-                 "drop_path_rate": config.drop_path}
+                 "drop_path_rate": config.drop_path, **(config.kwargs or {})}
         if config.stem == "conv" and config.name is not None:
             raise GSLoRAError(f"model.stem=conv replaces the patch embedding of a ViT built by shape; drop "
                               f"model.name={config.name!r} or use model.stem=patch")
@@ -36,7 +36,11 @@ class Timm(Family):
             if config.pretrained:
                 require_hub(config.name, "huggingface.co")
             try:
-                net = timm.create_model(config.name, pretrained=config.pretrained, **shape)
+                try:
+                    net = timm.create_model(config.name, pretrained=config.pretrained, **shape)
+                except TypeError:  # a model without an image size (a CNN): it takes any
+                    shape.pop("img_size")
+                    net = timm.create_model(config.name, pretrained=config.pretrained, **shape)
             except RuntimeError as exc:
                 if config.pretrained and "Unknown model" not in str(exc):
                     raise unreachable_weights(config.name, exc) from exc
@@ -48,7 +52,7 @@ class Timm(Family):
         return net, config.in_chans, net.num_features
 
     def head(self, net: nn.Module) -> nn.Module:
-        return net.head
+        return net.get_classifier()  # the final layer: a ViT's head, Swin's and ConvNeXt's head.fc
 
     def drop_head(self, net: nn.Module) -> None:
         net.reset_classifier(0)

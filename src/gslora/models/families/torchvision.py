@@ -1,11 +1,22 @@
-"""torchvision ViTs: ``vit_b_16``, ``vit_b_32``, ``vit_l_16``, ... or a ``VisionTransformer`` by shape."""
+"""torchvision classifiers: ViTs (``vit_b_16``, ``vit_l_16``, ... or a ``VisionTransformer`` by shape) and Swin
+(``swin_t``, ``swin_v2_t``, ...); any ``torchvision.models`` classifier builds, and gslora adapts those whose blocks
+hold attention."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gslora.errors import GSLoRAError
-from gslora.models.families.base import FAMILIES, Family, require_hub, require_patch_stem, unreachable_weights
+from gslora.models.families.base import (
+    FAMILIES,
+    Family,
+    embed_through_head,
+    last_linear,
+    replace_module,
+    require_hub,
+    require_patch_stem,
+    unreachable_weights,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -22,36 +33,44 @@ class Torchvision(Family):
         from torchvision import models
         from torchvision.models.vision_transformer import VisionTransformer
 
+        extra: dict[str, Any] = dict(config.kwargs or {})
         if config.name is None:
             net = VisionTransformer(image_size=config.image_size, patch_size=config.patch_size,
                                     num_layers=config.depth, num_heads=config.heads, hidden_dim=config.width,
-                                    mlp_dim=int(config.width * config.mlp_ratio), num_classes=config.num_classes)
+                                    mlp_dim=int(config.width * config.mlp_ratio), num_classes=config.num_classes,
+                                    **extra)
         else:
             if config.name not in models.list_models(module=models):
-                raise GSLoRAError(f"torchvision has no model {config.name!r}; try vit_b_16, vit_b_32, vit_l_16")
+                raise GSLoRAError(f"torchvision has no model {config.name!r}; try vit_b_16, vit_l_16, swin_t, "
+                                  "swin_v2_t")
             if config.pretrained:
                 require_hub(config.name, "download.pytorch.org")
                 try:
-                    net = models.get_model(config.name, weights="DEFAULT")
+                    net = models.get_model(config.name, weights="DEFAULT", **extra)
                 except Exception as exc:  # urllib's URLError (an OSError) offline, hash mismatches, ...
                     raise unreachable_weights(config.name, exc) from exc
             else:
-                net = models.get_model(config.name, weights=None, image_size=config.image_size)
-            if net.heads.head.out_features != config.num_classes:
-                net.heads.head = nn.Linear(net.heads.head.in_features, config.num_classes)
-        return net, 3, net.hidden_dim  # torchvision's patch embedding takes RGB
+                try:  # ViTs take the image size; Swin and CNNs adapt to any size
+                    net = models.get_model(config.name, weights=None, image_size=config.image_size, **extra)
+                except TypeError:
+                    net = models.get_model(config.name, weights=None, **extra)
+            path, head = last_linear(net)
+            if head.out_features != config.num_classes:
+                replace_module(net, path, nn.Linear(head.in_features, config.num_classes))
+        return net, 3, last_linear(net)[1].in_features  # torchvision's models take RGB
+
+    head_path: str | None = None  # where the classifier sits, found once (after drop_head an Identity sits there)
 
     def head(self, net: nn.Module) -> nn.Module:
-        return net.heads
+        if self.head_path is None:
+            self.head_path = last_linear(net)[0]
+        return net.get_submodule(self.head_path)
 
     def drop_head(self, net: nn.Module) -> None:
         from torch import nn
 
-        net.heads = nn.Identity()
+        self.head(net)
+        replace_module(net, self.head_path, nn.Identity())  # the embedding still passes there, for embed()
 
     def embed(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        import torch
-
-        tokens = net._process_input(x)
-        cls = net.class_token.expand(tokens.shape[0], -1, -1)
-        return net.encoder(torch.cat([cls, tokens], dim=1))[:, 0]
+        return embed_through_head(net, self.head(net), lambda: net(x))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -42,11 +43,23 @@ def resolve_paths(tree: Any) -> Any:
     return tree
 
 
+def portable(tree: Any) -> Any:
+    """A config as it is recorded: absolute paths next to the repository (its cache, ``../shared``) written relative
+    to the repository root, so that a results file and a cache key are the same on every machine and checkout."""
+    if isinstance(tree, dict):
+        return {k: portable(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [portable(v) for v in tree]
+    if isinstance(tree, str) and tree.startswith(str(ROOT.parent) + os.sep):
+        return os.path.relpath(tree, ROOT)
+    return tree
+
+
 def cached_base(config: dict[str, Any], *, device: str = "auto") -> tuple[Path, dict[str, Any]]:
     """Pre-train the model of ``config`` (a ``PretrainConfig`` mapping) once, cached under a hash of its resolved
     config; returns the checkpoint and ``{"config": resolved, "key", "test_acc", "seconds", commit, time, ...}``."""
     resolved = to_dict(from_dict(PretrainConfig, resolve_paths(config)))
-    key = config_key(resolved)
+    key = config_key(portable(resolved))
     checkpoint = CACHE / f"base-{key}"
     if not (checkpoint / "config.json").is_file():
         run_config = from_dict(PretrainConfig, {**resolved, "train": {**resolved["train"], "device": device}})
@@ -68,7 +81,7 @@ def run_method(checkpoint: Path, forget: dict[str, Any], run_name: str, *, devic
 def write_results(folder: Path, results: dict[str, Any], config: dict[str, Any]) -> None:
     """``results.json``: the rows (each with its config, commit, time, hardware), the benchmark's config and when
     this file was written. Runners only; never edit it by hand."""
-    results = {**results, "config": config, "written": stamp()}
+    results = portable({**results, "config": config, "written": stamp()})
     (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 
 

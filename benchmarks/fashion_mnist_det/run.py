@@ -22,7 +22,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from common import CACHE, ROOT, config_key, load_config, setup_logging, write_results  # noqa: E402
+from common import CACHE, ROOT, config_key, load_config, portable, setup_logging, write_results  # noqa: E402
 
 from gslora.config import from_dict, to_dict  # noqa: E402
 from gslora.detection import (  # noqa: E402
@@ -45,7 +45,7 @@ TASK_KEYS = ("map50_f", "map50_r", "map50_o", "map50_f_before", "map50_r_before"
 def cached_detector(config: dict, device: str) -> tuple[Path, dict]:
     resolved = to_dict(from_dict(DetectionPretrainConfig, {"data": config["data"], "model": config["model"],
                                                            "train": config["pretrain"]}))
-    key = config_key(resolved)
+    key = config_key(portable(resolved))
     checkpoint = CACHE / f"detector-{key}"
     if not (checkpoint / "config.json").is_file():
         run = from_dict(DetectionPretrainConfig, {**resolved, "train": {**resolved["train"], "device": device}})

@@ -178,6 +178,11 @@ class TrainConfig:
         seed: seed of initialisation and batch order.
         device: ``cpu``, ``cuda`` or ``auto``.
         max_grad_norm: gradient clipping (0 disables it).
+        precision: ``fp32``, ``bf16`` or ``fp16``: the forward and loss under ``torch.autocast`` in that type (bf16
+            runs on CPUs too; fp16 scales the loss on CUDA), the weights and optimiser state in fp32.
+        compile: compile each training step with ``torch.compile`` (pays a compilation first).
+        checkpointing: activation checkpointing (timm and transformers models): recompute activations in the
+            backward pass instead of keeping them, for memory.
     """
 
     epochs: int = 10
@@ -193,8 +198,13 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"
     max_grad_norm: float = 0.0
+    precision: str = "fp32"
+    compile: bool = False
+    checkpointing: bool = False
 
     def __post_init__(self) -> None:
+        require(self.precision in ("fp32", "bf16", "fp16"), "train.precision", self.precision,
+                "must be fp32, bf16 or fp16")
         require(self.epochs >= 0, "train.epochs", self.epochs,
                 "must be >= 0 (0: pre-training only imports weights; a forgetting request needs >= 1)")
         require(self.min_steps >= 0, "train.min_steps", self.min_steps, "must be >= 0 (0 = off)")

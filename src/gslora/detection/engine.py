@@ -29,6 +29,7 @@ from gslora.detection.gs_lora import DetectionGSLoRA  # noqa: F401  (registers G
 from gslora.detection.metrics import detect, group_map, per_class_ap
 from gslora.detection.model import Detector, DetectorConfig, build_detector, save_detector
 from gslora.engine.loop import (
+    Profile,
     ProgressFactory,
     index_batches,
     no_progress,
@@ -179,8 +180,8 @@ def request_subsets(dataset: DetectionDataset, request: Request, sequence: Seque
 
 
 def train_detection_request(method: Method, forget: DetectionSet, retain: DetectionSet, config: TrainConfig, *,
-                            request_index: int, device: torch.device,
-                            progress: ProgressFactory = no_progress) -> list[dict[str, float]]:
+                            request_index: int, device: torch.device, progress: ProgressFactory = no_progress,
+                            profile: Profile | None = None) -> list[dict[str, float]]:
     """One epoch = one pass over the retain subset; each step pairs it with the next cycled forget batch."""
     generator = torch.Generator().manual_seed(config.seed + request_index)
 
@@ -197,7 +198,8 @@ def train_detection_request(method: Method, forget: DetectionSet, retain: Detect
                    (retain.images[idx_r].to(device), _to(_targets(retain, idx_r), device)))
 
     return optimise(method, config, steps_per_epoch=-(-len(retain) // config.batch_size),
-                    epoch_batches=epoch_batches, desc=f"request {request_index}", progress=progress)
+                    epoch_batches=epoch_batches, desc=f"request {request_index}", progress=progress, device=device,
+                    profile=profile)
 
 
 def run_detection_forgetting(config: DetectionForgetConfig, run_dir: str | Path, *, resume: bool = False,

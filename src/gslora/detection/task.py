@@ -14,7 +14,7 @@ from gslora.detection.data import DetectionDataset, load_detection_dataset
 from gslora.detection.engine import DetectionForgetConfig, evaluate_detector, request_subsets, train_detection_request
 from gslora.detection.metrics import detection_metrics, group_map
 from gslora.detection.model import Detector, load_detector, read_detector_meta, save_detector
-from gslora.engine.loop import ProgressFactory
+from gslora.engine.loop import Profile, ProgressFactory
 from gslora.errors import GSLoRAError
 from gslora.methods import Method, TaskContext
 from gslora.tasks.base import Subsets, Task, register_task
@@ -59,9 +59,11 @@ class Detection(Task):
         return Subsets(*request_subsets(dataset, request, sequence))
 
     def train(self, method: Method, context: TaskContext, subsets: Subsets, config: TrainConfig, *,
-              device: torch.device, progress: ProgressFactory) -> list[dict[str, float]]:
+              device: torch.device, progress: ProgressFactory, profile: Profile | None = None
+              ) -> list[dict[str, float]]:
         return train_detection_request(method, subsets.forget, subsets.retain, config,
-                                       request_index=context.request.index, device=device, progress=progress)
+                                       request_index=context.request.index, device=device, progress=progress,
+                                       profile=profile)
 
     def evaluate(self, model: Detector, dataset: DetectionDataset, config: DetectionForgetConfig, *,
                  device: torch.device) -> dict[str, list[float | None]]:

@@ -32,7 +32,7 @@ from gslora.config import (
 )
 from gslora.data import Request, build_requests
 from gslora.engine.ledger import now
-from gslora.engine.loop import ProgressFactory, no_progress, resolve_device
+from gslora.engine.loop import Profile, ProgressFactory, no_progress, resolve_device
 from gslora.engine.provenance import hardware
 from gslora.engine.rundir import RunDirectory, deferred_signals, manifest_from
 from gslora.errors import GSLoRAError, Interrupted, RequestRejected
@@ -276,14 +276,19 @@ def _apply_request(run: RunDirectory, state: _State, config: Any, request: Reque
             torch.manual_seed(config.train.seed + request.index)
             started, start = now(), time.perf_counter()
             method.setup_task(model, context)
-            history = task.train(method, context, subsets, config.train, device=device, progress=progress)
-            artifacts = method.save_artifacts(stage)
-            edited = method.end_task(context)
+            profile = Profile(device)
+            history = task.train(method, context, subsets, config.train, device=device, progress=progress,
+                                 profile=profile)
+            with profile.phase("merge"):
+                artifacts = method.save_artifacts(stage)
+                edited = method.end_task(context)
             seconds = time.perf_counter() - start
-            digest = task.save_model(edited.cpu(), stage / "model", classes=dataset.classes,
-                                     extra={"run_request": request.index})
+            with profile.phase("save"):
+                digest = task.save_model(edited.cpu(), stage / "model", classes=dataset.classes,
+                                         extra={"run_request": request.index})
             edited = edited.to(device)
-            after = task.evaluate(edited, dataset, config, device=device)
+            with profile.phase("evaluate"):
+                after = task.evaluate(edited, dataset, config, device=device)
             metrics = task.measure(dataset, request, before, after, state.base, config)
             metrics["forget_train_score"] = task.training_forget_score(edited, subsets, request, device=device)
             verdict = judge(task.scores(metrics), metrics["forget_train_score"], config.acceptance)
@@ -300,7 +305,7 @@ def _apply_request(run: RunDirectory, state: _State, config: Any, request: Reque
                 "forget_images_per_class": subsets.forget_per_class, "shots_short": subsets.short, "method": spec,
                 **settings, **{k: f"{prefix}/{v}" for k, v in artifacts.items()}, "checkpoint": f"{prefix}/model",
                 "checkpoint_sha256": digest, "metrics": metrics, "acceptance": verdict, **method.diagnostics(),
-                "history": history,
+                "history": history, "profile": {k: round(v, 3) for k, v in profile.seconds.items()},
             }
             run.commit(request_id, stage, record, report=False)  # run_forgetting writes the report at the end
     except KeyboardInterrupt as exc:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Protocol
 
 import torch
@@ -80,13 +81,70 @@ def set_lr(optimizer: torch.optim.Optimizer, epoch: int, config: TrainConfig) ->
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, params: list[nn.Parameter],
-                   max_grad_norm: float) -> None:
-    """Backward, optional gradient clipping, step."""
+                   max_grad_norm: float, scaler: torch.amp.GradScaler | None = None) -> None:
+    """Backward, optional gradient clipping, step (through ``scaler`` for fp16)."""
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    if scaler is None:
+        loss.backward()
+        if max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        optimizer.step()
+        return
+    scaler.scale(loss).backward()
     if max_grad_norm > 0:
+        scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    optimizer.step()
+    scaler.step(optimizer)
+    scaler.update()
+
+
+def autocast(config: TrainConfig, device: torch.device) -> AbstractContextManager:
+    """The forward pass's precision: nothing for fp32, ``torch.autocast`` for bf16 and fp16."""
+    if config.precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if config.precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def grad_scaler(config: TrainConfig, device: torch.device) -> torch.amp.GradScaler | None:
+    """fp16 gradients underflow without loss scaling (on CUDA); bf16 and fp32 need none."""
+    return torch.amp.GradScaler(device.type) if config.precision == "fp16" and device.type == "cuda" else None
+
+
+def enable_checkpointing(model: nn.Module) -> None:
+    """Activation checkpointing on the first network inside ``model`` that offers it (timm's
+    ``set_grad_checkpointing``, transformers' ``gradient_checkpointing_enable``)."""
+    for module in model.modules():
+        if hasattr(module, "set_grad_checkpointing"):
+            module.set_grad_checkpointing(True)
+            return
+        if hasattr(module, "gradient_checkpointing_enable") and getattr(module, "supports_gradient_checkpointing",
+                                                                        False):
+            module.gradient_checkpointing_enable()
+            return
+    raise GSLoRAError(f"train.checkpointing: {type(model).__name__} offers no activation checkpointing (timm and "
+                      "transformers models do); set train.checkpointing=false")
+
+
+class Profile:
+    """Seconds spent in each phase of a request (data, forward, backward, ...), summed; on CUDA the clock waits for
+    the GPU at each phase boundary, so the phases are attributed right."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.seconds: dict[str, float] = {}
+        self.sync = device.type == "cuda"
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        if self.sync:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.sync:
+                torch.cuda.synchronize()
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
 def cycle(data: ImageSet, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -140,6 +198,10 @@ def train_epochs(model: nn.Module, params: list[nn.Parameter], n: int, config: T
     """Pre-training: ``config.epochs`` shuffled passes over ``n`` samples, each batch's loss from
     ``batch_loss(indices, generator)``; returns the mean loss per epoch."""
     optimizer = make_optimizer(params, config)
+    device = next(iter(params)).device if params else torch.device("cpu")
+    scaler = grad_scaler(config, device)
+    if config.checkpointing:
+        enable_checkpointing(model)
     generator = torch.Generator().manual_seed(config.seed)
     steps = -(-n // config.batch_size)
     history = []
@@ -149,9 +211,10 @@ def train_epochs(model: nn.Module, params: list[nn.Parameter], n: int, config: T
             model.train()
             total = 0.0
             for step, idx in enumerate(index_batches(n, config.batch_size, generator)):
-                loss = batch_loss(idx, generator)
+                with autocast(config, device):
+                    loss = batch_loss(idx, generator)
                 check_finite({"loss": loss}, epoch=epoch, step=step)
-                optimizer_step(optimizer, loss, params, config.max_grad_norm)
+                optimizer_step(optimizer, loss, params, config.max_grad_norm, scaler)
                 total += loss.item()
                 bar.update(1)
             history.append({"epoch": epoch, "loss": total / steps})
@@ -164,29 +227,45 @@ PairedBatches = Iterator[tuple[Any, Any]]
 
 
 def optimise(method: Method, config: TrainConfig, *, steps_per_epoch: int, epoch_batches: Callable[[], PairedBatches],
-             desc: str, progress: ProgressFactory = no_progress) -> list[dict[str, float]]:
+             desc: str, progress: ProgressFactory = no_progress, device: torch.device | None = None,
+             profile: Profile | None = None) -> list[dict[str, float]]:
     """The loop every forgetting request runs: per epoch set the lr, take ``method.training_step`` on each
     (forget batch, retain batch) of ``epoch_batches()``, step the optimiser; returns each term's epoch mean.
-    The epochs are raised to reach ``config.min_steps``."""
+    The epochs are raised to reach ``config.min_steps``; ``profile`` sums the seconds of data, forward and backward."""
     config = config.for_steps_per_epoch(steps_per_epoch)
+    device = device or torch.device("cpu")
+    profile = profile or Profile(device)
     params = method.trainable_parameters()
     if not params:
         raise GSLoRAError(f"{type(method).__name__} has no trainable parameters; nothing to optimise")
     optimizer = make_optimizer(params, config)
+    scaler = grad_scaler(config, device)
+    if config.checkpointing:
+        enable_checkpointing(method.model)
+    step_fn = torch.compile(method.training_step) if config.compile else method.training_step
     history = []
     with progress(config.epochs * steps_per_epoch, desc) as bar:
         for epoch in range(config.epochs):
             set_lr(optimizer, epoch, config)
             train_mode(method.model)
             sums: dict[str, float] = {}
-            for step, (forget_batch, retain_batch) in enumerate(epoch_batches()):
-                terms = method.training_step(forget_batch, retain_batch, epoch=epoch)
+            batches_of_epoch, step = epoch_batches(), 0
+            while True:
+                with profile.phase("data"):
+                    batch = next(batches_of_epoch, None)
+                if batch is None:
+                    break
+                forget_batch, retain_batch = batch
+                with profile.phase("forward"), autocast(config, device):
+                    terms = step_fn(forget_batch, retain_batch, epoch=epoch)
                 check_finite(terms, epoch=epoch, step=step)
-                optimizer_step(optimizer, terms["loss"], params, config.max_grad_norm)
-                method.after_step()
+                with profile.phase("backward"):
+                    optimizer_step(optimizer, terms["loss"], params, config.max_grad_norm, scaler)
+                    method.after_step()
                 for k, v in terms.items():
                     sums[k] = sums.get(k, 0.0) + v.item()
                 bar.update(1)
+                step += 1
             means = {k: v / steps_per_epoch for k, v in sums.items()}
             history.append({"epoch": epoch, "lr": cosine_lr(epoch, config), **means})
             bar.set_postfix({k: f"{v:.3g}" for k, v in means.items()})
@@ -195,7 +274,8 @@ def optimise(method: Method, config: TrainConfig, *, steps_per_epoch: int, epoch
 
 
 def train_request(method: Method, task: TaskContext, forget: ImageSet, retain: ImageSet, config: TrainConfig, *,
-                  device: torch.device, progress: ProgressFactory = no_progress) -> list[dict[str, float]]:
+                  device: torch.device, progress: ProgressFactory = no_progress,
+                  profile: Profile | None = None) -> list[dict[str, float]]:
     """Optimise ``method`` on one request; returns the mean of every loss term per epoch.
 
     One epoch is one pass over the retain subset; each step pairs a retain batch with the next batch
@@ -215,4 +295,4 @@ def train_request(method: Method, task: TaskContext, forget: ImageSet, retain: I
             yield (x_f.to(device), y_f.to(device)), (x_r.to(device), y_r.to(device))
 
     return optimise(method, config, steps_per_epoch=task.steps_per_epoch, epoch_batches=epoch_batches,
-                    desc=f"request {task.request.index}", progress=progress)
+                    desc=f"request {task.request.index}", progress=progress, device=device, profile=profile)

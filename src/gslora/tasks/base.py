@@ -17,7 +17,7 @@ import torch
 
 from gslora.config import SequenceConfig, TrainConfig
 from gslora.data import Request
-from gslora.engine.loop import ProgressFactory
+from gslora.engine.loop import Profile, ProgressFactory
 from gslora.errors import GSLoRAError
 from gslora.methods import Method, TaskContext
 
@@ -118,8 +118,10 @@ class Task(ABC):
 
     @abstractmethod
     def train(self, method: Method, context: TaskContext, subsets: Subsets, config: TrainConfig, *,
-              device: torch.device, progress: ProgressFactory) -> list[dict[str, float]]:
-        """Run the engine's loop over this task's batches; returns the per-epoch loss terms."""
+              device: torch.device, progress: ProgressFactory, profile: Profile | None = None
+              ) -> list[dict[str, float]]:
+        """Run the engine's loop over this task's batches (``profile`` sums the seconds of each phase); returns the
+        per-epoch loss terms."""
 
     # -- measurement ------------------------------------------------------------------------------
 

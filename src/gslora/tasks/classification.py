@@ -12,7 +12,7 @@ import torch
 from gslora.config import SequenceConfig, TrainConfig
 from gslora.data import Dataset, Request, load_dataset, request_data, sample_per_class
 from gslora.engine.evaluate import Predictions, predict
-from gslora.engine.loop import ProgressFactory, train_request
+from gslora.engine.loop import Profile, ProgressFactory, train_request
 from gslora.methods import Method, TaskContext
 from gslora.metrics import accuracy, request_metrics, verification
 from gslora.models import VisionClassifier, load_checkpoint, read_checkpoint_meta, save_checkpoint
@@ -61,9 +61,10 @@ class Classification(Task):
                        forget_per_class={dataset.classes[c]: counts[c] for c in request.forget})
 
     def train(self, method: Method, context: TaskContext, subsets: Subsets, config: TrainConfig, *,
-              device: torch.device, progress: ProgressFactory) -> list[dict[str, float]]:
+              device: torch.device, progress: ProgressFactory, profile: Profile | None = None
+              ) -> list[dict[str, float]]:
         return train_request(method, context, subsets.forget, subsets.retain, config, device=device,
-                             progress=progress)
+                             progress=progress, profile=profile)
 
     def evaluate(self, model: VisionClassifier, dataset: Dataset, config: Any, *, device: torch.device) -> Predictions:
         wants = model.has_margin if config.verification is None else config.verification

@@ -1,0 +1,48 @@
+"""Training precision, activation checkpointing and the per-phase profile of a request: bf16 autocast and
+checkpointing change how a step is computed, not what a request achieves or which tensors it may change."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from gslora.cli import main
+from gslora.config import TrainConfig
+from gslora.engine.loop import enable_checkpointing, grad_scaler
+from gslora.errors import GSLoRAError
+from gslora.models import build_model, load_checkpoint
+from tests.conftest import tiny_model_config
+
+FORGET = ["--bnd", "10", "--beta", "0.2", "--lr", "0.01", "--epochs", "3", "--ratio", "0.5", "--device", "cpu", "-q"]
+
+
+@pytest.mark.parametrize("options", [["--set", "train.precision=bf16"], ["--set", "train.checkpointing=true"]],
+                         ids=["bf16", "checkpointing"])
+def test_a_request_in_bf16_or_with_checkpointing_forgets_and_keeps_fp32_weights(options, base_checkpoint,
+                                                                                 fashion_subset, tmp_path):
+    data, _ = fashion_subset
+    run = tmp_path / "run"
+    assert main(["forget", "--checkpoint", str(base_checkpoint), "--data", str(data), "--classes", "Bag,Sneaker",
+                 "--out", str(run), *FORGET, *options]) == 0
+    [request] = json.loads((run / "manifest.json").read_text())["requests"]
+    m = request["metrics"]
+    assert m["acc_f"] < 10 and m["acc_r"] >= m["acc_r_before"] - 5, m  # the same bar as an fp32 request
+    assert {"data", "forward", "backward", "merge", "save", "evaluate"} <= set(request["profile"])
+    assert all(v >= 0 for v in request["profile"].values())
+    model, _ = load_checkpoint(run / request["checkpoint"])
+    assert {p.dtype for p in model.parameters()} == {torch.float32}  # weights and merge stay fp32
+
+
+def test_fp16_scales_the_loss_only_where_it_needs_to():
+    assert grad_scaler(TrainConfig(precision="fp16"), torch.device("cpu")) is None  # CPU autocast is bf16 territory
+    assert grad_scaler(TrainConfig(precision="bf16"), torch.device("cuda")) is None
+    with pytest.raises(GSLoRAError, match="train.precision"):
+        TrainConfig(precision="fp8")
+
+
+def test_checkpointing_is_refused_by_name_on_a_model_without_it():
+    enable_checkpointing(build_model(tiny_model_config()))  # timm: available
+    with pytest.raises(GSLoRAError, match="train.checkpointing"):
+        enable_checkpointing(torch.nn.Sequential(torch.nn.Linear(2, 2)))

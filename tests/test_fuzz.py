@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gslora.cli import _apply_sets, _split_classes
@@ -97,6 +97,8 @@ def test_set_assignments_give_a_tree_or_a_gslora_error(assignments):
 @FUZZ
 @given(st.one_of(st.text(max_size=40), st.lists(st.sampled_from([*CLASSES, "bag", " Coat ", "3", "10", "-1", "x"]),
                                                 max_size=5).map(",".join)))
+@example("--1")  # int() refuses it although "-1".lstrip("-") is digits
+@example("²")  # a Unicode digit int() cannot read
 def test_class_lists_resolve_to_known_ids_or_a_gslora_error(text):
     tokens = _split_classes(text)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -51,7 +52,7 @@ def resolve_classes(tokens: Sequence[str | int], classes: Sequence[str]) -> list
         text = str(token).strip()
         if text.lower() in by_name:
             ids.append(by_name[text.lower()])
-        elif text.lstrip("-").isdigit() and 0 <= int(text) < len(classes):
+        elif re.fullmatch(r"[0-9]+", text) and int(text) < len(classes):  # ASCII digits only: int() of "²" fails
             ids.append(int(text))
         else:
             shown = ", ".join(classes[:12]) + (", ..." if len(classes) > 12 else "")

@@ -47,7 +47,9 @@ def small_python(code: str, data: str) -> str:
 
 
 def test_readme_has_no_unfilled_placeholder():
-    assert not re.findall(r"\b[A-Z]{3,}_[A-Z_]{3,}\b", README.replace("GSLORA_SIGNING_KEY", ""))
+    """An UPPER_CASE word outside code (`...` spans and fenced blocks name real constants) is a placeholder."""
+    prose = re.sub(r"```.*?```|`[^`]*`", "", README, flags=re.S)
+    assert not re.findall(r"\b[A-Z]{3,}_[A-Z_]{3,}\b", prose)
 
 
 def blocks(language: str) -> list[str]:

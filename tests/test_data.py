@@ -118,6 +118,38 @@ def test_image_folder_loader(tmp_path):
         load_dataset(DataConfig(dataset=str(tmp_path), image_size=16))
 
 
+def test_a_streamed_image_folder_decodes_the_same_tensors_only_when_indexed(tmp_path):
+    from PIL import Image
+
+    from gslora.data import ImageFiles, ImageSet
+
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 5), ("test", 2)):
+        for cls in ("ant", "bee", "cat"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (37, 23, 3), dtype=np.uint8)).save(tmp_path / split / cls / f"{i}.png")
+    held = load_dataset(DataConfig(dataset=str(tmp_path), image_size=16, stream="false"))
+    streamed = load_dataset(DataConfig(dataset=str(tmp_path), image_size=16, stream=True, workers=3))
+    assert isinstance(streamed.train.images, ImageFiles) and isinstance(held.train.images, torch.Tensor)
+    assert streamed.train.images.shape == held.train.images.shape == (15, 3, 16, 16)
+    assert torch.equal(streamed.test.labels, held.test.labels)
+    idx = torch.tensor([14, 0, 7, 7])
+    assert torch.equal(streamed.train.images[idx], held.train.images[idx])
+    assert torch.equal(streamed.train.images[2:9], held.train.images[2:9])
+    assert torch.equal(streamed.train.images[3], held.train.images[3])
+    sub = streamed.train.subset(torch.tensor([1, 4, 9]))  # a request's subset stays on disk
+    assert isinstance(sub.images, ImageFiles) and len(sub.images.paths) == 3
+    assert torch.equal(sub.images[:], held.train.subset(torch.tensor([1, 4, 9])).images)
+    joined = ImageSet.join(sub, streamed.test)
+    assert isinstance(joined.images, ImageFiles) and len(joined) == 9
+    assert torch.equal(joined.images[:], torch.cat([held.train.images[[1, 4, 9]], held.test.images]))
+    assert torch.equal(ImageSet.join(held.test, streamed.test).images, torch.cat([held.test.images] * 2))
+    assert streamed.train.images[torch.tensor([], dtype=torch.int64)].shape == (0, 3, 16, 16)
+    with pytest.raises(GSLoRAError, match="data.stream"):
+        DataConfig(stream="sometimes")
+
+
 def test_missing_fashion_mnist_names_the_debian_package(tmp_path):
     with pytest.raises(GSLoRAError, match="apt-get install dataset-fashion-mnist"):
         load_fashion_mnist(tmp_path)

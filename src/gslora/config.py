@@ -106,15 +106,28 @@ class DataConfig:
             ``train/`` and ``test/`` (or ``val/``) sub-directories of one folder per class.
         root: where the Fashion-MNIST IDX files are.
         image_size: ImageFolder images are resized to this square size when loaded.
+        stream: ImageFolder only: ``true`` decodes each batch from its files when it is used (memory does not grow
+            with the folder), ``false`` decodes the whole folder into memory first, ``auto`` streams when the decoded
+            images would take more than 2 GiB.
+        workers: threads that decode a streamed batch.
     """
 
     dataset: str = "fashion-mnist"
     root: str = "/usr/share/datasets/fashion-mnist"
     image_size: int = 64
+    stream: str | bool = "auto"
+    workers: int = 4
 
     def __post_init__(self) -> None:
+        if isinstance(self.stream, bool):  # YAML's true/false
+            self.stream = "true" if self.stream else "false"
         require(bool(self.dataset), "data.dataset", self.dataset, "must name a data set or a path")
         require(self.image_size >= 8, "data.image_size", self.image_size, "must be >= 8")
+        require(self.stream in ("auto", "true", "false"), "data.stream", self.stream, "must be auto, true or false")
+        require(self.workers >= 1, "data.workers", self.workers, "must be >= 1")
+
+
+STREAM_AUTO_BYTES = 2 << 30  # data.stream=auto streams an ImageFolder whose decoded images would exceed this
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from gslora.data.datasets import (
     Dataset,
+    ImageFiles,
     ImageSet,
     load_dataset,
     load_embeddings,
@@ -20,7 +21,7 @@ from gslora.data.tasks import (
 )
 
 __all__ = [
-    "Dataset", "ImageSet", "Request", "RequestData", "build_requests", "class_order",
+    "Dataset", "ImageFiles", "ImageSet", "Request", "RequestData", "build_requests", "class_order",
     "load_dataset", "load_embeddings", "load_fashion_mnist", "load_image_folder", "load_npz", "request_data",
     "resolve_classes", "sample_per_class",
 ]

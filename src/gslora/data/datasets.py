@@ -1,4 +1,5 @@
-"""Image data sets held in memory as uint8 tensors: Fashion-MNIST, ``.npz`` files and ImageFolders."""
+"""Image data sets: Fashion-MNIST, ``.npz`` files and ImageFolders, held in memory as uint8 tensors or, for an
+ImageFolder larger than memory, streamed (``ImageFiles``: decoded per batch, only the file paths in memory)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ import logging
 import struct
 import zipfile
 import zlib
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from gslora.config import DataConfig
+from gslora.config import STREAM_AUTO_BYTES, DataConfig
 from gslora.errors import GSLoRAError
 
 log = logging.getLogger(__name__)
@@ -28,23 +31,85 @@ FASHION_MNIST_FILES = {
 }
 
 
+class ImageFiles:
+    """Images that stay on disk until they are indexed: ``files[idx]`` (an int, a slice, a list or a tensor of
+    indices) decodes and resizes those files, in ``workers`` threads, into a uint8 tensor, the same tensor an
+    in-memory ``ImageSet`` would hold. Only the paths live in memory, so peak memory does not grow with the data set.
+    ``take`` and ``concat`` select and join without decoding."""
+
+    dtype = torch.uint8
+
+    def __init__(self, paths: Sequence[str], decode: Callable[[str], torch.Tensor], *, channels: int, size: int,
+                 workers: int = 4) -> None:
+        self.paths, self.decode, self.channels, self.size, self.workers = list(paths), decode, channels, size, workers
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.paths), self.channels, self.size, self.size)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _positions(self, key) -> list[int]:
+        if isinstance(key, slice):
+            return list(range(len(self.paths)))[key]
+        if isinstance(key, torch.Tensor) and key.dtype == torch.bool:
+            return torch.nonzero(key).flatten().tolist()
+        return torch.as_tensor(key).flatten().tolist()
+
+    def __getitem__(self, key) -> torch.Tensor:
+        if isinstance(key, int):
+            return self.decode(self.paths[key])
+        paths = [self.paths[i] for i in self._positions(key)]
+        if not paths:
+            return torch.zeros((0, self.channels, self.size, self.size), dtype=torch.uint8)
+        if self.workers <= 1 or len(paths) == 1:
+            return torch.stack([self.decode(p) for p in paths])
+        with ThreadPoolExecutor(min(self.workers, len(paths))) as pool:  # PIL decodes outside the GIL
+            return torch.stack(list(pool.map(self.decode, paths)))
+
+    def take(self, key) -> ImageFiles:
+        return ImageFiles([self.paths[i] for i in self._positions(key)], self.decode, channels=self.channels,
+                          size=self.size, workers=self.workers)
+
+    def concat(self, other: ImageFiles) -> ImageFiles:
+        return ImageFiles([*self.paths, *other.paths], self.decode, channels=self.channels, size=self.size,
+                          workers=self.workers)
+
+
+Images = torch.Tensor | ImageFiles
+
+
 @dataclass(frozen=True)
 class ImageSet:
     """Images and integer labels of one split.
 
     Attributes:
-        images: uint8 tensor (N, C, H, W).
+        images: uint8 (N, C, H, W): a tensor, or ``ImageFiles`` that decode what is indexed (a streamed folder).
         labels: int64 tensor (N,), values index ``classes``.
     """
 
-    images: torch.Tensor
+    images: Images
     labels: torch.Tensor
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, indices: torch.Tensor) -> ImageSet:
-        return ImageSet(self.images[indices], self.labels[indices])
+        images = self.images.take(indices) if isinstance(self.images, ImageFiles) else self.images[indices]
+        return ImageSet(images, self.labels[indices])
+
+    @staticmethod
+    def join(*sets: ImageSet) -> ImageSet:
+        """The sets one after another (streamed sets stay streamed)."""
+        images = [s.images for s in sets]
+        if all(isinstance(x, ImageFiles) for x in images):
+            joined: Images = images[0]
+            for more in images[1:]:
+                joined = joined.concat(more)
+        else:
+            joined = torch.cat([x if isinstance(x, torch.Tensor) else x[:] for x in images])
+        return ImageSet(joined, torch.cat([s.labels for s in sets]))
 
 
 @dataclass(frozen=True)
@@ -82,7 +147,7 @@ def load_dataset(config: DataConfig) -> Dataset:
             raise GSLoRAError(f"data file {str(path)!r} is not an .npz file; pass an .npz with "
                               "x_train, y_train, x_test, y_test, classes or an ImageFolder directory")
         return load_npz(path)
-    return load_image_folder(path, image_size=config.image_size)
+    return load_image_folder(path, image_size=config.image_size, stream=config.stream, workers=config.workers)
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -153,10 +218,12 @@ def load_npz(path: str | Path) -> Dataset:
     return Dataset(path.stem, splits["train"], splits["test"], classes)
 
 
-def load_image_folder(root: str | Path, *, image_size: int = 64) -> Dataset:
+def load_image_folder(root: str | Path, *, image_size: int = 64, stream: str = "auto", workers: int = 4) -> Dataset:
     """An ImageFolder tree ``root/{train,test}/<class>/<image>``; images are resized to ``image_size``.
 
-    ``val/`` is accepted in place of ``test/``. Both splits must have the same class folders.
+    ``val/`` is accepted in place of ``test/``. Both splits must have the same class folders. ``stream``: ``true``
+    keeps only the file paths in memory and decodes each batch when it is used (``ImageFiles``), ``false`` decodes
+    everything now, ``auto`` streams when the decoded images would take more than 2 GiB.
     """
     from torchvision.datasets import ImageFolder
     from torchvision.transforms import v2
@@ -177,9 +244,12 @@ def load_image_folder(root: str | Path, *, image_size: int = 64) -> Dataset:
             raise GSLoRAError(f"{directory} has other class folders than {root / 'train'}; both splits need the "
                               "same classes")
         classes = folder.classes
-        log.info("loading %d images from %s", len(folder), directory)
-        images = torch.stack([folder[i][0] for i in range(len(folder))])
-        splits[split] = ImageSet(images, torch.tensor(folder.targets, dtype=torch.int64))
+        labels = torch.tensor(folder.targets, dtype=torch.int64)
+        files = ImageFiles([path for path, _ in folder.samples], lambda path: transform(_rgb_loader(path)),
+                           channels=3, size=image_size, workers=workers)
+        streamed = stream == "true" or (stream == "auto" and 3 * image_size ** 2 * len(files) > STREAM_AUTO_BYTES)
+        log.info("%s %d images from %s", "streaming" if streamed else "loading", len(folder), directory)
+        splits[split] = ImageSet(files if streamed else files[:], labels)
     return Dataset(root.name, splits["train"], splits["test"], list(classes or []))
 
 

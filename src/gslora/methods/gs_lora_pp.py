@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from gslora.config import require
+from gslora.data import ImageSet
 from gslora.losses import class_prototypes, prototype_pull_loss, prototype_push_loss
 from gslora.methods.base import METHODS, TaskContext
 from gslora.methods.gs_lora import GSLoRA, GSLoRAConfig
@@ -74,10 +75,9 @@ class GSLoRAPP(GSLoRA):
         super().setup_task(model, task)
         source = task.original_model() if self.config.prototypes == "original" and task.original_model else model
         source = source.to(task.device)
-        images = torch.cat([task.forget_data.images, task.retain_data.images])
-        labels = torch.cat([task.forget_data.labels, task.retain_data.labels]).to(task.device)
-        self.prototypes, self.has_prototype = class_prototypes(embed_all(source, images, device=task.device), labels,
-                                                               model.config.num_classes)
+        both = ImageSet.join(task.forget_data, task.retain_data)
+        self.prototypes, self.has_prototype = class_prototypes(embed_all(source, both.images, device=task.device),
+                                                               both.labels.to(task.device), model.config.num_classes)
         self.w_f = self.config.w_f_for(task.request.index)
 
     def loss_terms(self, logits: torch.Tensor, embedding: torch.Tensor, y_r: torch.Tensor, y_f: torch.Tensor, *,

@@ -82,8 +82,7 @@ class SSD(Method):
         assert self.model is not None and task.forget_data is not None and task.retain_data is not None
         reference = task.retain_data
         if self.config.reference == "all":
-            reference = ImageSet(torch.cat([task.forget_data.images, task.retain_data.images]),
-                                 torch.cat([task.forget_data.labels, task.retain_data.labels]))
+            reference = ImageSet.join(task.forget_data, task.retain_data)
         batch = self.config.importance_batch
         i_f = estimate_importance(self.model, task.forget_data, "fisher", batch_size=batch, device=task.device)
         i_d = estimate_importance(self.model, reference, "fisher", batch_size=batch, device=task.device)

@@ -128,7 +128,8 @@ def test_a_streamed_image_folder_decodes_the_same_tensors_only_when_indexed(tmp_
         for cls in ("ant", "bee", "cat"):
             (tmp_path / split / cls).mkdir(parents=True)
             for i in range(n):
-                Image.fromarray(rng.integers(0, 255, (37, 23, 3), dtype=np.uint8)).save(tmp_path / split / cls / f"{i}.png")
+                pixels = rng.integers(0, 255, (37, 23, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / split / cls / f"{i}.png")
     held = load_dataset(DataConfig(dataset=str(tmp_path), image_size=16, stream="false"))
     streamed = load_dataset(DataConfig(dataset=str(tmp_path), image_size=16, stream=True, workers=3))
     assert isinstance(streamed.train.images, ImageFiles) and isinstance(held.train.images, torch.Tensor)

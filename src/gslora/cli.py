@@ -108,7 +108,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if "warmup_epochs" not in (tree.get("train") or {}) and (tree.get("train") or {}).get("epochs", 10) <= 1:
         tree.setdefault("train", {})["warmup_epochs"] = 0
     config = from_dict(PretrainConfig, tree)
-    digest, info = run_pretraining(config, out, overwrite=args.overwrite, dataset=dataset,
+    from gslora.engine import distributed
+
+    digest, info = run_pretraining(config, distributed.writable_path(out), overwrite=args.overwrite, dataset=dataset,
                                    progress=_progress_factory(not args.quiet))
     margin = f" (margin-penalised {info['test_acc_margin']:.2f}%)" if "test_acc_margin" in info else ""
     done = "imported" if config.train.epochs == 0 else "pre-trained"
@@ -228,8 +230,10 @@ def cmd_forget(args: argparse.Namespace) -> int:
         tree["method"] = {"name": "gs_lora", **tree.get("method", {})}
         config = from_dict(get_task(_task_of(args, tree)).config_class, tree)
         run_dir, resume = args.out, False
-    manifest = run_forgetting(config, run_dir, resume=resume, pending=args.pending, requester=args.requester,
-                              reason=args.reason, progress=_progress_factory(not args.quiet))
+    from gslora.engine import distributed
+
+    manifest = run_forgetting(config, distributed.writable_path(run_dir), resume=resume, pending=args.pending,
+                              requester=args.requester, reason=args.reason, progress=_progress_factory(not args.quiet))
     print(run_table(manifest))
     verification = verification_section(manifest)
     if verification:
@@ -263,7 +267,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
             methods.setdefault(name, {"name": name})
     config = from_dict(CompareConfig, tree)
     only = _split_classes(args.only) if args.only else None
-    comparison = compare(config, args.out, only=only, progress=_progress_factory(not args.quiet))
+    from gslora.engine import distributed
+
+    comparison = compare(config, distributed.writable_path(args.out), only=only,
+                         progress=_progress_factory(not args.quiet))
     print(comparison_markdown(comparison))
     print(f"comparison written to {Path(args.out) / 'comparison.md'} (.json, .png; runs/ holds each method's run)")
     return 0
@@ -722,7 +729,14 @@ def main(argv: list[str] | None = None) -> int:
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     for sig in previous:
         signal.signal(sig, _on_signal)
+    several = os.environ.get("WORLD_SIZE", "1") != "1"  # started by torchrun: gslora.engine.distributed
     try:
+        if several:
+            from gslora.engine import distributed
+
+            distributed.init()
+            if distributed.rank() != 0:  # rank 0 speaks for all
+                sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
         return args.func(args)
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
@@ -745,6 +759,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if several:
+            from gslora.engine import distributed
+
+            distributed.finish()
 
 
 if __name__ == "__main__":

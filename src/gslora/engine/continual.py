@@ -31,6 +31,7 @@ from gslora.config import (
     to_dict,
 )
 from gslora.data import Request, build_requests
+from gslora.engine import distributed
 from gslora.engine.ledger import now
 from gslora.engine.loop import Profile, ProgressFactory, no_progress, resolve_device
 from gslora.engine.provenance import hardware
@@ -260,7 +261,7 @@ def _apply_request(run: RunDirectory, state: _State, config: Any, request: Reque
     spec = resolved_spec(method, config.method["name"])
     steps_per_epoch = -(-len(subsets.retain) // config.train.batch_size)
     train = config.train.for_steps_per_epoch(steps_per_epoch)
-    settings = {"train": to_dict(train), "steps": train.epochs * steps_per_epoch,
+    settings = {"train": to_dict(train), "steps": train.epochs * steps_per_epoch, "processes": distributed.world_size(),
                 "sequence": {k: v for k, v in to_dict(config.sequence).items()
                              if k in ("ratio", "min_per_class", "shots", "subset_seed", "missing_classes")}}
     request_id = run.start(classes=list(request.forget), class_names=names, method=spec, settings=settings,

@@ -14,6 +14,7 @@ from torch import nn
 
 from gslora.config import TrainConfig
 from gslora.data import ImageSet
+from gslora.engine import distributed
 from gslora.errors import GSLoRAError, NonFiniteLossError
 from gslora.methods import Method, TaskContext
 
@@ -86,11 +87,13 @@ def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, params:
     optimizer.zero_grad(set_to_none=True)
     if scaler is None:
         loss.backward()
+        distributed.average_gradients(params)
         if max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         optimizer.step()
         return
     scaler.scale(loss).backward()
+    distributed.average_gradients(params)
     if max_grad_norm > 0:
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
@@ -196,7 +199,8 @@ def train_epochs(model: nn.Module, params: list[nn.Parameter], n: int, config: T
                  batch_loss: Callable[[torch.Tensor, torch.Generator], torch.Tensor], *, desc: str,
                  progress: ProgressFactory = no_progress) -> list[dict[str, float]]:
     """Pre-training: ``config.epochs`` shuffled passes over ``n`` samples, each batch's loss from
-    ``batch_loss(indices, generator)``; returns the mean loss per epoch."""
+    ``batch_loss(indices, generator)`` (which takes this rank's share of the batch after drawing its random
+    augmentation, so every rank's generator stays in step); returns the mean loss per epoch."""
     optimizer = make_optimizer(params, config)
     device = next(iter(params)).device if params else torch.device("cpu")
     scaler = grad_scaler(config, device)
@@ -217,7 +221,7 @@ def train_epochs(model: nn.Module, params: list[nn.Parameter], n: int, config: T
                 optimizer_step(optimizer, loss, params, config.max_grad_norm, scaler)
                 total += loss.item()
                 bar.update(1)
-            history.append({"epoch": epoch, "loss": total / steps})
+            history.append({"epoch": epoch, "loss": distributed.average_values({"loss": total / steps})["loss"]})
             bar.set_postfix({"loss": f"{total / steps:.3f}"})
             log.info("%s epoch %d: loss %.4f", desc, epoch, total / steps)
     return history
@@ -255,7 +259,7 @@ def optimise(method: Method, config: TrainConfig, *, steps_per_epoch: int, epoch
                     batch = next(batches_of_epoch, None)
                 if batch is None:
                     break
-                forget_batch, retain_batch = batch
+                forget_batch, retain_batch = distributed.shard(batch)
                 with profile.phase("forward"), autocast(config, device):
                     terms = step_fn(forget_batch, retain_batch, epoch=epoch)
                 check_finite(terms, epoch=epoch, step=step)
@@ -266,7 +270,7 @@ def optimise(method: Method, config: TrainConfig, *, steps_per_epoch: int, epoch
                     sums[k] = sums.get(k, 0.0) + v.item()
                 bar.update(1)
                 step += 1
-            means = {k: v / steps_per_epoch for k, v in sums.items()}
+            means = distributed.average_values({k: v / steps_per_epoch for k, v in sums.items()})
             history.append({"epoch": epoch, "lr": cosine_lr(epoch, config), **means})
             bar.set_postfix({k: f"{v:.3g}" for k, v in means.items()})
             log.debug("%s epoch %d: %s", desc, epoch, means)

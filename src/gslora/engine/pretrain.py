@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from gslora.config import ModelConfig, PretrainConfig, TrainConfig, to_dict
 from gslora.data import Dataset, load_dataset, load_embeddings, resolve_classes
+from gslora.engine import distributed
 from gslora.engine.evaluate import predict
 from gslora.engine.loop import (
     ProgressFactory,
@@ -57,6 +58,7 @@ def pretrain(model_config: ModelConfig, dataset: Dataset, config: TrainConfig | 
         x, y = dataset.train.images[idx], dataset.train.labels[idx].to(device)
         if config.augment:
             x = augment(x, generator, jitter=config.jitter)
+        x, y, idx = distributed.shard((x, y, idx))  # after the augmentation: the generator advances on every rank
         logits, embedding = model.forward_features(x.to(device), y)  # a margin head needs the labels
         loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
         if projection is not None:

@@ -59,3 +59,19 @@ def test_weights_that_do_not_fit_name_the_mismatch(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"garbage")
     with pytest.raises(GSLoRAError, match="cannot read weights"):
         load_weights(model, tmp_path / "bad.safetensors")
+
+
+def test_a_named_model_normalises_with_its_own_statistics_and_the_checkpoint_keeps_them(tmp_path):
+    clip = build_model(ModelConfig(family="timm", name="vit_base_patch16_clip_224", image_size=32, in_chans=3,
+                                   kwargs={"embed_dim": 64, "depth": 1, "num_heads": 2, "patch_size": 8}))
+    assert clip.config.mean == pytest.approx([0.48145466, 0.4578275, 0.40821073])  # CLIP's, not ImageNet's
+    save_checkpoint(clip, tmp_path / "clip", classes=[str(i) for i in range(10)])
+    again, _ = load_checkpoint(tmp_path / "clip")
+    assert again.config.mean == clip.config.mean and again.config.std == clip.config.std
+    x = torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8)
+    expected = (x.float() / 255 - torch.tensor(clip.config.mean).view(1, 3, 1, 1)) / torch.tensor(
+        clip.config.std).view(1, 3, 1, 1)
+    torch.testing.assert_close(again.prepare(x), expected)
+    assert build_model(tiny_model_config()).config.mean == 0.5  # a ViT built by shape: gslora's own
+    with pytest.raises(GSLoRAError, match="model.mean has 3 values but the model takes 1 channel"):
+        build_model(tiny_model_config(mean=[0.1, 0.2, 0.3]))

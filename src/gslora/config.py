@@ -40,7 +40,10 @@ class ModelConfig:
             repeated or averaged to match.
         pretrained: download the family's pretrained weights (needs network).
         weights: a local ``.safetensors`` or ``.pth`` file with the model's state dict.
-        mean, std: input normalisation applied inside the model.
+        mean, std: input normalisation applied inside the model: one value or one per channel; ``None`` (the
+            default) takes the named model's own (timm's ``pretrained_cfg``, the ImageNet statistics of torchvision's
+            weights, a local Hugging Face model's image processor) and 0.5 for a ViT built by shape. The checkpoint
+            records the values used.
         head: ``linear`` (the family's head) or ``cosface`` (face recognition: CosFace on the embedding).
         cosface_s, cosface_m: CosFace scale and margin (reference: 64 and 0.35).
         hf_config: a transformers config as a dict (checkpoints store it to rebuild offline).
@@ -65,8 +68,8 @@ class ModelConfig:
     in_chans: int = 1
     pretrained: bool = False
     weights: str | None = None
-    mean: float = 0.5
-    std: float = 0.5
+    mean: float | list[float] | None = None
+    std: float | list[float] | None = None
     head: str = "linear"
     cosface_s: float = 64.0
     cosface_m: float = 0.35
@@ -82,7 +85,8 @@ class ModelConfig:
         for name in ("num_classes", "depth", "width", "heads", "patch_size", "image_size", "in_chans"):
             require(getattr(self, name) >= 1, f"model.{name}", getattr(self, name), "must be >= 1")
         require(self.width % self.heads == 0, "model.width", self.width, f"must be divisible by heads={self.heads}")
-        require(self.std > 0, "model.std", self.std, "must be > 0")
+        require(self.std is None or min(self.std if isinstance(self.std, list) else [self.std]) > 0, "model.std",
+                self.std, "must be > 0 (one value or one per channel)")
         require(self.stem in ("patch", "conv"), "model.stem", self.stem, "must be patch or conv")
         if self.name is None:  # a ViT built by shape: its patches must tile the image
             require(self.image_size % self.patch_size == 0, "model.patch_size", self.patch_size,

@@ -8,12 +8,14 @@ images of any size and channel count, adapts them to what the network expects, a
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from gslora.config import ModelConfig
+from gslora.errors import GSLoRAError
 from gslora.models.families import FAMILIES, Family
 from gslora.models.heads import CosFaceHead
 from gslora.models.weights import load_weights
@@ -39,10 +41,21 @@ class VisionClassifier(nn.Module):
                  family: Family | None = None) -> None:
         super().__init__()
         self.net = net
-        self.config = config
         self.in_chans = in_chans
         self.embed_dim = embed_dim
         self.family: Family = family or FAMILIES.get(config.family)()
+        if config.mean is None or config.std is None:  # the model's own statistics, recorded in the config
+            mean, std = self.family.normalization(net, config) or (0.5, 0.5)
+            if isinstance(mean, list) and len(mean) != in_chans:  # an RGB model made grey: one value
+                mean, std = sum(mean) / len(mean), sum(std) / len(std)
+            config = replace(config, mean=mean if config.mean is None else config.mean,
+                             std=std if config.std is None else config.std)
+        for name in ("mean", "std"):
+            value = getattr(config, name)
+            if isinstance(value, list) and len(value) != in_chans:
+                raise GSLoRAError(f"model.{name} has {len(value)} values but the model takes {in_chans} channel(s); "
+                                  f"give one value or {in_chans}")
+        self.config = config
         self.head: CosFaceHead | None = None
         if config.head == "cosface":
             self.family.drop_head(net)
@@ -61,7 +74,11 @@ class VisionClassifier(nn.Module):
         size = self.config.image_size
         if x.shape[-2:] != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        return (x - self.config.mean) / self.config.std
+        mean, std = self.config.mean, self.config.std
+        if isinstance(mean, list) or isinstance(std, list):
+            mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+            std = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        return (x - mean) / std
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (N, C); with ``labels`` a margin head penalises the true class (training, margin accuracy)."""

@@ -3,6 +3,7 @@ Swin-V2, DINOv2, ... by hub id, from a local directory, from a saved config, or 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +62,16 @@ class HuggingFace(Family):
         from torch import nn
 
         net.classifier = nn.Identity()
+
+    def normalization(self, net: nn.Module, config: ModelConfig) -> tuple[list[float], list[float]] | None:
+        """A local model directory's image processor (``preprocessor_config.json``); none offline otherwise."""
+        if config.name is None or not (Path(config.name) / "preprocessor_config.json").is_file():
+            return None
+        processor = json.loads((Path(config.name) / "preprocessor_config.json").read_text())
+        mean, std = processor.get("image_mean"), processor.get("image_std")
+        if mean is None or std is None:
+            return None
+        return [float(v) for v in mean], [float(v) for v in std]
 
     def embed(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return embed_through_head(net, self.head(net), lambda: net(pixel_values=x))

@@ -57,5 +57,11 @@ class Timm(Family):
     def drop_head(self, net: nn.Module) -> None:
         net.reset_classifier(0)
 
+    def normalization(self, net: nn.Module, config: ModelConfig) -> tuple[list[float], list[float]] | None:
+        cfg = getattr(net, "pretrained_cfg", None) or {}
+        if config.name is None or "mean" not in cfg or "std" not in cfg:  # built by shape: gslora's 0.5
+            return None
+        return [float(v) for v in cfg["mean"]], [float(v) for v in cfg["std"]]
+
     def embed(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return net.forward_head(net.forward_features(x), pre_logits=True)

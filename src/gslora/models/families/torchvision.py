@@ -72,5 +72,16 @@ class Torchvision(Family):
         self.head(net)
         replace_module(net, self.head_path, nn.Identity())  # the embedding still passes there, for embed()
 
+    def normalization(self, net: nn.Module, config: ModelConfig) -> tuple[list[float], list[float]] | None:
+        from torchvision import models
+
+        if config.name is None:
+            return None
+        try:  # the statistics the model's published weights were trained with (ImageNet for all of them)
+            transforms = models.get_model_weights(config.name).DEFAULT.transforms()
+            return [float(v) for v in transforms.mean], [float(v) for v in transforms.std]
+        except (ValueError, AttributeError, KeyError):
+            return None
+
     def embed(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return embed_through_head(net, self.head(net), lambda: net(x))

@@ -140,7 +140,7 @@ def test_a_streamed_image_folder_decodes_the_same_tensors_only_when_indexed(tmp_
     assert torch.equal(streamed.train.images[2:9], held.train.images[2:9])
     assert torch.equal(streamed.train.images[3], held.train.images[3])
     sub = streamed.train.subset(torch.tensor([1, 4, 9]))  # a request's subset stays on disk
-    assert isinstance(sub.images, ImageFiles) and len(sub.images.paths) == 3
+    assert isinstance(sub.images, ImageFiles) and len(sub.images.keys) == 3
     assert torch.equal(sub.images[:], held.train.subset(torch.tensor([1, 4, 9])).images)
     joined = ImageSet.join(sub, streamed.test)
     assert isinstance(joined.images, ImageFiles) and len(joined) == 9
@@ -149,6 +149,37 @@ def test_a_streamed_image_folder_decodes_the_same_tensors_only_when_indexed(tmp_
     assert streamed.train.images[torch.tensor([], dtype=torch.int64)].shape == (0, 3, 16, 16)
     with pytest.raises(GSLoRAError, match="data.stream"):
         DataConfig(stream="sometimes")
+
+
+def test_a_hugging_face_data_set_saved_to_disk_loads_held_or_streamed(fashion, tmp_path):
+    import datasets
+
+    from gslora.data import ImageFiles, ImageSet
+
+    names = ["T-shirt/top", "Trouser", "Pullover"]
+    features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=names),
+                                  "note": datasets.Value("string")})
+    parts = {}
+    for split, source, n in (("train", fashion.train, 6), ("validation", fashion.test, 3)):
+        idx = torch.cat([torch.nonzero(source.labels == c).flatten()[:n] for c in range(3)])
+        rows = {"img": [source.images[i, 0].numpy() for i in idx.tolist()], "label": source.labels[idx].tolist(),
+                "note": ["x"] * len(idx)}
+        parts[split] = datasets.Dataset.from_dict(rows, features=features)
+    datasets.DatasetDict(parts).save_to_disk(str(tmp_path / "hf"))
+    held = load_dataset(DataConfig(dataset=str(tmp_path / "hf"), image_size=28, stream="false"))
+    streamed = load_dataset(DataConfig(dataset=str(tmp_path / "hf"), image_size=28, stream="true"))
+    assert held.classes == names and len(held.train) == 18 and len(held.test) == 9
+    assert held.train.labels.tolist() == [0] * 6 + [1] * 6 + [2] * 6
+    first = fashion.train.images[torch.nonzero(fashion.train.labels == 0).flatten()[0], 0]
+    assert torch.equal(held.train.images[0, 0], first)  # grey pixels come back unchanged (as RGB)
+    assert isinstance(streamed.train.images, ImageFiles)
+    assert torch.equal(streamed.train.images[:], held.train.images)
+    both = ImageSet.join(streamed.train.subset(torch.tensor([0, 17])), streamed.test)  # one decoder: stays lazy
+    assert isinstance(both.images, ImageFiles) and torch.equal(both.images[:], torch.cat(
+        [held.train.images[[0, 17]], held.test.images]))
+    datasets.DatasetDict({"train": parts["train"]}).save_to_disk(str(tmp_path / "no_test"))
+    with pytest.raises(GSLoRAError, match="needs 'train' and 'test'"):
+        load_dataset(DataConfig(dataset=str(tmp_path / "no_test")))
 
 
 def test_missing_fashion_mnist_names_the_debian_package(tmp_path):

@@ -107,12 +107,13 @@ class DataConfig:
     Args:
         dataset: ``fashion-mnist`` (Debian's dataset-fashion-mnist), a ``.npz`` file with
             ``x_train, y_train, x_test, y_test, classes``, or an ImageFolder directory holding
-            ``train/`` and ``test/`` (or ``val/``) sub-directories of one folder per class.
+            ``train/`` and ``test/`` (or ``val/``) sub-directories of one folder per class, or a Hugging Face
+            ``datasets`` ``DatasetDict`` directory (``save_to_disk``) with an Image and a ClassLabel column.
         root: where the Fashion-MNIST IDX files are.
         image_size: ImageFolder images are resized to this square size when loaded.
-        stream: ImageFolder only: ``true`` decodes each batch from its files when it is used (memory does not grow
-            with the folder), ``false`` decodes the whole folder into memory first, ``auto`` streams when the decoded
-            images would take more than 2 GiB.
+        stream: ImageFolder and Hugging Face data sets: ``true`` decodes each batch when it is used (memory does
+            not grow with the data set), ``false`` decodes everything into memory first, ``auto`` streams when the
+            decoded images would take more than 2 GiB.
         workers: threads that decode a streamed batch.
     """
 

@@ -1,5 +1,6 @@
-"""Image data sets: Fashion-MNIST, ``.npz`` files and ImageFolders, held in memory as uint8 tensors or, for an
-ImageFolder larger than memory, streamed (``ImageFiles``: decoded per batch, only the file paths in memory)."""
+"""Image data sets: Fashion-MNIST, ``.npz`` files, ImageFolders and Hugging Face ``datasets`` directories, held in
+memory as uint8 tensors or, for a folder or Hugging Face data set larger than memory, streamed (``ImageFiles``:
+decoded per batch, only the keys in memory)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,34 +35,35 @@ FASHION_MNIST_FILES = {
 
 class ImageFiles:
     """Images that stay on disk until they are indexed: ``files[idx]`` (an int, a slice, a list or a tensor of
-    indices) decodes and resizes those files, in ``workers`` threads, into a uint8 tensor, the same tensor an
-    in-memory ``ImageSet`` would hold. Only the paths live in memory, so peak memory does not grow with the data set.
-    ``take`` and ``concat`` select and join without decoding."""
+    indices) decodes and resizes those images, in ``workers`` threads, into a uint8 tensor, the same tensor an
+    in-memory ``ImageSet`` would hold. Only the keys (file paths, or a Hugging Face dataset's split and row) live in
+    memory, so peak memory does not grow with the data set. ``take`` and ``concat`` select and join without
+    decoding."""
 
     dtype = torch.uint8
 
-    def __init__(self, paths: Sequence[str], decode: Callable[[str], torch.Tensor], *, channels: int, size: int,
+    def __init__(self, keys: Sequence[Any], decode: Callable[[Any], torch.Tensor], *, channels: int, size: int,
                  workers: int = 4) -> None:
-        self.paths, self.decode, self.channels, self.size, self.workers = list(paths), decode, channels, size, workers
+        self.keys, self.decode, self.channels, self.size, self.workers = list(keys), decode, channels, size, workers
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
-        return (len(self.paths), self.channels, self.size, self.size)
+        return (len(self.keys), self.channels, self.size, self.size)
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.keys)
 
     def _positions(self, key) -> list[int]:
         if isinstance(key, slice):
-            return list(range(len(self.paths)))[key]
+            return list(range(len(self.keys)))[key]
         if isinstance(key, torch.Tensor) and key.dtype == torch.bool:
             return torch.nonzero(key).flatten().tolist()
         return torch.as_tensor(key).flatten().tolist()
 
     def __getitem__(self, key) -> torch.Tensor:
         if isinstance(key, int):
-            return self.decode(self.paths[key])
-        paths = [self.paths[i] for i in self._positions(key)]
+            return self.decode(self.keys[key])
+        paths = [self.keys[i] for i in self._positions(key)]
         if not paths:
             return torch.zeros((0, self.channels, self.size, self.size), dtype=torch.uint8)
         if self.workers <= 1 or len(paths) == 1:
@@ -69,11 +72,14 @@ class ImageFiles:
             return torch.stack(list(pool.map(self.decode, paths)))
 
     def take(self, key) -> ImageFiles:
-        return ImageFiles([self.paths[i] for i in self._positions(key)], self.decode, channels=self.channels,
+        return ImageFiles([self.keys[i] for i in self._positions(key)], self.decode, channels=self.channels,
                           size=self.size, workers=self.workers)
 
     def concat(self, other: ImageFiles) -> ImageFiles:
-        return ImageFiles([*self.paths, *other.paths], self.decode, channels=self.channels, size=self.size,
+        """Both sets' keys; they must share one decoder (the splits of one data set do)."""
+        if other.decode is not self.decode:
+            raise ValueError("streamed images of two data sets cannot be joined")
+        return ImageFiles([*self.keys, *other.keys], self.decode, channels=self.channels, size=self.size,
                           workers=self.workers)
 
 
@@ -103,7 +109,7 @@ class ImageSet:
     def join(*sets: ImageSet) -> ImageSet:
         """The sets one after another (streamed sets stay streamed)."""
         images = [s.images for s in sets]
-        if all(isinstance(x, ImageFiles) for x in images):
+        if all(isinstance(x, ImageFiles) and x.decode is images[0].decode for x in images):
             joined: Images = images[0]
             for more in images[1:]:
                 joined = joined.concat(more)
@@ -140,13 +146,15 @@ def load_dataset(config: DataConfig) -> Dataset:
         return load_fashion_mnist(config.root)
     path = Path(config.dataset)
     if not path.exists():
-        raise GSLoRAError(f"data path {str(path)!r} does not exist; pass 'fashion-mnist', an .npz file or an "
-                          "ImageFolder directory")
+        raise GSLoRAError(f"data path {str(path)!r} does not exist; pass 'fashion-mnist', an .npz file, an "
+                          "ImageFolder directory or a Hugging Face save_to_disk directory")
     if path.is_file():
         if path.suffix != ".npz":
             raise GSLoRAError(f"data file {str(path)!r} is not an .npz file; pass an .npz with "
                               "x_train, y_train, x_test, y_test, classes or an ImageFolder directory")
         return load_npz(path)
+    if is_hf_dataset(path):
+        return load_hf_dataset(path, image_size=config.image_size, stream=config.stream, workers=config.workers)
     return load_image_folder(path, image_size=config.image_size, stream=config.stream, workers=config.workers)
 
 
@@ -234,6 +242,10 @@ def load_image_folder(root: str | Path, *, image_size: int = 64, stream: str = "
         raise GSLoRAError(f"{root} is not an ImageFolder data set: it needs train/ and test/ (or val/) "
                           "sub-directories with one folder of images per class")
     transform = v2.Compose([v2.PILToTensor(), v2.Resize((image_size, image_size), antialias=True)])
+
+    def decode(path: str) -> torch.Tensor:  # one decoder for both splits, so their streamed subsets can be joined
+        return transform(_rgb_loader(path))
+
     splits, classes = {}, None
     for split, directory in (("train", root / "train"), ("test", test_dir)):
         try:
@@ -245,12 +257,57 @@ def load_image_folder(root: str | Path, *, image_size: int = 64, stream: str = "
                               "same classes")
         classes = folder.classes
         labels = torch.tensor(folder.targets, dtype=torch.int64)
-        files = ImageFiles([path for path, _ in folder.samples], lambda path: transform(_rgb_loader(path)),
-                           channels=3, size=image_size, workers=workers)
-        streamed = stream == "true" or (stream == "auto" and 3 * image_size ** 2 * len(files) > STREAM_AUTO_BYTES)
-        log.info("%s %d images from %s", "streaming" if streamed else "loading", len(folder), directory)
-        splits[split] = ImageSet(files if streamed else files[:], labels)
+        files = ImageFiles([path for path, _ in folder.samples], decode, channels=3, size=image_size, workers=workers)
+        splits[split] = _held_or_streamed(files, labels, stream, str(directory))
     return Dataset(root.name, splits["train"], splits["test"], list(classes or []))
+
+
+def _held_or_streamed(files: ImageFiles, labels: torch.Tensor, stream: str, where: str) -> ImageSet:
+    streamed = stream == "true" or (stream == "auto" and 3 * files.size ** 2 * len(files) > STREAM_AUTO_BYTES)
+    log.info("%s %d images from %s", "streaming" if streamed else "loading", len(files), where)
+    return ImageSet(files if streamed else files[:], labels)
+
+
+def is_hf_dataset(path: Path) -> bool:
+    """A Hugging Face ``DatasetDict`` written by ``save_to_disk``."""
+    return (path / "dataset_dict.json").is_file()
+
+
+def load_hf_dataset(root: str | Path, *, image_size: int = 64, stream: str = "auto", workers: int = 4) -> Dataset:
+    """A Hugging Face ``datasets`` ``DatasetDict`` saved with ``save_to_disk`` (``load_from_disk``, memory-mapped
+    Arrow): its ``train`` and ``test`` (or ``validation``) splits, the first ``Image`` column and the first
+    ``ClassLabel`` column (whose names are the classes); images resized to ``image_size``, streamed as for an
+    ImageFolder."""
+    import datasets
+    from torchvision.transforms import v2
+
+    root = Path(root)
+    try:
+        data = datasets.load_from_disk(str(root))
+    except (OSError, ValueError, FileNotFoundError) as exc:
+        raise GSLoRAError(f"cannot read the Hugging Face data set {str(root)!r}: {exc}") from exc
+    test_split = next((s for s in ("test", "validation") if s in data), None)
+    if "train" not in data or test_split is None:
+        raise GSLoRAError(f"{root} has splits {sorted(data)}; gslora needs 'train' and 'test' (or 'validation')")
+    features = data["train"].features
+    image = next((k for k, f in features.items() if isinstance(f, datasets.Image)), None)
+    label = next((k for k, f in features.items() if isinstance(f, datasets.ClassLabel)), None)
+    if image is None or label is None:
+        raise GSLoRAError(f"{root} needs an Image column and a ClassLabel column (it has "
+                          f"{', '.join(f'{k}: {type(f).__name__}' for k, f in features.items())})")
+    transform = v2.Compose([v2.PILToTensor(), v2.Resize((image_size, image_size), antialias=True)])
+    parts = {"train": data["train"], "test": data[test_split]}
+
+    def decode(key: tuple[str, int]) -> torch.Tensor:
+        return transform(parts[key[0]][key[1]][image].convert("RGB"))
+
+    splits = {}
+    for split, part in parts.items():
+        files = ImageFiles([(split, i) for i in range(len(part))], decode, channels=3, size=image_size,
+                           workers=workers)
+        labels = torch.tensor(part[label], dtype=torch.int64)
+        splits[split] = _held_or_streamed(files, labels, stream, f"{root} ({split})")
+    return Dataset(root.name, splits["train"], splits["test"], list(features[label].names))
 
 
 def _rgb_loader(path: str):

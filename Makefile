@@ -10,7 +10,7 @@ DEMO_MODEL := .cache/demo/base/config.json
 
 .PHONY: demo test test-slow bench bench-all lint venv system clean
 BENCHMARKS := fashion_mnist_continual fashion_mnist_4shot fashion_mnist_baselines fashion_mnist_baselines_4shot \
-	fashion_mnist_det step_cost verification scale smoke
+	fashion_mnist_det verification scale smoke
 NAME ?= fashion_mnist_continual
 
 demo: venv system $(DEMO_MODEL)

@@ -11,18 +11,22 @@ from pathlib import Path
 
 __version__ = "0.2.0"
 
+# What benchmark runners write into the checkout: a changed results file is an output of the code, not a change to it
+GENERATED = ("benchmarks/*/results.json", "benchmarks/*/report.md", "benchmarks/*/*.png")
+
 
 @functools.cache
 def code_version() -> str:
-    """``<version>+g<commit>`` (``.dirty`` when the checkout has uncommitted changes) when gslora runs from
-    a git checkout, else the plain version."""
+    """``<version>+g<commit>`` (``.dirty`` when the checkout has uncommitted changes other than benchmark outputs)
+    when gslora runs from a git checkout, else the plain version."""
     root = Path(__file__).resolve().parents[2]
     if not (root / ".git").exists():
         return __version__
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
                                 text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--",
+                                ".", *(f":(exclude){p}" for p in GENERATED)],
                                capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return __version__

@@ -21,7 +21,13 @@ RESULTS = sorted(ROOT.glob("benchmarks/*/results.json"))
 def _rows(results: dict) -> list[dict]:
     if "settings" in results:  # the verification benchmark: one comparison per setting
         return [row for s in results["settings"].values() for row in s["methods"].values()]
-    return list(results.get("methods", {}).values()) or list(results.get("shapes", {}).values())
+    if "methods" in results:
+        return list(results["methods"].values())
+    rows = []  # the scale benchmark: sections that are one row or map names to rows
+    for key, section in results.items():
+        if key not in ("config", "written") and isinstance(section, dict):
+            rows += [section] if "commit" in section or "config" in section else list(section.values())
+    return rows
 
 
 @pytest.mark.parametrize("path", RESULTS, ids=[p.parent.name for p in RESULTS])

@@ -83,22 +83,19 @@ def set_lr(optimizer: torch.optim.Optimizer, epoch: int, config: TrainConfig) ->
 
 def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, params: list[nn.Parameter],
                    max_grad_norm: float, scaler: torch.amp.GradScaler | None = None) -> None:
-    """Backward, optional gradient clipping, step (through ``scaler`` for fp16)."""
+    """Backward, gradients averaged over the processes, optional clipping, step (through ``scaler`` for fp16)."""
     optimizer.zero_grad(set_to_none=True)
-    if scaler is None:
-        loss.backward()
-        distributed.average_gradients(params)
-        if max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-        optimizer.step()
-        return
-    scaler.scale(loss).backward()
+    (loss if scaler is None else scaler.scale(loss)).backward()
     distributed.average_gradients(params)
     if max_grad_norm > 0:
-        scaler.unscale_(optimizer)
+        if scaler is not None:
+            scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    scaler.step(optimizer)
-    scaler.update()
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
 
 
 def autocast(config: TrainConfig, device: torch.device) -> AbstractContextManager:
@@ -112,6 +109,14 @@ def autocast(config: TrainConfig, device: torch.device) -> AbstractContextManage
 def grad_scaler(config: TrainConfig, device: torch.device) -> torch.amp.GradScaler | None:
     """fp16 gradients underflow without loss scaling (on CUDA); bf16 and fp32 need none."""
     return torch.amp.GradScaler(device.type) if config.precision == "fp16" and device.type == "cuda" else None
+
+
+def prepare(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.amp.GradScaler | None:
+    """What ``config`` asks of a training loop before its first step: activation checkpointing, and the loss scaler
+    (fp16 on CUDA; else ``None``)."""
+    if config.checkpointing:
+        enable_checkpointing(model)
+    return grad_scaler(config, device)
 
 
 def enable_checkpointing(model: nn.Module) -> None:
@@ -203,9 +208,7 @@ def train_epochs(model: nn.Module, params: list[nn.Parameter], n: int, config: T
     augmentation, so every rank's generator stays in step); returns the mean loss per epoch."""
     optimizer = make_optimizer(params, config)
     device = next(iter(params)).device if params else torch.device("cpu")
-    scaler = grad_scaler(config, device)
-    if config.checkpointing:
-        enable_checkpointing(model)
+    scaler = prepare(model, config, device)
     generator = torch.Generator().manual_seed(config.seed)
     steps = -(-n // config.batch_size)
     history = []
@@ -243,9 +246,7 @@ def optimise(method: Method, config: TrainConfig, *, steps_per_epoch: int, epoch
     if not params:
         raise GSLoRAError(f"{type(method).__name__} has no trainable parameters; nothing to optimise")
     optimizer = make_optimizer(params, config)
-    scaler = grad_scaler(config, device)
-    if config.checkpointing:
-        enable_checkpointing(method.model)
+    scaler = prepare(method.model, config, device)
     step_fn = torch.compile(method.training_step) if config.compile else method.training_step
     history = []
     with progress(config.epochs * steps_per_epoch, desc) as bar:

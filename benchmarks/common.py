@@ -16,6 +16,7 @@ from gslora.config import PretrainConfig, from_dict, load_yaml, to_dict
 from gslora.engine import ForgetConfig, run_forgetting, run_pretraining
 from gslora.engine.compare import summarize
 from gslora.engine.provenance import stamp
+from gslora.io import atomic_write_text
 from gslora.models import read_checkpoint_meta
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,7 +83,7 @@ def write_results(folder: Path, results: dict[str, Any], config: dict[str, Any])
     """``results.json``: the rows (each with its config, commit, time, hardware), the benchmark's config and when
     this file was written. Runners only; never edit it by hand."""
     results = portable({**results, "config": config, "written": stamp()})
-    (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write_text(folder / "results.json", json.dumps(results, indent=2) + "\n")
 
 
 def load_config(folder: Path) -> dict[str, Any]:

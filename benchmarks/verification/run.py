@@ -2,6 +2,9 @@
 
 Usage: python benchmarks/verification/run.py [--device auto|cpu|cuda] [--settings fashion_full,faces_full]
 
+Runs of disjoint ``--settings`` (e.g. two processes, or a CPU and a GPU machine) compose: each keeps the other
+settings' rows that results.json holds when it finishes.
+
 For each setting of config.yaml: the methods run through ``gslora.engine.compare`` with the verification suite on
 (membership inference, linear probe, relearn time, face figures; after every request, for every request so far);
 "Retrain (converged)" is the base model's pre-training recipe without the classes forgotten so far (``gslora
@@ -170,13 +173,9 @@ def main() -> int:
     device = resolve_device(args.device)
     verify_config = from_dict(VerifyConfig, config["verify"], "verify")
     wanted = args.settings.split(",") if args.settings else list(config["settings"])
-    previous = json.loads((out / "results.json").read_text())["settings"] if (out / "results.json").exists() \
-        else {}
     settings = {}
     for name, setting in config["settings"].items():
         if name not in wanted:
-            if name in previous:
-                settings[name] = previous[name]
             continue
         checkpoint, pre = cached_base(load_yaml(HERE.parent / setting["base"]), device=args.device)
         forget = resolve_paths(setting["forget"])
@@ -192,6 +191,11 @@ def main() -> int:
                    for label, row in comparison["methods"].items()}
         settings[name] = {"pretrain": pre, "methods": methods, "references": references, "original": originals,
                           "reference_stamp": stamp(), "config": {**setting, "verify": to_dict(verify_config)}}
+    # the other settings' rows as they are now (read at the end, so that runs of disjoint settings compose)
+    previous = json.loads((out / "results.json").read_text())["settings"] if (out / "results.json").exists() \
+        else {}
+    settings = {name: settings.get(name, previous.get(name)) for name in config["settings"]
+                if name in settings or name in previous}
     write_results(out, {"settings": json.loads(json.dumps(settings))}, config)
     saved = json.loads((out / "results.json").read_text())
     (out / "report.md").write_text(report(saved))

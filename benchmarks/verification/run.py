@@ -147,6 +147,19 @@ def report(results: dict) -> str:
                   "| method | " + " | ".join(f"request {k}" for k in range(n)) + " |", "|---" * (n + 1) + "|"]
         for label, per in rows:
             lines.append(f"| {label} | " + " | ".join(cell(per[last]["figures"], str(k)) for k in range(n)) + " |")
+        if any(r["figures"].get(str(k), {}).get("tar_far_1e-2") is not None for _, per in rows
+               for k, r in enumerate(per)):
+            lines += ["", "Face verification right after each request k: TAR at FAR 1e-2 (%) of request k's "
+                      "identities / of the retained identities; cosine similarity of request k's embeddings to "
+                      "their prototypes from the original model.", "",
+                      "| method | " + " | ".join(f"request {k}" for k in range(n)) + " |", "|---" * (n + 1) + "|"]
+            for label, per in rows:
+                cells = []
+                for k, r in enumerate(per):
+                    f = r["figures"].get(str(k)) or {}
+                    cells.append(f"{fmt(f.get('tar_far_1e-2'))} / {fmt(f.get('tar_retained_far_1e-2'))}; "
+                                 f"{fmt(f.get('prototype_similarity'))}")
+                lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines += ["", "Difference from Retrain (converged), right after each request: AUC / probe points / relearn "
                   "steps.", "", "| method | " + " | ".join(f"request {k}" for k in range(n)) + " |",
                   "|---" * (n + 1) + "|"]
@@ -166,10 +179,14 @@ def main() -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--settings", help="comma-separated subset of the config's settings")
     parser.add_argument("--config", help="another config file (a quick check); results then go next to it")
+    parser.add_argument("--report-only", action="store_true", help="only write report.md again from results.json")
     args = parser.parse_args()
     setup_logging()
     config = load_yaml(args.config) if args.config else load_config(HERE)
     out = Path(args.config).resolve().parent if args.config else HERE
+    if args.report_only:
+        (out / "report.md").write_text(report(json.loads((out / "results.json").read_text())))
+        return 0
     device = resolve_device(args.device)
     verify_config = from_dict(VerifyConfig, config["verify"], "verify")
     wanted = args.settings.split(",") if args.settings else list(config["settings"])

@@ -147,6 +147,14 @@ def test_a_streamed_image_folder_decodes_the_same_tensors_only_when_indexed(tmp_
     assert torch.equal(joined.images[:], torch.cat([held.train.images[[1, 4, 9]], held.test.images]))
     assert torch.equal(ImageSet.join(held.test, streamed.test).images, torch.cat([held.test.images] * 2))
     assert streamed.train.images[torch.tensor([], dtype=torch.int64)].shape == (0, 3, 16, 16)
+    # batches through the DataLoader's worker processes: the same tensors, in the order asked for
+    from gslora.data import load_batches, spans
+
+    order = [torch.tensor([14, 0, 7]), torch.tensor([3]), torch.tensor([9, 9, 1, 2])]
+    assert all(torch.equal(a, b) for a, b in zip(load_batches(streamed.train.images, order),
+                                                  load_batches(held.train.images, order), strict=True))
+    assert len(list(load_batches(streamed.train.images, order))) == 3
+    assert torch.equal(torch.cat(list(load_batches(streamed.train.images, spans(15, 4)))), held.train.images)
     with pytest.raises(GSLoRAError, match="data.stream"):
         DataConfig(stream="sometimes")
 

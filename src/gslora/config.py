@@ -114,7 +114,8 @@ class DataConfig:
         stream: ImageFolder and Hugging Face data sets: ``true`` decodes each batch when it is used (memory does
             not grow with the data set), ``false`` decodes everything into memory first, ``auto`` streams when the
             decoded images would take more than 2 GiB.
-        workers: threads that decode a streamed batch.
+        workers: worker processes of the ``torch.utils.data.DataLoader`` that decodes a streamed data set's next
+            batches while the model computes (0: decode in the training process).
     """
 
     dataset: str = "fashion-mnist"
@@ -129,7 +130,7 @@ class DataConfig:
         require(bool(self.dataset), "data.dataset", self.dataset, "must name a data set or a path")
         require(self.image_size >= 8, "data.image_size", self.image_size, "must be >= 8")
         require(self.stream in ("auto", "true", "false"), "data.stream", self.stream, "must be auto, true or false")
-        require(self.workers >= 1, "data.workers", self.workers, "must be >= 1")
+        require(self.workers >= 0, "data.workers", self.workers, "must be >= 0")
 
 
 STREAM_AUTO_BYTES = 2 << 30  # data.stream=auto streams an ImageFolder whose decoded images would exceed this

@@ -4,11 +4,13 @@ from gslora.data.datasets import (
     Dataset,
     ImageFiles,
     ImageSet,
+    load_batches,
     load_dataset,
     load_embeddings,
     load_fashion_mnist,
     load_image_folder,
     load_npz,
+    spans,
 )
 from gslora.data.tasks import (
     Request,
@@ -21,7 +23,7 @@ from gslora.data.tasks import (
 )
 
 __all__ = [
-    "Dataset", "ImageFiles", "ImageSet", "Request", "RequestData", "build_requests", "class_order",
+    "Dataset", "ImageFiles", "ImageSet", "Request", "RequestData", "build_requests", "class_order", "load_batches",
     "load_dataset", "load_embeddings", "load_fashion_mnist", "load_image_folder", "load_npz", "request_data",
-    "resolve_classes", "sample_per_class",
+    "resolve_classes", "sample_per_class", "spans",
 ]

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import gzip
 import logging
+import os
 import struct
 import zipfile
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,46 @@ class ImageFiles:
 
 
 Images = torch.Tensor | ImageFiles
+
+
+class _BatchFetch(torch.utils.data.Dataset):
+    """A map-style data set whose items are whole batches: ``fetch[idx]`` decodes the images ``idx`` names (in a
+    DataLoader worker process, one batch per worker at a time)."""
+
+    def __init__(self, files: ImageFiles) -> None:
+        self.files = ImageFiles(files.keys, files.decode, channels=files.channels, size=files.size, workers=1)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, idx: torch.Tensor | slice) -> torch.Tensor:
+        return self.files[idx]
+
+
+def spans(n: int, batch_size: int) -> list[slice]:
+    """Consecutive batches over ``n`` items, in order (for evaluation)."""
+    return [slice(start, start + batch_size) for start in range(0, n, batch_size)]
+
+
+def load_batches(images: Images, index_batches: Iterable[torch.Tensor | slice], *, pin_memory: bool = False
+                 ) -> Iterator[torch.Tensor]:
+    """The images of each index batch, in order. Held images are indexed directly; streamed ones are decoded by a
+    ``torch.utils.data.DataLoader`` with ``workers`` processes that decode the next batches while the model
+    computes (pinned memory for a GPU). A pass of one batch is decoded in this process (a worker would cost more to
+    start than it saves)."""
+    if not isinstance(images, ImageFiles):
+        for idx in index_batches:
+            yield images[idx]
+        return
+    order = list(index_batches)  # the caller's index generator is consumed now, as a direct loop would
+    workers = min(images.workers, len(order), len(os.sched_getaffinity(0))) if len(order) > 1 else 0
+    if workers == 0:
+        for idx in order:
+            yield images[idx]
+        return
+    loader = torch.utils.data.DataLoader(_BatchFetch(images), sampler=order, batch_size=None, num_workers=workers,
+                                         pin_memory=pin_memory)
+    yield from loader
 
 
 @dataclass(frozen=True)

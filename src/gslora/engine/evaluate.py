@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from gslora.data import ImageSet
+from gslora.data import ImageSet, load_batches, spans
+from gslora.data.datasets import Images
 from gslora.models import VisionClassifier
 
 
@@ -33,11 +34,12 @@ def predict(model: VisionClassifier, data: ImageSet, *, device: torch.device, ba
     was_training = model.training
     model.eval()
     top1, margin, feats = [], [], []
-    for i in range(0, len(data), batch_size):
-        logits, embedding = model.forward_features(data.images[i:i + batch_size].to(device))
+    order = spans(len(data), batch_size)
+    for span, images in zip(order, load_batches(data.images, order), strict=True):
+        logits, embedding = model.forward_features(images.to(device))
         top1.append(logits.argmax(dim=1).cpu())
         if model.has_margin:
-            labels = data.labels[i:i + batch_size].to(device)
+            labels = data.labels[span].to(device)
             margin.append(model.classify(embedding, labels).argmax(dim=1).cpu())
         if embeddings:
             feats.append(embedding.float().cpu())
@@ -49,14 +51,14 @@ def predict(model: VisionClassifier, data: ImageSet, *, device: torch.device, ba
 
 
 @torch.no_grad()
-def logits_and_embeddings(model: VisionClassifier, images: torch.Tensor, *, device: torch.device,
+def logits_and_embeddings(model: VisionClassifier, images: Images, *, device: torch.device,
                           batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
     """Plain logits (no margin applied) and embeddings of ``images`` in eval mode, on the CPU."""
     was_training = model.training
     model.eval()
     logits, feats = [], []
-    for i in range(0, len(images), batch_size):
-        embedding = model.embed(images[i:i + batch_size].to(device))
+    for batch in load_batches(images, spans(len(images), batch_size)):
+        embedding = model.embed(batch.to(device))
         logits.append(model.classify(embedding).float().cpu())
         feats.append(embedding.float().cpu())
     model.train(was_training)

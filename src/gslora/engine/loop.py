@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from gslora.config import TrainConfig
-from gslora.data import ImageSet
+from gslora.data import ImageSet, load_batches
 from gslora.engine import distributed
 from gslora.errors import GSLoRAError, NonFiniteLossError
 from gslora.methods import Method, TaskContext
@@ -70,10 +70,12 @@ def index_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterat
         yield order[start:start + batch_size]
 
 
-def batches(data: ImageSet, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One shuffled pass over ``data`` in batches."""
-    for idx in index_batches(len(data), batch_size, generator):
-        yield data.images[idx], data.labels[idx]
+def batches(data: ImageSet, batch_size: int, generator: torch.Generator, *, pin_memory: bool = False
+            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One shuffled pass over ``data`` in batches (a streamed set's next batches decode while this one is used)."""
+    order = list(index_batches(len(data), batch_size, generator))
+    for idx, images in zip(order, load_batches(data.images, order, pin_memory=pin_memory), strict=True):
+        yield images, data.labels[idx]
 
 
 def set_lr(optimizer: torch.optim.Optimizer, epoch: int, config: TrainConfig) -> None:
@@ -155,10 +157,11 @@ class Profile:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
-def cycle(data: ImageSet, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def cycle(data: ImageSet, batch_size: int, generator: torch.Generator, *, pin_memory: bool = False
+          ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless shuffled batches: the forget loader is re-created when exhausted, as in the reference."""
     while True:
-        yield from batches(data, batch_size, generator)
+        yield from batches(data, batch_size, generator, pin_memory=pin_memory)
 
 
 def augment(images: torch.Tensor, generator: torch.Generator, *, jitter: float = 0.0) -> torch.Tensor:
@@ -289,10 +292,11 @@ def train_request(method: Method, task: TaskContext, forget: ImageSet, retain: I
     if method.training_free:
         return []
     generator = torch.Generator().manual_seed(config.seed + task.request.index)
-    forget_batches = cycle(forget, config.batch_size, generator)
+    pin = device.type == "cuda"
+    forget_batches = cycle(forget, config.batch_size, generator, pin_memory=pin)
 
     def epoch_batches() -> PairedBatches:
-        for x_r, y_r in batches(retain, config.batch_size, generator):
+        for x_r, y_r in batches(retain, config.batch_size, generator, pin_memory=pin):
             x_f, y_f = next(forget_batches)
             if config.augment:
                 x_r = augment(x_r, generator, jitter=config.jitter)

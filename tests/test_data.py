@@ -208,3 +208,28 @@ def test_fashion_mnist_from_debian():
 def test_olivetti_npz_from_shared_data():
     dataset = load_dataset(DataConfig(dataset=str(SHARED_DATA / "olivetti_faces" / "olivetti_faces.npz")))
     assert dataset.num_classes == 40 and len(dataset.train) == 320 and len(dataset.test) == 80
+
+
+def test_an_uncompressed_npz_is_memory_mapped_when_streamed_and_decodes_the_same_images(tmp_path):
+    """numpy.savez stores members uncompressed: with data.stream=true its images stay in the file (rows copied per
+    batch), the same tensors as held ones; a compressed archive cannot be mapped and is held."""
+    from gslora.data import ImageFiles, ImageSet, load_batches
+
+    rng = np.random.default_rng(3)
+    arrays = {"x_train": rng.integers(0, 255, (12, 10, 10, 3), dtype=np.uint8), "y_train": np.arange(12) % 3,
+              "x_test": rng.integers(0, 255, (6, 10, 10, 3), dtype=np.uint8), "y_test": np.arange(6) % 3,
+              "classes": np.array(["a", "b", "c"])}
+    np.savez(tmp_path / "plain.npz", **arrays)
+    np.savez_compressed(tmp_path / "packed.npz", **arrays)
+    held = load_dataset(DataConfig(dataset=str(tmp_path / "plain.npz"), stream="false"))
+    mapped = load_dataset(DataConfig(dataset=str(tmp_path / "plain.npz"), stream="true", workers=2))
+    packed = load_dataset(DataConfig(dataset=str(tmp_path / "packed.npz"), stream="true"))
+    assert isinstance(mapped.train.images, ImageFiles) and isinstance(packed.train.images, torch.Tensor)
+    assert held.train.images.shape == mapped.train.images.shape == (12, 3, 10, 10)
+    assert torch.equal(mapped.train.images[:], held.train.images)
+    assert torch.equal(packed.train.images, held.train.images)
+    assert torch.equal(torch.cat(list(load_batches(mapped.test.images, [torch.tensor([5, 0]), torch.tensor([2])]))),
+                       held.test.images[[5, 0, 2]])
+    joined = ImageSet.join(mapped.train.subset(torch.tensor([1, 7])), mapped.test)  # one decoder: stays mapped
+    assert isinstance(joined.images, ImageFiles)
+    assert torch.equal(joined.images[:], torch.cat([held.train.images[[1, 7]], held.test.images]))

@@ -193,7 +193,7 @@ def load_dataset(config: DataConfig) -> Dataset:
         if path.suffix != ".npz":
             raise GSLoRAError(f"data file {str(path)!r} is not an .npz file; pass an .npz with "
                               "x_train, y_train, x_test, y_test, classes or an ImageFolder directory")
-        return load_npz(path)
+        return load_npz(path, stream=config.stream, workers=config.workers)
     if is_hf_dataset(path):
         return load_hf_dataset(path, image_size=config.image_size, stream=config.stream, workers=config.workers)
     return load_image_folder(path, image_size=config.image_size, stream=config.stream, workers=config.workers)
@@ -236,8 +236,34 @@ def _to_nchw(x: np.ndarray, path: Path, key: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x))
 
 
-def load_npz(path: str | Path) -> Dataset:
-    """A data set stored as ``x_train, y_train, x_test, y_test, classes`` (the ../shared/data format)."""
+def _stored_npy(path: Path, member: str) -> np.ndarray | None:
+    """A memory map of ``member`` (an .npy inside the .npz) when the archive stores it uncompressed
+    (``numpy.savez``), else None (``savez_compressed`` must be inflated)."""
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(f"{member}.npy")
+        if info.compress_type != zipfile.ZIP_STORED:
+            return None
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)  # the local file header: its name and extra field lengths are at bytes 26..29
+        f.seek(info.header_offset + 30 + struct.unpack("<H", local[26:28])[0] + struct.unpack("<H", local[28:30])[0])
+        version = np.lib.format.read_magic(f)
+        readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in readers:
+            return None
+        shape, fortran, dtype = readers[version](f)
+        if dtype.hasobject or fortran:
+            return None
+        return np.memmap(path, dtype=dtype, mode="c", offset=f.tell(), shape=shape, order="F" if fortran else "C")
+
+
+def load_npz(path: str | Path, *, stream: str = "auto", workers: int = 4) -> Dataset:
+    """A data set stored as ``x_train, y_train, x_test, y_test, classes`` (the ../shared/data format).
+
+    Images are held in memory, or, with ``stream`` (``true``; ``auto`` past 2 GiB) and an archive written by
+    ``numpy.savez`` (uncompressed, square images), memory-mapped and copied per batch: memory does not grow with
+    the file. A compressed archive is always inflated into memory.
+    """
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
@@ -245,11 +271,17 @@ def load_npz(path: str | Path) -> Dataset:
             if missing:
                 raise GSLoRAError(f"{path} lacks {', '.join(sorted(missing))}; an .npz data set needs x_train, "
                                   "y_train, x_test, y_test and classes")
-            arrays = {k: npz[k] for k in ("x_train", "y_train", "x_test", "y_test", "classes")}
+            mapped = {k: _stored_npy(path, k) for k in ("x_train", "x_test")} if stream != "false" else {}
+            arrays = {k: mapped.get(k) if mapped.get(k) is not None else npz[k]
+                      for k in ("x_train", "y_train", "x_test", "y_test", "classes")}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise GSLoRAError(f"cannot read {path} as .npz ({type(exc).__name__}: {exc}); the file is truncated or not "
                           "an .npz archive: re-create it with numpy.savez") from exc
     classes = [str(c) for c in arrays["classes"].tolist()]
+
+    def decode(key: tuple[str, int]) -> torch.Tensor:  # one decoder for both splits, so their subsets can be joined
+        return _to_nchw(np.asarray(arrays[key[0]][key[1]:key[1] + 1]), path, key[0])[0]
+
     if len(set(classes)) != len(classes) or not classes:
         raise GSLoRAError(f"{path}: classes must be a non-empty list of distinct names, got {classes[:5]}")
     splits = {}
@@ -263,7 +295,17 @@ def load_npz(path: str | Path) -> Dataset:
         labels = torch.from_numpy(y.astype(np.int64))
         if labels.numel() and (labels.min() < 0 or labels.max() >= len(classes)):
             raise GSLoRAError(f"{path}: y_{split} has labels outside 0..{len(classes) - 1}")
-        splits[split] = ImageSet(_to_nchw(arrays[f"x_{split}"], path, f"x_{split}"), labels)
+        key, x = f"x_{split}", arrays[f"x_{split}"]
+        images = _to_nchw(np.asarray(x[:0]), path, key)  # the dtype and shape checks, on no rows yet
+        streamed = isinstance(x, np.memmap) and images.shape[2] == images.shape[3] and (
+            stream == "true" or x.nbytes > STREAM_AUTO_BYTES)
+        if streamed:
+            log.info("memory-mapping %d images of %s (%s)", len(x), path, key)
+            images = ImageFiles([(key, row) for row in range(len(x))], decode, channels=images.shape[1],
+                                size=images.shape[2], workers=workers)
+        else:
+            images = _to_nchw(np.asarray(x), path, key)
+        splits[split] = ImageSet(images, labels)
     return Dataset(path.stem, splits["train"], splits["test"], classes)
 
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gslora.config import ModelConfig
 from gslora.errors import GSLoRAError
@@ -75,3 +76,30 @@ def test_a_named_model_normalises_with_its_own_statistics_and_the_checkpoint_kee
     assert build_model(tiny_model_config()).config.mean == 0.5  # a ViT built by shape: gslora's own
     with pytest.raises(GSLoRAError, match="model.mean has 3 values but the model takes 1 channel"):
         build_model(tiny_model_config(mean=[0.1, 0.2, 0.3]))
+
+
+def test_a_named_model_resizes_with_its_own_filter_and_data_decoded_for_it_follows(tmp_path):
+    """timm's pretrained_cfg says bicubic for CLIP; the checkpoint keeps it, prepare resizes with it, and a data set
+    loaded for that checkpoint decodes at the model's size with the same filter unless data says otherwise."""
+    from gslora.config import DataConfig
+    from gslora.data import for_model
+
+    clip = build_model(ModelConfig(family="timm", name="vit_base_patch16_clip_224", image_size=32, in_chans=3,
+                                   kwargs={"embed_dim": 64, "depth": 1, "num_heads": 2, "patch_size": 8}))
+    assert clip.config.interpolation == "bicubic"
+    save_checkpoint(clip, tmp_path / "clip", classes=[str(i) for i in range(10)])
+    again, meta = load_checkpoint(tmp_path / "clip")
+    x = torch.randint(0, 255, (2, 3, 48, 48), dtype=torch.uint8)
+    bicubic = F.interpolate(x.float() / 255, size=(32, 32), mode="bicubic", align_corners=False, antialias=True)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (clip.config.mean, clip.config.std))
+    torch.testing.assert_close(again.prepare(x), (bicubic - mean) / std)
+    assert build_model(tiny_model_config()).config.interpolation == "bilinear"  # built by shape
+    assert build_model(ModelConfig(family="timm", name="vit_base_patch16_clip_224", image_size=32, in_chans=3,
+                                   interpolation="nearest", kwargs={"embed_dim": 64, "depth": 1, "num_heads": 2,
+                                                                    "patch_size": 8})).config.interpolation == "nearest"
+    decoding = for_model(DataConfig(dataset="folder"), meta["model"])
+    assert (decoding.image_size, decoding.interpolation) == (32, "bicubic")
+    mine = for_model(DataConfig(dataset="folder", image_size=96, interpolation="bilinear"), meta["model"])
+    assert (mine.image_size, mine.interpolation) == (96, "bilinear")
+    with pytest.raises(GSLoRAError, match="model.interpolation"):
+        ModelConfig(interpolation="lanczos")

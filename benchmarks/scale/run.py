@@ -103,8 +103,10 @@ def step_worker(spec: dict) -> dict:
     for _ in range(spec["repeats"]):  # interleaved, so that a change in the machine's load hits both
         engine_seconds.append(engine(steps))
         bare_seconds.append(bare(steps))
+    ratios = sorted(e / b for e, b in zip(engine_seconds, bare_seconds, strict=True))  # each pair ran back to back
     return {"engine_seconds_per_step": min(engine_seconds), "bare_seconds_per_step": min(bare_seconds),
-            "engine_over_bare": min(engine_seconds) / min(bare_seconds), "peak_mib": peak_memory(device),
+            "engine_over_bare": ratios[len(ratios) // 2], "engine_over_bare_pairs": ratios,
+            "peak_mib": peak_memory(device),
             "trainable_parameters": sum(p.numel() for p in method.trainable_parameters()),
             "parameters": sum(p.numel() for p in model.parameters())}
 
@@ -137,7 +139,8 @@ def request_worker(spec: dict) -> dict:
         rows.append({"request": r["index"], "steps": r["steps"], "retain_images": r["train_images"]["retain"],
                      "seconds": r["seconds"], "loop_seconds_per_step": loop / r["steps"], "profile": r["profile"]})
     shutil.rmtree(run_dir, ignore_errors=True)
-    return {"requests": rows, "peak_mib": peak_memory(resolve_device(spec["device"]))}
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest DataLoader worker
+    return {"requests": rows, "peak_mib": peak_memory(resolve_device(spec["device"])), "worker_peak_mib": children}
 
 
 def write_folder(root: Path, n: int) -> Path:
@@ -173,7 +176,8 @@ def worker(kind: str, spec: dict) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per repeat (default 3)")
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per repeat (default 2)")
+    parser.add_argument("--repeats", type=int, default=3, help="engine / bare pairs, back to back (default 3)")
     parser.add_argument("--quick", action="store_true", help="ViT-Ti only, smaller folders (a check of the script)")
     parser.add_argument("--out", help="write results.json and report.md here instead of this folder")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
@@ -194,7 +198,7 @@ def main() -> int:
     for name in models:
         for method, precision in STEP_CASES:
             spec = {"model": name, "method": method, "precision": precision, "batch": batch, "steps": args.steps,
-                    "repeats": 2, "device": str(device)}
+                    "repeats": args.repeats, "device": str(device)}
             row = worker("step", spec)
             results["steps"][f"{name}/{method}/{precision}"] = {**row, **stamp(), "config": spec}
             print(f"{name} {method} {precision}: {row['engine_seconds_per_step']:.3f} s/step "
@@ -226,6 +230,7 @@ def main() -> int:
                                                    **stamp(), "config": spec}
 
     config = {"models": list(models), "step_cases": STEP_CASES, "batch": batch, "steps": args.steps,
+              "repeats": args.repeats,
               "device": str(device), "quick": args.quick}
     write_results(out, results, config)
     saved = json.loads((out / "results.json").read_text())
@@ -238,16 +243,19 @@ def report(results: dict) -> str:
     lines = ["# scale", "", f"Device: {results['written']['hardware']}; code {results['written']['commit']}.", "",
              "## Per step (224 px, random weights)", "",
              "Engine: gslora's loop; bare: the same training_step / backward / AdamW step in a plain loop on the same "
-             "batch; the best of 2 repeats of the timed steps each. Peak: the measuring process's peak memory "
-             "(resident set on a CPU, includes the interpreter and libraries: about 0.5 GiB).", "",
-             "| model | method | precision | parameters | trainable | s / step (engine) | s / step (bare) | "
+             f"batch, timed in {results['config'].get('repeats', 2)} back-to-back pairs of "
+             f"{results['config']['steps']} steps; s / step: the best of each; engine / bare: the median of the "
+             "pairs' ratios (each pair saw the same machine load), all pairs in brackets. Peak: the measuring "
+             "process's peak memory (resident set on a CPU, includes the interpreter and libraries: about 0.5 GiB).",
+             "", "| model | method | precision | parameters | trainable | s / step (engine) | s / step (bare) | "
              "engine / bare | peak MiB |", "|---|---|---|---|---|---|---|---|---|"]
     for key, row in results["steps"].items():
         model, method, precision = key.split("/")
         shown = "full fine-tuning" if method == "random_label" else method
+        pairs = ", ".join(f"{r:.2f}" for r in row.get("engine_over_bare_pairs", []))
         lines.append(f"| {model} | {shown} | {precision} | {row['parameters']:,} | {row['trainable_parameters']:,} | "
                      f"{row['engine_seconds_per_step']:.3f} | {row['bare_seconds_per_step']:.3f} | "
-                     f"{row['engine_over_bare']:.2f}x | {row['peak_mib']:.0f} |")
+                     f"{row['engine_over_bare']:.2f}x ({pairs}) | {row['peak_mib']:.0f} |")
     grow = results["requests_grow"]["requests"]
     lines += ["", "## Requests one after another (benchmark ViT, Fashion-MNIST, 2% per class)", "",
               "| request | retained images | steps | seconds | loop seconds / step |", "|---|---|---|---|---|"]
@@ -260,9 +268,11 @@ def report(results: dict) -> str:
         lines.append(f"| {ratio} | {r['retain_images']} | {r['steps']} | {r['seconds']:.2f} | "
                      f"{r['seconds'] / r['retain_images'] * 1000:.2f} ms |")
     lines += ["", "## Peak memory of a request on an ImageFolder (PNG files, decoded at 96 px)", "",
-              "| images | streamed | peak MiB |",
-              "|---|---|---|"]
-    lines += [f"| {row['images']:,} | {row['stream']} | {row['peak_mib']:.0f} |" for row in results["folders"].values()]
+              "Peak: the training process; worker: the largest DataLoader worker process (forked from it, so most "
+              "of its pages are shared).", "", "| images | streamed | peak MiB | worker peak MiB |",
+              "|---|---|---|---|"]
+    lines += [f"| {row['images']:,} | {row['stream']} | {row['peak_mib']:.0f} | "
+              f"{row.get('worker_peak_mib') or 0:.0f} |" for row in results["folders"].values()]
     return "\n".join(lines) + "\n"
 
 

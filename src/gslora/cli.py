@@ -79,7 +79,7 @@ def _load_config(path: str | None, sections: tuple[str, ...]) -> dict[str, Any]:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from gslora.config import DataConfig, PretrainConfig, default_patch_size, from_dict
-    from gslora.data import load_dataset
+    from gslora.data import for_model, load_dataset
     from gslora.engine import run_pretraining
 
     tree = _load_config(args.config, ("model", "data", "train", "distill"))
@@ -98,8 +98,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         _set(tree, dotted, value)
     _apply_sets(tree, args.set)
     out = _pretrain_out(tree, args.overwrite)
-    dataset = load_dataset(from_dict(DataConfig, tree.get("data"), "data"))
     model = tree.get("model") if isinstance(tree.get("model"), dict) else {}
+    dataset = load_dataset(for_model(from_dict(DataConfig, tree.get("data"), "data"), model))
     size = model.get("image_size", dataset.image_shape[1])
     by_shape = {"in_chans": dataset.image_shape[0], "patch_size": default_patch_size(size)}  # a named model: RGB
     tree["model"] = {"num_classes": dataset.num_classes, "image_size": size,
@@ -280,7 +280,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from gslora.config import DataConfig, from_dict
-    from gslora.data import load_dataset, resolve_classes
+    from gslora.data import for_model, load_dataset, resolve_classes
     from gslora.engine import predict
     from gslora.engine.loop import resolve_device
     from gslora.metrics import accuracy, per_class_accuracy
@@ -292,7 +292,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not checkpoint:
         raise GSLoRAError("pass --checkpoint DIR (a gslora checkpoint or a run's requests/NNN/model)")
     _, meta = read_checkpoint_meta(checkpoint)
-    dataset = load_dataset(from_dict(DataConfig, tree.get("data"), "data"))
+    dataset = load_dataset(for_model(from_dict(DataConfig, tree.get("data"), "data"), meta.get("model")))
     if meta.get("classes") and meta["classes"] != dataset.classes:
         raise GSLoRAError(f"checkpoint {checkpoint!r} was trained on other classes than {dataset.name}; pass the "
                           "data set it was trained on")

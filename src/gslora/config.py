@@ -44,6 +44,10 @@ class ModelConfig:
             default) takes the named model's own (timm's ``pretrained_cfg``, the ImageNet statistics of torchvision's
             weights, a local Hugging Face model's image processor) and 0.5 for a ViT built by shape. The checkpoint
             records the values used.
+        interpolation: how ``prepare`` resizes images to ``image_size`` (``bilinear``, ``bicubic``, ``nearest``);
+            ``None`` takes the named model's own (timm's ``pretrained_cfg``, a Hugging Face image processor's
+            ``resample``) and ``bilinear`` otherwise; recorded in the checkpoint. Data sets decoded for this model use
+            it too unless ``data.interpolation`` says otherwise.
         head: ``linear`` (the family's head) or ``cosface`` (face recognition: CosFace on the embedding).
         cosface_s, cosface_m: CosFace scale and margin (reference: 64 and 0.35).
         hf_config: a transformers config as a dict (checkpoints store it to rebuild offline).
@@ -70,6 +74,7 @@ class ModelConfig:
     weights: str | None = None
     mean: float | list[float] | None = None
     std: float | list[float] | None = None
+    interpolation: str | None = None
     head: str = "linear"
     cosface_s: float = 64.0
     cosface_m: float = 0.35
@@ -88,6 +93,8 @@ class ModelConfig:
         require(self.std is None or min(self.std if isinstance(self.std, list) else [self.std]) > 0, "model.std",
                 self.std, "must be > 0 (one value or one per channel)")
         require(self.stem in ("patch", "conv"), "model.stem", self.stem, "must be patch or conv")
+        require(self.interpolation in (None, *INTERPOLATIONS), "model.interpolation", self.interpolation,
+                f"must be one of {', '.join(INTERPOLATIONS)}")
         if self.name is None:  # a ViT built by shape: its patches must tile the image
             require(self.image_size % self.patch_size == 0, "model.patch_size", self.patch_size,
                     f"must divide model.image_size={self.image_size} ({self.image_size // self.patch_size}x"
@@ -110,7 +117,10 @@ class DataConfig:
             ``train/`` and ``test/`` (or ``val/``) sub-directories of one folder per class, or a Hugging Face
             ``datasets`` ``DatasetDict`` directory (``save_to_disk``) with an Image and a ClassLabel column.
         root: where the Fashion-MNIST IDX files are.
-        image_size: ImageFolder images are resized to this square size when loaded.
+        image_size: ImageFolder and Hugging Face images are resized to this square size when decoded; ``None`` (the
+            default): the model's ``image_size`` (the checkpoint's when forgetting, verifying or evaluating;
+            ``model.image_size`` when pre-training), else 64.
+        interpolation: the resize filter of that decoding; ``None``: the model's ``interpolation``, else bilinear.
         stream: ImageFolder and Hugging Face data sets: ``true`` decodes each batch when it is used (memory does
             not grow with the data set), ``false`` decodes everything into memory first, ``auto`` streams when the
             decoded images would take more than 2 GiB.
@@ -120,7 +130,8 @@ class DataConfig:
 
     dataset: str = "fashion-mnist"
     root: str = "/usr/share/datasets/fashion-mnist"
-    image_size: int = 64
+    image_size: int | None = None
+    interpolation: str | None = None
     stream: str | bool = "auto"
     workers: int = 4
 
@@ -128,11 +139,15 @@ class DataConfig:
         if isinstance(self.stream, bool):  # YAML's true/false
             self.stream = "true" if self.stream else "false"
         require(bool(self.dataset), "data.dataset", self.dataset, "must name a data set or a path")
-        require(self.image_size >= 8, "data.image_size", self.image_size, "must be >= 8")
+        require(self.image_size is None or self.image_size >= 8, "data.image_size", self.image_size, "must be >= 8")
+        require(self.interpolation in (None, *INTERPOLATIONS), "data.interpolation", self.interpolation,
+                f"must be one of {', '.join(INTERPOLATIONS)}")
         require(self.stream in ("auto", "true", "false"), "data.stream", self.stream, "must be auto, true or false")
         require(self.workers >= 0, "data.workers", self.workers, "must be >= 0")
 
 
+DEFAULT_IMAGE_SIZE = 64  # data.image_size when neither it nor the model says
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 STREAM_AUTO_BYTES = 2 << 30  # data.stream=auto streams an ImageFolder whose decoded images would exceed this
 
 

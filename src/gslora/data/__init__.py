@@ -4,6 +4,7 @@ from gslora.data.datasets import (
     Dataset,
     ImageFiles,
     ImageSet,
+    for_model,
     load_batches,
     load_dataset,
     load_embeddings,
@@ -23,7 +24,7 @@ from gslora.data.tasks import (
 )
 
 __all__ = [
-    "Dataset", "ImageFiles", "ImageSet", "Request", "RequestData", "build_requests", "class_order", "load_batches",
-    "load_dataset", "load_embeddings", "load_fashion_mnist", "load_image_folder", "load_npz", "request_data",
-    "resolve_classes", "sample_per_class", "spans",
+    "Dataset", "ImageFiles", "ImageSet", "Request", "RequestData", "build_requests", "class_order", "for_model",
+    "load_batches", "load_dataset", "load_embeddings", "load_fashion_mnist", "load_image_folder", "load_npz",
+    "request_data", "resolve_classes", "sample_per_class", "spans",
 ]

@@ -12,14 +12,14 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from gslora.config import STREAM_AUTO_BYTES, DataConfig
+from gslora.config import DEFAULT_IMAGE_SIZE, STREAM_AUTO_BYTES, DataConfig
 from gslora.errors import GSLoRAError
 
 log = logging.getLogger(__name__)
@@ -177,6 +177,14 @@ class Dataset:
         return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
 
 
+def for_model(config: DataConfig, model: dict[str, Any] | None) -> DataConfig:
+    """``config`` with the decoding size and filter it leaves open taken from the model it feeds (a checkpoint's
+    recorded model config, or the one about to be built)."""
+    model = model or {}
+    return replace(config, image_size=config.image_size or model.get("image_size"),
+                   interpolation=config.interpolation or model.get("interpolation"))
+
+
 def load_dataset(config: DataConfig) -> Dataset:
     """Load the data set that ``config.dataset`` names.
 
@@ -194,9 +202,20 @@ def load_dataset(config: DataConfig) -> Dataset:
             raise GSLoRAError(f"data file {str(path)!r} is not an .npz file; pass an .npz with "
                               "x_train, y_train, x_test, y_test, classes or an ImageFolder directory")
         return load_npz(path, stream=config.stream, workers=config.workers)
+    decoding = {"image_size": config.image_size or DEFAULT_IMAGE_SIZE, "interpolation": config.interpolation,
+                "stream": config.stream, "workers": config.workers}
     if is_hf_dataset(path):
-        return load_hf_dataset(path, image_size=config.image_size, stream=config.stream, workers=config.workers)
-    return load_image_folder(path, image_size=config.image_size, stream=config.stream, workers=config.workers)
+        return load_hf_dataset(path, **decoding)
+    return load_image_folder(path, **decoding)
+
+
+def _resize(image_size: int, interpolation: str | None) -> Callable[[Any], torch.Tensor]:
+    """PIL image -> uint8 (C, image_size, image_size) with the given filter (bilinear when None)."""
+    from torchvision.transforms import InterpolationMode, v2
+
+    mode = InterpolationMode(interpolation or "bilinear")
+    return v2.Compose([v2.PILToTensor(), v2.Resize((image_size, image_size), interpolation=mode,
+                                                    antialias=mode != InterpolationMode.NEAREST)])
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -309,7 +328,8 @@ def load_npz(path: str | Path, *, stream: str = "auto", workers: int = 4) -> Dat
     return Dataset(path.stem, splits["train"], splits["test"], classes)
 
 
-def load_image_folder(root: str | Path, *, image_size: int = 64, stream: str = "auto", workers: int = 4) -> Dataset:
+def load_image_folder(root: str | Path, *, image_size: int = DEFAULT_IMAGE_SIZE, interpolation: str | None = None,
+                      stream: str = "auto", workers: int = 4) -> Dataset:
     """An ImageFolder tree ``root/{train,test}/<class>/<image>``; images are resized to ``image_size``.
 
     ``val/`` is accepted in place of ``test/``. Both splits must have the same class folders. ``stream``: ``true``
@@ -317,14 +337,13 @@ def load_image_folder(root: str | Path, *, image_size: int = 64, stream: str = "
     everything now, ``auto`` streams when the decoded images would take more than 2 GiB.
     """
     from torchvision.datasets import ImageFolder
-    from torchvision.transforms import v2
 
     root = Path(root)
     test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
     if not (root / "train").is_dir() or test_dir is None:
         raise GSLoRAError(f"{root} is not an ImageFolder data set: it needs train/ and test/ (or val/) "
                           "sub-directories with one folder of images per class")
-    transform = v2.Compose([v2.PILToTensor(), v2.Resize((image_size, image_size), antialias=True)])
+    transform = _resize(image_size, interpolation)
 
     def decode(path: str) -> torch.Tensor:  # one decoder for both splits, so their streamed subsets can be joined
         return transform(_rgb_loader(path))
@@ -356,13 +375,13 @@ def is_hf_dataset(path: Path) -> bool:
     return (path / "dataset_dict.json").is_file()
 
 
-def load_hf_dataset(root: str | Path, *, image_size: int = 64, stream: str = "auto", workers: int = 4) -> Dataset:
+def load_hf_dataset(root: str | Path, *, image_size: int = DEFAULT_IMAGE_SIZE, interpolation: str | None = None,
+                    stream: str = "auto", workers: int = 4) -> Dataset:
     """A Hugging Face ``datasets`` ``DatasetDict`` saved with ``save_to_disk`` (``load_from_disk``, memory-mapped
     Arrow): its ``train`` and ``test`` (or ``validation``) splits, the first ``Image`` column and the first
     ``ClassLabel`` column (whose names are the classes); images resized to ``image_size``, streamed as for an
     ImageFolder."""
     import datasets
-    from torchvision.transforms import v2
 
     root = Path(root)
     try:
@@ -378,7 +397,7 @@ def load_hf_dataset(root: str | Path, *, image_size: int = 64, stream: str = "au
     if image is None or label is None:
         raise GSLoRAError(f"{root} needs an Image column and a ClassLabel column (it has "
                           f"{', '.join(f'{k}: {type(f).__name__}' for k, f in features.items())})")
-    transform = v2.Compose([v2.PILToTensor(), v2.Resize((image_size, image_size), antialias=True)])
+    transform = _resize(image_size, interpolation)
     parts = {"train": data["train"], "test": data[test_split]}
 
     def decode(key: tuple[str, int]) -> torch.Tensor:

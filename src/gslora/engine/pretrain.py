@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from gslora.config import ModelConfig, PretrainConfig, TrainConfig, to_dict
-from gslora.data import Dataset, load_dataset, load_embeddings, resolve_classes
+from gslora.data import Dataset, for_model, load_dataset, load_embeddings, resolve_classes
 from gslora.engine import distributed
 from gslora.engine.evaluate import predict
 from gslora.engine.loop import (
@@ -91,7 +91,7 @@ def run_pretraining(config: PretrainConfig, out: str | Path, *, overwrite: bool 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise GSLoRAError(f"{str(out)!r} already exists; pass --overwrite to replace it or choose another --out")
-    dataset = dataset or load_dataset(config.data)
+    dataset = dataset or load_dataset(for_model(config.data, to_dict(config.model)))
     if config.model.num_classes != dataset.num_classes:
         raise GSLoRAError(f"model.num_classes={config.model.num_classes} but {dataset.name} has {dataset.num_classes} "
                           "classes; drop model.num_classes to take it from the data")

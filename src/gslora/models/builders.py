@@ -44,12 +44,14 @@ class VisionClassifier(nn.Module):
         self.in_chans = in_chans
         self.embed_dim = embed_dim
         self.family: Family = family or FAMILIES.get(config.family)()
-        if config.mean is None or config.std is None:  # the model's own statistics, recorded in the config
-            mean, std = self.family.normalization(net, config) or (0.5, 0.5)
+        if config.mean is None or config.std is None or config.interpolation is None:
+            own = self.family.preprocessing(net, config)  # the model's own, recorded in the config
+            mean, std = own.get("mean", 0.5), own.get("std", 0.5)
             if isinstance(mean, list) and len(mean) != in_chans:  # an RGB model made grey: one value
                 mean, std = sum(mean) / len(mean), sum(std) / len(std)
             config = replace(config, mean=mean if config.mean is None else config.mean,
-                             std=std if config.std is None else config.std)
+                             std=std if config.std is None else config.std,
+                             interpolation=config.interpolation or own.get("interpolation", "bilinear"))
         for name in ("mean", "std"):
             value = getattr(config, name)
             if isinstance(value, list) and len(value) != in_chans:
@@ -73,7 +75,9 @@ class VisionClassifier(nn.Module):
             x = x.mean(dim=1, keepdim=True).expand(-1, self.in_chans, -1, -1)
         size = self.config.image_size
         if x.shape[-2:] != (size, size):
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+            mode = self.config.interpolation or "bilinear"
+            x = F.interpolate(x, size=(size, size), mode=mode, **({} if mode == "nearest" else
+                                                                  {"align_corners": False, "antialias": True}))
         mean, std = self.config.mean, self.config.std
         if isinstance(mean, list) or isinstance(std, list):
             mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)

@@ -10,9 +10,10 @@ from typing import Any
 import torch
 
 from gslora.config import SequenceConfig, TrainConfig
-from gslora.data import Dataset, Request, load_dataset, request_data, sample_per_class
+from gslora.data import Dataset, Request, for_model, load_dataset, request_data, sample_per_class
 from gslora.engine.evaluate import Predictions, predict
 from gslora.engine.loop import Profile, ProgressFactory, train_request
+from gslora.errors import GSLoRAError
 from gslora.methods import Method, TaskContext
 from gslora.metrics import accuracy, request_metrics, verification
 from gslora.models import VisionClassifier, load_checkpoint, read_checkpoint_meta, save_checkpoint
@@ -34,7 +35,12 @@ class Classification(Task):
         return ForgetConfig
 
     def load_data(self, config: Any) -> Dataset:
-        return load_dataset(config.data)
+        """The data set, decoded for the checkpoint's model (its size and resize filter) unless ``data`` says."""
+        try:
+            model = read_checkpoint_meta(config.checkpoint)[1].get("model") if config.checkpoint else None
+        except GSLoRAError:  # reported where the checkpoint is loaded
+            model = None
+        return load_dataset(for_model(config.data, model))
 
     def data_record(self, dataset: Dataset) -> dict[str, Any]:
         return {"name": dataset.name, "classes": dataset.classes, "train_images": len(dataset.train),

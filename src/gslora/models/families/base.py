@@ -78,9 +78,10 @@ class Family(ABC):
     def classify(self, net: nn.Module, embedding: torch.Tensor) -> torch.Tensor:
         return self.head(net)(embedding)
 
-    def normalization(self, net: nn.Module, config: ModelConfig) -> tuple[list[float], list[float]] | None:
-        """The per-channel (mean, std) the named model was trained with, if it says; ``None``: 0.5."""
-        return None
+    def preprocessing(self, net: nn.Module, config: ModelConfig) -> dict[str, Any]:
+        """What the named model was trained with, as far as it says: per-channel ``mean`` and ``std``, resize
+        ``interpolation``; what is missing falls back to 0.5 and bilinear."""
+        return {}
 
     def saved_config(self, net: nn.Module) -> dict[str, Any]:
         """What a checkpoint must record beyond the ``ModelConfig`` to rebuild ``net`` offline (transformers'

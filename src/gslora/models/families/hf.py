@@ -63,21 +63,27 @@ class HuggingFace(Family):
 
         net.classifier = nn.Identity()
 
-    def normalization(self, net: nn.Module, config: ModelConfig) -> tuple[list[float], list[float]] | None:
+    def preprocessing(self, net: nn.Module, config: ModelConfig) -> dict[str, Any]:
         """A local model directory's image processor (``preprocessor_config.json``); none offline otherwise."""
         if config.name is None or not (Path(config.name) / "preprocessor_config.json").is_file():
-            return None
+            return {}
         processor = json.loads((Path(config.name) / "preprocessor_config.json").read_text())
         mean, std = processor.get("image_mean"), processor.get("image_std")
-        if mean is None or std is None:
-            return None
-        return [float(v) for v in mean], [float(v) for v in std]
+        out: dict[str, Any] = {}
+        if mean is not None and std is not None:
+            out.update(mean=[float(v) for v in mean], std=[float(v) for v in std])
+        if processor.get("resample") in PIL_RESAMPLE:  # PIL's filter numbers
+            out["interpolation"] = PIL_RESAMPLE[processor["resample"]]
+        return out
 
     def embed(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return embed_through_head(net, self.head(net), lambda: net(pixel_values=x))
 
     def saved_config(self, net: nn.Module) -> dict[str, Any]:
         return {"hf_config": net.config.to_dict()}  # rebuilds offline, whatever the name
+
+
+PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 
 
 def _channels(config: Any) -> int:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from gslora.config import INTERPOLATIONS
 from gslora.errors import GSLoRAError
 from gslora.models.families.base import FAMILIES, Family, first_line, require_hub, unreachable_weights
 
@@ -57,11 +58,16 @@ class Timm(Family):
     def drop_head(self, net: nn.Module) -> None:
         net.reset_classifier(0)
 
-    def normalization(self, net: nn.Module, config: ModelConfig) -> tuple[list[float], list[float]] | None:
+    def preprocessing(self, net: nn.Module, config: ModelConfig) -> dict[str, Any]:
         cfg = getattr(net, "pretrained_cfg", None) or {}
-        if config.name is None or "mean" not in cfg or "std" not in cfg:  # built by shape: gslora's 0.5
-            return None
-        return [float(v) for v in cfg["mean"]], [float(v) for v in cfg["std"]]
+        if config.name is None:  # built by shape: gslora's 0.5 and bilinear
+            return {}
+        out: dict[str, Any] = {}
+        if "mean" in cfg and "std" in cfg:
+            out.update(mean=[float(v) for v in cfg["mean"]], std=[float(v) for v in cfg["std"]])
+        if cfg.get("interpolation") in INTERPOLATIONS:
+            out["interpolation"] = cfg["interpolation"]
+        return out
 
     def embed(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return net.forward_head(net.forward_features(x), pre_logits=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from gslora.config import INTERPOLATIONS
 from gslora.errors import GSLoRAError
 from gslora.models.families.base import (
     FAMILIES,
@@ -72,16 +73,18 @@ class Torchvision(Family):
         self.head(net)
         replace_module(net, self.head_path, nn.Identity())  # the embedding still passes there, for embed()
 
-    def normalization(self, net: nn.Module, config: ModelConfig) -> tuple[list[float], list[float]] | None:
+    def preprocessing(self, net: nn.Module, config: ModelConfig) -> dict[str, Any]:
         from torchvision import models
 
         if config.name is None:
-            return None
-        try:  # the statistics the model's published weights were trained with (ImageNet for all of them)
+            return {}
+        try:  # the preprocessing the model's published weights were trained with (ImageNet for all of them)
             transforms = models.get_model_weights(config.name).DEFAULT.transforms()
-            return [float(v) for v in transforms.mean], [float(v) for v in transforms.std]
         except (ValueError, AttributeError, KeyError):
-            return None
+            return {}
+        out = {"mean": [float(v) for v in transforms.mean], "std": [float(v) for v in transforms.std]}
+        mode = getattr(getattr(transforms, "interpolation", None), "value", None)
+        return out | ({"interpolation": mode} if mode in INTERPOLATIONS else {})
 
     def embed(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return embed_through_head(net, self.head(net), lambda: net(x))

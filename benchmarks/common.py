@@ -3,6 +3,7 @@ their own config and provenance, and results files written whole by their runner
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -62,9 +63,12 @@ def cached_base(config: dict[str, Any], *, device: str = "auto") -> tuple[Path, 
     resolved = to_dict(from_dict(PretrainConfig, resolve_paths(config)))
     key = config_key(portable(resolved))
     checkpoint = CACHE / f"base-{key}"
-    if not (checkpoint / "config.json").is_file():
-        run_config = from_dict(PretrainConfig, {**resolved, "train": {**resolved["train"], "device": device}})
-        run_pretraining(run_config, checkpoint, overwrite=True)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f"base-{key}.lock", "w") as lock:  # two benchmark processes wait for one pre-training
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (checkpoint / "config.json").is_file():
+            run_config = from_dict(PretrainConfig, {**resolved, "train": {**resolved["train"], "device": device}})
+            run_pretraining(run_config, checkpoint, overwrite=True)
     pretrain = read_checkpoint_meta(checkpoint)[1]["pretrain"]
     return checkpoint, {**{k: v for k, v in pretrain.items() if k != "config"}, "config": resolved, "key": key}
 

@@ -233,3 +233,23 @@ def test_an_uncompressed_npz_is_memory_mapped_when_streamed_and_decodes_the_same
     joined = ImageSet.join(mapped.train.subset(torch.tensor([1, 7])), mapped.test)  # one decoder: stays mapped
     assert isinstance(joined.images, ImageFiles)
     assert torch.equal(joined.images[:], torch.cat([held.train.images[[1, 7]], held.test.images]))
+
+
+def test_a_validation_split_holds_out_a_seeded_share_of_each_class_in_place_of_the_test_split(tmp_path):
+    """data.validation: the held-out images are training images (never the test split's), disjoint from what is
+    trained on, the same for the same seed, and the share holds per class."""
+    make_npz(tmp_path / "d.npz", per_class_train=[10, 20, 1], per_class_test=3)
+    full = load_dataset(DataConfig(dataset=str(tmp_path / "d.npz")))
+    split = load_dataset(DataConfig(dataset=str(tmp_path / "d.npz"), validation=0.2))
+    again = load_dataset(DataConfig(dataset=str(tmp_path / "d.npz"), validation=0.2))
+    other = load_dataset(DataConfig(dataset=str(tmp_path / "d.npz"), validation=0.2, validation_seed=1))
+    assert [int((split.test.labels == c).sum()) for c in range(3)] == [2, 4, 0]  # a class of one image keeps it
+    assert len(split.train) + len(split.test) == len(full.train) == 31
+    assert sorted(split.train_index.tolist() + [i for i in range(31) if i not in split.train_index]) == list(range(31))
+    held = torch.cat([split.train.images, split.test.images])
+    assert sorted(map(bytes, (x.numpy().tobytes() for x in held))) == sorted(
+        map(bytes, (x.numpy().tobytes() for x in full.train.images)))  # exactly the training images, once each
+    assert torch.equal(split.test.images, again.test.images) and not torch.equal(split.test.images, other.test.images)
+    assert torch.equal(split.train.images, full.train.images[split.train_index])
+    with pytest.raises(GSLoRAError, match="data.validation"):
+        DataConfig(validation=1.0)

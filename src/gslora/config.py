@@ -124,6 +124,10 @@ class DataConfig:
         stream: ImageFolder and Hugging Face data sets: ``true`` decodes each batch when it is used (memory does
             not grow with the data set), ``false`` decodes everything into memory first, ``auto`` streams when the
             decoded images would take more than 2 GiB.
+        validation: with a value in (0, 1), that share of each class's training images (drawn with
+            ``validation_seed``) is held out and takes the test split's place: every figure is then measured on
+            images no model trained on, for choosing settings (pre-train the base with the same ``data`` so that it
+            never sees them either); report the test split once, with 0 (the default).
         workers: worker processes of the ``torch.utils.data.DataLoader`` that decodes a streamed data set's next
             batches while the model computes (0: decode in the training process).
     """
@@ -134,6 +138,8 @@ class DataConfig:
     interpolation: str | None = None
     stream: str | bool = "auto"
     workers: int = 4
+    validation: float = 0.0
+    validation_seed: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.stream, bool):  # YAML's true/false
@@ -144,6 +150,7 @@ class DataConfig:
                 f"must be one of {', '.join(INTERPOLATIONS)}")
         require(self.stream in ("auto", "true", "false"), "data.stream", self.stream, "must be auto, true or false")
         require(self.workers >= 0, "data.workers", self.workers, "must be >= 0")
+        require(0 <= self.validation < 1, "data.validation", self.validation, "must be in [0, 1)")
 
 
 DEFAULT_IMAGE_SIZE = 64  # data.image_size when neither it nor the model says

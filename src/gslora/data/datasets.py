@@ -167,6 +167,9 @@ class Dataset:
     train: ImageSet
     test: ImageSet
     classes: list[str]
+    #: with a validation split: which images of the file's training split ``train`` holds (to align per-image
+    #: data such as teacher embeddings); None: all of them
+    train_index: torch.Tensor | None = None
 
     @property
     def num_classes(self) -> int:
@@ -186,11 +189,33 @@ def for_model(config: DataConfig, model: dict[str, Any] | None) -> DataConfig:
 
 
 def load_dataset(config: DataConfig) -> Dataset:
-    """Load the data set that ``config.dataset`` names.
+    """Load the data set that ``config.dataset`` names (with ``data.validation``, its validation split in place of
+    the test split).
 
     Raises:
         GSLoRAError: the data set is missing, unreadable or malformed.
     """
+    dataset = _load(config)
+    return validation_split(dataset, config.validation, config.validation_seed) if config.validation else dataset
+
+
+def validation_split(dataset: Dataset, share: float, seed: int) -> Dataset:
+    """``share`` of each class's training images (a seeded draw; at least one of a class with two or more) as the
+    evaluation split, the rest as the training split; the test split is left out."""
+    generator = torch.Generator().manual_seed(seed)
+    held, kept = [], []
+    for c in range(dataset.num_classes):
+        idx = torch.nonzero(dataset.train.labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=generator)]
+        n = max(1, round(share * len(idx))) if len(idx) > 1 else 0
+        held.append(idx[:n])
+        kept.append(idx[n:])
+    held_idx, kept_idx = torch.cat(held).sort().values, torch.cat(kept).sort().values
+    return Dataset(f"{dataset.name} (validation {share:g})", dataset.train.subset(kept_idx),
+                   dataset.train.subset(held_idx), dataset.classes, train_index=kept_idx)
+
+
+def _load(config: DataConfig) -> Dataset:
     if config.dataset.lower() in ("fashion-mnist", "fashion_mnist", "fmnist"):
         return load_fashion_mnist(config.root)
     path = Path(config.dataset)

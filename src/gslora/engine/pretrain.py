@@ -96,6 +96,11 @@ def run_pretraining(config: PretrainConfig, out: str | Path, *, overwrite: bool 
         raise GSLoRAError(f"model.num_classes={config.model.num_classes} but {dataset.name} has {dataset.num_classes} "
                           "classes; drop model.num_classes to take it from the data")
     teacher = load_embeddings(config.distill.teacher, config.distill.key) if config.distill.teacher else None
+    if teacher is not None and dataset.train_index is not None:  # a validation split holds some images out
+        if len(teacher) != len(dataset.train) + len(dataset.test):
+            raise GSLoRAError(f"teacher embeddings have {len(teacher)} rows but the training split has "
+                              f"{len(dataset.train) + len(dataset.test)} images; they must be aligned one to one")
+        teacher = teacher[dataset.train_index]
     excluded = resolve_classes(config.exclude_classes, dataset.classes) if config.exclude_classes else []
     if excluded:
         keep = torch.nonzero(~torch.isin(dataset.train.labels, torch.tensor(excluded))).flatten()

@@ -99,3 +99,38 @@ def test_a_request_changes_only_the_lora_tensors_and_the_adapter_reproduces_the_
         expected, got = with_adapter(x), merged.eval()(x)
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
     assert torch.equal(got.argmax(1), expected.argmax(1))
+
+
+def test_distillation_pulls_toward_the_model_the_request_started_from():
+    """method.distill: the teacher is the request's starting model (LoRA switched off), so the term is 0 while the
+    adapter is still zero, positive once it is not, and the teacher's logits are the untouched model's."""
+    from gslora.data import ImageSet
+
+    torch.manual_seed(0)
+    model = build_model(tiny_model_config())
+    x = torch.randint(0, 255, (6, 1, 28, 28), dtype=torch.uint8)
+    y = torch.tensor([0, 0, 1, 2, 1, 2])
+    task = TaskContext(Request(0, (0,), (1, 2), ()), 3, 1, forget_data=ImageSet(x[:2], y[:2]),
+                       retain_data=ImageSet(x[2:], y[2:]))
+    method = GSLoRA(GSLoRAConfig(distill=2.0, bnd="auto"))
+    method.setup_task(model, task)
+    step = lambda: method.training_step((x[:2], y[:2]), (x[2:], y[2:]), epoch=0)  # noqa: E731
+    assert step()["distill"].item() == pytest.approx(0.0, abs=1e-6)  # B = 0: student == teacher
+    with torch.no_grad():
+        for name, p in method.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    terms = step()
+    assert terms["distill"].item() > 1e-4
+    with torch.no_grad(), method.peft_model.disable_adapter():
+        teacher = method.classifier.classify(method.classifier.embed(x[2:]))
+    torch.testing.assert_close(teacher, model.classify(model.embed(x[2:])))
+    # bnd=auto: the starting model's mean cross-entropy of a wrong class on the retained images
+    with torch.no_grad():
+        model.eval()
+        logits = model.classify(model.embed(x[2:]))
+    ce = torch.logsumexp(logits, 1, keepdim=True) - logits
+    wrong = torch.ones_like(ce, dtype=torch.bool).scatter_(1, y[2:, None], False)
+    assert method.bnd == pytest.approx(ce[wrong].mean().item(), rel=1e-5) and method.bnd > 0
+    method.end_task(task)
+    assert method.diagnostics()["bnd"] == method.bnd

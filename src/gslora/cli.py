@@ -567,8 +567,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--method", help="registered method name (default: gs_lora)")
     f.add_argument("--beta", type=float,
                    help=f"GS-LoRA(++) forgetting weight (default: {GS_LORA_HELP_DEFAULTS['beta']})")
-    f.add_argument("--bnd", type=float, help=f"GS-LoRA(++) bound of the forgetting loss (default: "
-                   f"{GS_LORA_HELP_DEFAULTS['bnd']:g})")
+    f.add_argument("--bnd", help=f"GS-LoRA(++) bound of the forgetting loss, a number or auto (the starting "
+                   f"model's cross-entropy of a wrong class; default: {GS_LORA_HELP_DEFAULTS['bnd']:g})")
     f.add_argument("--alpha", type=float, help=f"GS-LoRA(++) group-lasso weight (default: "
                    f"{GS_LORA_HELP_DEFAULTS['alpha']:g})")
     f.add_argument("--rank", type=int, help=f"GS-LoRA(++) LoRA rank (default: {GS_LORA_HELP_DEFAULTS['rank']})")

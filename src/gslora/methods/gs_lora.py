@@ -26,8 +26,10 @@ from gslora.adapters import (
     save_adapter,
 )
 from gslora.config import require
+from gslora.data import ImageSet
 from gslora.losses import bounded_forgetting_loss
 from gslora.methods.base import METHODS, Batch, Method, TaskContext
+from gslora.methods.finetune import kd_loss
 from gslora.models import VisionClassifier
 
 
@@ -41,9 +43,16 @@ class GSLoRAConfig:
         alpha: group-lasso weight [1e-4].
         alpha_warmup_epochs: epochs with alpha = 0 before ``alpha`` applies [0; 30 in the missing-class runs].
         beta: forgetting weight, one value or one per request (the last repeats) [0.2, 0.25, 0.25, 0.2].
-        bnd: bound of the forgetting loss: forget CE is pushed up to this value [105 for CosFace s=64].
+        bnd: bound of the forgetting loss: forget CE is pushed up to this value [105 for CosFace s=64], or
+            ``auto``: per request, the cross-entropy with which the starting model already rejects a wrong class
+            (its mean over wrong classes and up to 512 retained training images): forgotten means the class looks
+            to the model like any class an image does not belong to [not in the reference].
         mask_missing: leave retained classes without training data (``--missing-classes``) out of the
             retain cross-entropy's softmax, so they are not trained as pure negatives [not in the reference].
+        distill: weight of a distillation term on the retained batch toward the request's starting model (the
+            same network with the fresh LoRA switched off, so no copy is kept): T^2 KL of the softened logits
+            [0: not in the reference].
+        distill_temperature: its temperature T [2].
     """
 
     rank: int = 8
@@ -51,8 +60,10 @@ class GSLoRAConfig:
     alpha: float = 1e-4
     alpha_warmup_epochs: int = 0
     beta: float | list[float] = 0.2
-    bnd: float = 105.0
+    bnd: float | str = 105.0
     mask_missing: bool = False
+    distill: float = 0.0
+    distill_temperature: float = 2.0
 
     def __post_init__(self) -> None:
         require(self.rank >= 1, "method.rank", self.rank, "must be >= 1")
@@ -62,7 +73,15 @@ class GSLoRAConfig:
         betas = self.beta if isinstance(self.beta, list) else [self.beta]
         require(len(betas) > 0 and all(isinstance(b, (int, float)) and b >= 0 and math.isfinite(b) for b in betas),
                  "method.beta", self.beta, "must be a number >= 0 or a non-empty list of them")
-        require(self.bnd > 0, "method.bnd", self.bnd, "must be > 0")
+        if isinstance(self.bnd, str) and self.bnd != "auto":  # a number written as text (--set, YAML "1e1")
+            try:
+                self.bnd = float(self.bnd)
+            except ValueError:
+                pass
+        require(self.bnd == "auto" or (isinstance(self.bnd, (int, float)) and self.bnd > 0), "method.bnd", self.bnd,
+                "must be a number > 0 or auto")
+        require(self.distill >= 0, "method.distill", self.distill, "must be >= 0")
+        require(self.distill_temperature > 0, "method.distill_temperature", self.distill_temperature, "must be > 0")
 
     def beta_for(self, request_index: int) -> float:
         betas = self.beta if isinstance(self.beta, list) else [self.beta]
@@ -83,12 +102,20 @@ class GSLoRA(Method):
         self.beta = self.config.beta_for(task.request.index)
         self.base_parameters = sum(p.numel() for p in model.parameters())
         self.missing = list(task.request.missing) if self.config.mask_missing else []
+        self.bnd = wrong_class_ce(self.classifier, task.retain_data) if self.config.bnd == "auto" \
+            else float(self.config.bnd)
 
     def training_step(self, forget_batch: Batch, retain_batch: Batch, *, epoch: int) -> dict[str, torch.Tensor]:
         (x_f, y_f), (x_r, y_r) = forget_batch, retain_batch
         # one forward for both batches; a margin head applies its margin to the true labels, as in training
         logits, embedding = self.classifier.forward_features(torch.cat([x_r, x_f]), torch.cat([y_r, y_f]))
-        return self.loss_terms(logits, embedding, y_r, y_f, epoch=epoch)
+        terms = self.loss_terms(logits, embedding, y_r, y_f, epoch=epoch)
+        if self.config.distill > 0:
+            with torch.no_grad(), self.peft_model.disable_adapter():  # the model as the request found it
+                teacher = self.classifier.classify(self.classifier.embed(x_r))
+            distill = kd_loss(self.classifier.classify(embedding[: len(y_r)]), teacher, self.config.distill_temperature)
+            terms = {**terms, "loss": terms["loss"] + self.config.distill * distill, "distill": distill}
+        return terms
 
     def loss_terms(self, logits: torch.Tensor, embedding: torch.Tensor, y_r: torch.Tensor, y_f: torch.Tensor, *,
                    epoch: int) -> dict[str, torch.Tensor]:
@@ -98,7 +125,7 @@ class GSLoRA(Method):
             retain_logits = retain_logits.index_fill(1, torch.tensor(self.missing, device=logits.device), -1e4)
         retain = F.cross_entropy(retain_logits, y_r)
         forget_ce = F.cross_entropy(logits[len(y_r):], y_f)
-        forget = bounded_forgetting_loss(forget_ce, self.config.bnd)
+        forget = bounded_forgetting_loss(forget_ce, self.bnd)
         lasso = group_lasso(self.group_params)
         alpha = 0.0 if epoch < self.config.alpha_warmup_epochs else self.config.alpha
         loss = retain + self.beta * forget + alpha * lasso
@@ -116,9 +143,26 @@ class GSLoRA(Method):
     def diagnostics(self) -> dict[str, Any]:
         trainable = sum(p.numel() for group in self.group_params for p in group)
         return {
+            "bnd": self.bnd,
             "group_norms": {g.block: n for g, n in zip(self.groups, self.final_norms)},
             "delta_norms": {g.block: n for g, n in zip(self.groups, self.final_deltas)},
             "trainable_parameters": trainable,
             "base_parameters": self.base_parameters,
             "trainable_ratio": trainable / self.base_parameters,
         }
+
+
+@torch.no_grad()
+def wrong_class_ce(model: VisionClassifier, data: ImageSet, *, max_images: int = 512) -> float:
+    """The mean cross-entropy ``model`` gives a wrong class (every class but the true one) on up to ``max_images``
+    of ``data`` (a seeded draw), plain logits (no margin), in eval mode (the model's mode is restored)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:max_images]
+    x, y = data.images[idx].to(device), data.labels[idx].to(device)
+    logits = model.classify(model.embed(x)).float()
+    ce = torch.logsumexp(logits, dim=1, keepdim=True) - logits
+    wrong = torch.ones_like(ce, dtype=torch.bool).scatter_(1, y[:, None], False)
+    model.train(was_training)
+    return float(ce[wrong].mean())

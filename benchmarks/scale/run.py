@@ -139,7 +139,7 @@ def request_worker(spec: dict) -> dict:
         rows.append({"request": r["index"], "steps": r["steps"], "retain_images": r["train_images"]["retain"],
                      "seconds": r["seconds"], "loop_seconds_per_step": loop / r["steps"], "profile": r["profile"]})
     shutil.rmtree(run_dir, ignore_errors=True)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest DataLoader worker
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest child (see the report)
     return {"requests": rows, "peak_mib": peak_memory(resolve_device(spec["device"])), "worker_peak_mib": children}
 
 
@@ -181,7 +181,12 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="ViT-Ti only, smaller folders (a check of the script)")
     parser.add_argument("--out", help="write results.json and report.md here instead of this folder")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--report-only", action="store_true", help="only write report.md again from results.json")
     args = parser.parse_args()
+    if args.report_only:
+        out = Path(args.out).resolve() if args.out else HERE
+        (out / "report.md").write_text(report(json.loads((out / "results.json").read_text())))
+        return 0
     if args.worker:
         kind, spec = args.worker
         print(json.dumps({"step": step_worker, "request": request_worker}[kind](json.loads(spec))))
@@ -268,9 +273,11 @@ def report(results: dict) -> str:
         lines.append(f"| {ratio} | {r['retain_images']} | {r['steps']} | {r['seconds']:.2f} | "
                      f"{r['seconds'] / r['retain_images'] * 1000:.2f} ms |")
     lines += ["", "## Peak memory of a request on an ImageFolder (PNG files, decoded at 96 px)", "",
-              "Peak: the training process; worker: the largest DataLoader worker process (forked from it, so most "
-              "of its pages are shared).", "", "| images | streamed | peak MiB | worker peak MiB |",
-              "|---|---|---|---|"]
+              "Peak: the training process (its DataLoader workers are separate processes). Child: the largest peak "
+              "of any process it started: the DataLoader workers when streamed, and in every row the `git` call "
+              "that records the code version in the run, which, forked from the training process, counts the pages it "
+              "had resident at the fork; so it is an upper bound on a worker, not a worker's own memory.", "",
+              "| images | streamed | peak MiB | child peak MiB |", "|---|---|---|---|"]
     lines += [f"| {row['images']:,} | {row['stream']} | {row['peak_mib']:.0f} | "
               f"{row.get('worker_peak_mib') or 0:.0f} |" for row in results["folders"].values()]
     return "\n".join(lines) + "\n"

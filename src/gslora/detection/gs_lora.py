@@ -111,6 +111,7 @@ class DetectionGSLoRA(GSLoRA):
         self.detector: Detector = self.peft_model.base_model.model
         self.group_params = group_parameters(self.peft_model, self.groups)
         self.beta = self.config.beta_for(task.request.index)
+        self.bnd = float(self.config.bnd)  # GS-LoRA's diagnostics record the bound used
         self.base_parameters = sum(p.numel() for p in model.parameters())
         hf = self.detector.net.config
         self.bbox_coef, self.giou_coef = float(hf.bbox_loss_coefficient), float(hf.giou_loss_coefficient)
@@ -128,7 +129,7 @@ class DetectionGSLoRA(GSLoRA):
         zero = out_f.logits.sum() * 0.0
         pair_cls = F.softplus(-scores)  # -log sigmoid(s): each pair's classification loss
         forget_cls = pair_cls.mean() if len(scores) else zero
-        forget = bounded_forgetting_loss(pair_cls, self.config.bnd).mean() if len(scores) else zero
+        forget = bounded_forgetting_loss(pair_cls, self.bnd).mean() if len(scores) else zero
         if self.config.keep_box_terms:
             forget = forget + forget_box
         lasso = group_lasso(self.group_params)

@@ -103,6 +103,9 @@ def test_torchrun_runs_a_request_with_rank_0_writing(base_checkpoint, fashion_su
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("gslora-rank")]  # rank 1's private copy is gone
     runs = [json.loads((tmp_path / name / "manifest.json").read_text())["requests"][0] for name in ("one", "two")]
     assert runs[0]["steps"] == runs[1]["steps"] >= 24 and (runs[0]["processes"], runs[1]["processes"]) == (1, 2)
+    base, _ = load_checkpoint(base_checkpoint)
+    merged, _ = load_checkpoint(tmp_path / "two" / runs[1]["checkpoint"])
+    assert any(not torch.equal(base.state_dict()[k], v) for k, v in merged.state_dict().items())  # it did change
     test = load_dataset(DataConfig(dataset=str(data))).test
     top1 = [predict(load_checkpoint(tmp_path / name / r["checkpoint"])[0], test, device=torch.device("cpu")).top1
             for name, r in zip(("one", "two"), runs)]

@@ -9,7 +9,15 @@ from gslora.config import DataConfig, ModelConfig, SequenceConfig
 from gslora.data import ImageSet, Request, build_requests, class_order, load_dataset, request_data
 from gslora.engine.evaluate import predict
 from gslora.errors import GSLoRAError
-from gslora.losses import class_prototypes, prototype_distance, prototype_pull_loss, prototype_push_loss
+from gslora.losses import (
+    absorb_loss,
+    class_prototypes,
+    nearest_prototype,
+    prototype_distance,
+    prototype_distances,
+    prototype_pull_loss,
+    prototype_push_loss,
+)
 from gslora.methods import GSLoRAPP, GSLoRAPPConfig, TaskContext
 from gslora.metrics import tar_at_far, verification
 from gslora.models import build_model
@@ -59,6 +67,36 @@ def test_gs_lora_pp_adds_weighted_prototype_terms():
     assert terms["loss"].item() == pytest.approx((base + 0.5 * terms["proto_push"] + 0.25 * terms["proto_pull"]).item(),
                                                  rel=1e-5)
     assert terms["proto_push"].item() == pytest.approx(30.0, abs=0.5)  # fresh adapter: embeddings sit at the prototypes
+
+
+@pytest.mark.parametrize("kind", ["kl", "cosine"])
+def test_absorb_pulls_to_the_nearest_given_prototype(kind):
+    p = torch.tensor([[4.0, 0.0, 0.0], [0.0, 4.0, 0.0], [0.0, 0.0, 4.0]])
+    z = torch.tensor([[3.0, 0.5, 0.0], [0.1, 0.2, 5.0], [0.0, 4.0, 0.0]])
+    assert nearest_prototype(z, p, kind).tolist() == [0, 2, 1]
+    nearest = torch.stack([prototype_distances(z, p[[c] * 3], kind) for c in range(3)], 1).min(1).values
+    assert absorb_loss(z, p, kind).item() == pytest.approx(nearest.mean().item(), rel=1e-5)
+    assert absorb_loss(p[[2, 0]].clone(), p, kind).item() == pytest.approx(0.0, abs=1e-6)
+    z = z.requires_grad_()
+    absorb_loss(z, p, kind).backward()
+    moved = (z - 0.1 * z.grad).detach()
+    assert absorb_loss(moved, p, kind) < absorb_loss(z.detach(), p, kind)  # a step on it moves z toward the target
+
+
+def test_gs_lora_pp_absorb_targets_only_retained_classes():
+    torch.manual_seed(0)
+    model = build_model(tiny_model_config())
+    x = torch.randint(0, 255, (8, 1, 28, 28), dtype=torch.uint8)
+    forget, retain = ImageSet(x[:4], torch.tensor([0, 0, 3, 3])), ImageSet(x[4:], torch.tensor([1, 1, 2, 2]))
+    method = GSLoRAPP(GSLoRAPPConfig(w_f=0.5, bnd_pro=30.0, beta=0.2, alpha=0.0, w_absorb=2.0))
+    method.setup_task(model, TaskContext(Request(0, (0, 3), (1, 2, 4), ()), 1, 1, forget_data=forget,
+                                         retain_data=retain))  # class 4 is retained but has no images
+    terms = method.training_step((forget.images, forget.labels), (retain.images, retain.labels), epoch=0)
+    z_f = model.eval().embed(forget.images)
+    to_retained = torch.stack([prototype_distances(z_f, method.prototypes[[c] * 4]) for c in (1, 2)], 1)
+    assert terms["absorb"].item() == pytest.approx(to_retained.min(1).values.mean().item(), rel=1e-4)
+    expected = terms["retain"] + 0.2 * terms["forget"] + 0.5 * terms["proto_push"] + 2.0 * terms["absorb"]
+    assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_missing_classes_get_no_training_images(tmp_path):

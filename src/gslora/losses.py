@@ -21,18 +21,30 @@ def class_prototypes(embeddings: torch.Tensor, labels: torch.Tensor, num_classes
     return sums / counts.clamp(min=1).unsqueeze(1), present
 
 
-def prototype_distance(z: torch.Tensor, prototypes: torch.Tensor, kind: str = "kl") -> torch.Tensor:
-    """Mean distance of embeddings (N, D) to their prototypes (N, D).
+def prototype_distances(z: torch.Tensor, prototypes: torch.Tensor, kind: str = "kl") -> torch.Tensor:
+    """Per-sample distance (N,) of embeddings (N, D) to their prototypes (N, D).
 
-    ``kl``: the reference's KL(softmax(p) || softmax(z)) over feature dimensions, batch mean, T = 1.
-    ``cosine``: 1 - cos(z, p), batch mean.
+    ``kl``: the reference's KL(softmax(p) || softmax(z)) over feature dimensions, T = 1.
+    ``cosine``: 1 - cos(z, p).
     """
     if kind == "kl":
         return F.kl_div(F.log_softmax(z, dim=1), F.log_softmax(prototypes, dim=1), log_target=True,
-                        reduction="batchmean")
+                        reduction="none").sum(1)
     if kind == "cosine":
-        return (1.0 - F.cosine_similarity(z, prototypes, dim=1)).mean()
+        return 1.0 - F.cosine_similarity(z, prototypes, dim=1)
     raise ValueError(f"unknown prototype distance {kind!r}; use kl or cosine")
+
+
+def prototype_distance(z: torch.Tensor, prototypes: torch.Tensor, kind: str = "kl") -> torch.Tensor:
+    """Mean distance of embeddings (N, D) to their prototypes (N, D) (the reference's batch mean)."""
+    return prototype_distances(z, prototypes, kind).mean()
+
+
+def nearest_prototype(z: torch.Tensor, prototypes: torch.Tensor, kind: str = "kl") -> torch.Tensor:
+    """Index (N,) of the nearest of ``prototypes`` (C, D) to each embedding of ``z`` (N, D) under ``kind``."""
+    n, c = len(z), len(prototypes)
+    pairs = prototype_distances(z.repeat_interleave(c, 0), prototypes.repeat(n, 1), kind)  # (N * C,), row-major
+    return pairs.view(n, c).argmin(1)
 
 
 def prototype_push_loss(z: torch.Tensor, prototypes: torch.Tensor, bnd: float, kind: str = "kl") -> torch.Tensor:
@@ -43,3 +55,11 @@ def prototype_push_loss(z: torch.Tensor, prototypes: torch.Tensor, bnd: float, k
 def prototype_pull_loss(z: torch.Tensor, prototypes: torch.Tensor, kind: str = "kl") -> torch.Tensor:
     """d(z, p): pull retained classes' embeddings toward their prototypes."""
     return prototype_distance(z, prototypes, kind)
+
+
+def absorb_loss(z: torch.Tensor, prototypes: torch.Tensor, kind: str = "kl") -> torch.Tensor:
+    """d(z, p_nearest): pull forgotten embeddings (N, D) to the nearest of the retained classes' prototypes (C, D),
+    so that a forgotten class dissolves into the classes the model keeps instead of moving as one cluster. The
+    target is chosen without gradient (an assignment, as in k-means)."""
+    target = nearest_prototype(z.detach(), prototypes, kind)
+    return prototype_distance(z, prototypes[target], kind)

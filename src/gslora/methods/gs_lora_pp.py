@@ -2,7 +2,8 @@
 Pre-trained Vision Models", arXiv 2501.09705).
 
 Loss: GS-LoRA's loss + w_f * ReLU(BND_pro - d(z_f, p_{y_f})) + w_r * d(z_r, p_{y_r}), with p_c the mean
-embedding of class c over the request's training data, taken at the start of the request.
+embedding of class c over the request's training data, taken at the start of the request; gslora adds
+w_absorb * d(z_f, p_nearest retained class) (off by default).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 
 from gslora.config import require
 from gslora.data import ImageSet
-from gslora.losses import class_prototypes, prototype_pull_loss, prototype_push_loss
+from gslora.losses import absorb_loss, class_prototypes, prototype_pull_loss, prototype_push_loss
 from gslora.methods.base import METHODS, TaskContext
 from gslora.methods.gs_lora import GSLoRA, GSLoRAConfig
 from gslora.models import VisionClassifier
@@ -32,6 +33,10 @@ class GSLoRAPPConfig(GSLoRAConfig):
         distance: ``kl`` (the reference: KL between softmaxes over feature dimensions) or ``cosine``.
         prototypes: ``current`` (the model at the start of the request, as the reference) or ``original``
             (the pre-trained model).
+        w_absorb: weight of the absorb term: each forgotten image's embedding is pulled to the nearest retained
+            class prototype, so the forgotten class dissolves into the classes the model keeps, as in a model
+            that never saw it, instead of moving away as one cluster that a linear probe still separates
+            [0: not in the reference].
     """
 
     w_f: float | list[float] = 0.01
@@ -39,6 +44,7 @@ class GSLoRAPPConfig(GSLoRAConfig):
     bnd_pro: float = 18.0
     distance: str = "kl"
     prototypes: str = "current"
+    w_absorb: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -50,6 +56,7 @@ class GSLoRAPPConfig(GSLoRAConfig):
         require(self.distance in ("kl", "cosine"), "method.distance", self.distance, "must be kl or cosine")
         require(self.prototypes in ("current", "original"), "method.prototypes", self.prototypes,
                 "must be current or original")
+        require(self.w_absorb >= 0, "method.w_absorb", self.w_absorb, "must be >= 0")
 
     def w_f_for(self, request_index: int) -> float:
         weights = self.w_f if isinstance(self.w_f, list) else [self.w_f]
@@ -79,6 +86,8 @@ class GSLoRAPP(GSLoRA):
         self.prototypes, self.has_prototype = class_prototypes(embed_all(source, both.images, device=task.device),
                                                                both.labels.to(task.device), model.config.num_classes)
         self.w_f = self.config.w_f_for(task.request.index)
+        keep = [c for c in task.request.retain if self.has_prototype[c]]
+        self.retained_prototypes = self.prototypes[keep]  # (R, D): the absorb term's targets
 
     def loss_terms(self, logits: torch.Tensor, embedding: torch.Tensor, y_r: torch.Tensor, y_f: torch.Tensor, *,
                    epoch: int) -> dict[str, torch.Tensor]:
@@ -87,7 +96,11 @@ class GSLoRAPP(GSLoRA):
         push = prototype_push_loss(z_f, self.prototypes[y_f], self.config.bnd_pro, self.config.distance)
         pull = prototype_pull_loss(z_r, self.prototypes[y_r], self.config.distance)
         terms["loss"] = terms["loss"] + self.w_f * push + self.config.w_r * pull
-        return {**terms, "proto_push": push, "proto_pull": pull}
+        terms = {**terms, "proto_push": push, "proto_pull": pull}
+        if self.config.w_absorb > 0 and len(self.retained_prototypes):
+            absorb = absorb_loss(z_f, self.retained_prototypes, self.config.distance)
+            terms = {**terms, "loss": terms["loss"] + self.config.w_absorb * absorb, "absorb": absorb}
+        return terms
 
     def diagnostics(self) -> dict[str, Any]:
         return {**super().diagnostics(), "prototype_classes": int(self.has_prototype.sum())}

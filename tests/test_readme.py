@@ -29,8 +29,8 @@ SMALL = {
                "--set", "verify.relearn_max_steps=10"],
     "forget detection": ["--epochs", "1", "--set", "train.min_steps=10", "--set", "data.scenes_train=240",
                          "--set", "data.scenes_test=60"],
-    "compare": ["--epochs", "1", "--set", "verify.max_images=100", "--set", "verify.bootstrap=20",
-                "--set", "verify.relearn_max_steps=10"],
+    "compare": ["--epochs", "1", "--set", "train.min_steps=20", "--set", "verify.max_images=100",
+                "--set", "verify.bootstrap=20", "--set", "verify.relearn_max_steps=10"],
     "verify": ["--set", "verify.max_images=100", "--set", "verify.bootstrap=20", "--set",
                "verify.relearn_max_steps=10"],
 }
@@ -41,7 +41,11 @@ def small_python(code: str, data: str) -> str:
     for a, b in (("epochs=3", "epochs=1"), ("epochs=20, min_steps=960", "epochs=1, min_steps=10"),
                  ('dataset="fashion-mnist"', f"dataset={data!r}"),
                  ("max_images=1000, relearn_max_steps=200", "max_images=100, relearn_max_steps=10, bootstrap=20"),
-                 ('"checkpoint": "base/"}', f'"checkpoint": "base/", "data": {{"dataset": {data!r}}}}}')):
+                 ('DetectionDataConfig(dataset="fashion-mnist-scenes")',
+                  'DetectionDataConfig(dataset="fashion-mnist-scenes", scenes_train=240, scenes_test=60)'),
+                 ('"checkpoint": "base/"}', f'"checkpoint": "base/", "data": {{"dataset": {data!r}}}, '
+                  '"train": {"epochs": 1, "min_steps": 20, "batch_size": 48, "lr": 0.01}, '
+                  '"verify": {"max_images": 100, "bootstrap": 20, "relearn_max_steps": 10}}')):
         code = code.replace(a, b)
     return code
 

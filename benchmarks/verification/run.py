@@ -1,9 +1,10 @@
 """Verification benchmark: does forgetting hold beyond top-1 accuracy, and how close is each method to Retrain?
 
 Usage: python benchmarks/verification/run.py [--device auto|cpu|cuda] [--settings fashion_full,faces_full]
+                                            [--methods GS-LoRA,LwF]
 
-Runs of disjoint ``--settings`` (e.g. two processes, or a CPU and a GPU machine) compose: each keeps the other
-settings' rows that results.json holds when it finishes.
+Runs of disjoint ``--settings``, or of disjoint ``--methods`` of one setting (e.g. two processes, or a CPU and a GPU
+machine), compose: each keeps the rows that results.json holds for the other settings and methods when it finishes.
 
 For each setting of config.yaml: the methods run through ``gslora.engine.compare`` with the verification suite on
 (membership inference, linear probe, relearn time, face figures; after every request, for every request so far);
@@ -16,6 +17,7 @@ hardware) and report.md here.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import shutil
 import sys
@@ -27,7 +29,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from common import CACHE, cached_base, load_config, resolve_paths, setup_logging, write_results  # noqa: E402
+from common import CACHE, cached_base, config_key, load_config, resolve_paths, setup_logging, write_results  # noqa: E402
 
 from gslora.config import DataConfig, SequenceConfig, from_dict, load_yaml, to_dict  # noqa: E402
 from gslora.data import build_requests, load_dataset  # noqa: E402
@@ -178,6 +180,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--settings", help="comma-separated subset of the config's settings")
+    parser.add_argument("--methods", help="comma-separated subset of the config's methods (labels)")
     parser.add_argument("--config", help="another config file (a quick check); results then go next to it")
     parser.add_argument("--report-only", action="store_true", help="only write report.md again from results.json")
     args = parser.parse_args()
@@ -191,16 +194,21 @@ def main() -> int:
     verify_config = from_dict(VerifyConfig, config["verify"], "verify")
     wanted = args.settings.split(",") if args.settings else list(config["settings"])
     settings = {}
+    labels = args.methods.split(",") if args.methods else list(config["methods"])
+    unknown = sorted(set(labels) - set(config["methods"]))
+    if unknown:
+        parser.error(f"--methods: {', '.join(unknown)} not in the config; its methods: {', '.join(config['methods'])}")
     for name, setting in config["settings"].items():
         if name not in wanted:
             continue
         checkpoint, pre = cached_base(load_yaml(HERE.parent / setting["base"]), device=args.device)
         forget = resolve_paths(setting["forget"])
+        specs = {label: spec for label, spec in method_specs(config, setting).items() if label in labels}
         compare_config = from_dict(CompareConfig, {
             "checkpoint": str(checkpoint), "data": forget["data"], "sequence": forget["sequence"],
-            "train": {**forget["train"], "device": args.device}, "methods": method_specs(config, setting),
-            "verify": config["verify"]})
-        runs_dir = CACHE / HERE.name / name
+            "train": {**forget["train"], "device": args.device}, "methods": specs, "verify": config["verify"]})
+        # one folder per method subset: runs of disjoint subsets side by side do not clear each other's
+        runs_dir = CACHE / HERE.name / (name if not args.methods else f"{name}-{config_key(sorted(labels))}")
         shutil.rmtree(runs_dir, ignore_errors=True)
         comparison = compare(compare_config, runs_dir)
         references, originals = reference_rows(setting, checkpoint, verify_config, device)
@@ -208,12 +216,19 @@ def main() -> int:
                    for label, row in comparison["methods"].items()}
         settings[name] = {"pretrain": pre, "methods": methods, "references": references, "original": originals,
                           "reference_stamp": stamp(), "config": {**setting, "verify": to_dict(verify_config)}}
-    # the other settings' rows as they are now (read at the end, so that runs of disjoint settings compose)
-    previous = json.loads((out / "results.json").read_text())["settings"] if (out / "results.json").exists() \
-        else {}
-    settings = {name: settings.get(name, previous.get(name)) for name in config["settings"]
-                if name in settings or name in previous}
-    write_results(out, {"settings": json.loads(json.dumps(settings))}, config)
+    # the other settings' and methods' rows as they are now (read at the end, under a lock, so that runs of disjoint
+    # settings or methods compose)
+    with open(CACHE / f"{out.name}-results.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        previous = json.loads((out / "results.json").read_text())["settings"] if (out / "results.json").exists() \
+            else {}
+        for name, fresh in settings.items():
+            same_base = (previous.get(name) or {}).get("pretrain", {}).get("key") == fresh["pretrain"]["key"]
+            kept = {**(previous[name]["methods"] if same_base else {}), **fresh["methods"]}
+            fresh["methods"] = {label: kept[label] for label in config["methods"] if label in kept}
+        settings = {name: settings.get(name, previous.get(name)) for name in config["settings"]
+                    if name in settings or name in previous}
+        write_results(out, {"settings": json.loads(json.dumps(settings))}, config)
     saved = json.loads((out / "results.json").read_text())
     (out / "report.md").write_text(report(saved))
     print((out / "report.md").read_text())

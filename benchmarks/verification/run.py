@@ -117,9 +117,9 @@ def cell(figures: dict, group: str) -> str:
     return f"{show(f.get('mia_auc'))} / {show(f.get('probe_accuracy'), 1)} / {relearn}"
 
 
-def report(results: dict) -> str:
+def report(results: dict, title: str = "verification") -> str:
     fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
-    lines = ["# verification", "",
+    lines = [f"# {title}", "",
              "Per setting and request k: Acc_f / Acc_r of the model right after request k, then the suite's figures "
              "for request k's classes on that model: membership-inference AUC (0.5: the training images look unseen) "
              "/ linear-probe accuracy on held-out training images of the classes (residual knowledge) / k-shot "
@@ -188,7 +188,7 @@ def main() -> int:
     config = load_yaml(args.config) if args.config else load_config(HERE)
     out = Path(args.config).resolve().parent if args.config else HERE
     if args.report_only:
-        (out / "report.md").write_text(report(json.loads((out / "results.json").read_text())))
+        (out / "report.md").write_text(report(json.loads((out / "results.json").read_text()), out.name))
         return 0
     device = resolve_device(args.device)
     verify_config = from_dict(VerifyConfig, config["verify"], "verify")
@@ -230,7 +230,7 @@ def main() -> int:
                     if name in settings or name in previous}
         write_results(out, {"settings": json.loads(json.dumps(settings))}, config)
     saved = json.loads((out / "results.json").read_text())
-    (out / "report.md").write_text(report(saved))
+    (out / "report.md").write_text(report(saved, out.name))
     print((out / "report.md").read_text())
     return 0
 

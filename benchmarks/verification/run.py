@@ -4,7 +4,8 @@ Usage: python benchmarks/verification/run.py [--device auto|cpu|cuda] [--setting
                                             [--methods GS-LoRA,LwF]
 
 Runs of disjoint ``--settings``, or of disjoint ``--methods`` of one setting (e.g. two processes, or a CPU and a GPU
-machine), compose: each keeps the rows that results.json holds for the other settings and methods when it finishes.
+machine), compose: each keeps the rows that results.json holds for the other settings and methods when it finishes,
+and reuses a setting's Retrain and original rows measured by an earlier run on the same base and suite.
 
 For each setting of config.yaml: the methods run through ``gslora.engine.compare`` with the verification suite on
 (membership inference, linear probe, relearn time, face figures; after every request, for every request so far);
@@ -117,6 +118,11 @@ def cell(figures: dict, group: str) -> str:
     return f"{show(f.get('mia_auc'))} / {show(f.get('probe_accuracy'), 1)} / {relearn}"
 
 
+def settings_so_far(out: Path) -> dict:
+    """The settings' rows that results.json holds now (none before the first run)."""
+    return json.loads((out / "results.json").read_text())["settings"] if (out / "results.json").exists() else {}
+
+
 def report(results: dict, title: str = "verification") -> str:
     fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     lines = [f"# {title}", "",
@@ -211,17 +217,23 @@ def main() -> int:
         runs_dir = CACHE / HERE.name / (name if not args.methods else f"{name}-{config_key(sorted(labels))}")
         shutil.rmtree(runs_dir, ignore_errors=True)
         comparison = compare(compare_config, runs_dir)
-        references, originals = reference_rows(setting, checkpoint, verify_config, device)
+        row_config = {**setting, "verify": to_dict(verify_config)}
+        earlier = settings_so_far(out).get(name) or {}
+        if earlier.get("pretrain", {}).get("key") == pre["key"] and earlier.get("config") == row_config:
+            # another --methods subset of this setting measured the references already: same base, same suite
+            references, originals = earlier["references"], earlier["original"]
+        else:
+            references, originals = reference_rows(setting, checkpoint, verify_config, device)
         methods = {label: {**row, "per_request": per_request(runs_dir, label, references) if row.get("tasks") else []}
                    for label, row in comparison["methods"].items()}
         settings[name] = {"pretrain": pre, "methods": methods, "references": references, "original": originals,
-                          "reference_stamp": stamp(), "config": {**setting, "verify": to_dict(verify_config)}}
+                          "reference_stamp": earlier.get("reference_stamp") if references is earlier.get("references")
+                          else stamp(), "config": row_config}
     # the other settings' and methods' rows as they are now (read at the end, under a lock, so that runs of disjoint
     # settings or methods compose)
     with open(CACHE / f"{out.name}-results.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        previous = json.loads((out / "results.json").read_text())["settings"] if (out / "results.json").exists() \
-            else {}
+        previous = settings_so_far(out)
         for name, fresh in settings.items():
             same_base = (previous.get(name) or {}).get("pretrain", {}).get("key") == fresh["pretrain"]["key"]
             kept = {**(previous[name]["methods"] if same_base else {}), **fresh["methods"]}

@@ -1,11 +1,13 @@
 """Verification benchmark: does forgetting hold beyond top-1 accuracy, and how close is each method to Retrain?
 
 Usage: python benchmarks/verification/run.py [--device auto|cpu|cuda] [--settings fashion_full,faces_full]
-                                            [--methods GS-LoRA,LwF]
+                                            [--methods GS-LoRA,LwF] [--resume]
 
 Runs of disjoint ``--settings``, or of disjoint ``--methods`` of one setting (e.g. two processes, or a CPU and a GPU
 machine), compose: each keeps the rows that results.json holds for the other settings and methods when it finishes,
-and reuses a setting's Retrain and original rows measured by an earlier run on the same base and suite.
+and reuses a setting's Retrain and original rows measured by an earlier run on the same base and suite. ``--resume``
+keeps the methods' runs that an earlier invocation finished in its runs folder (same setting, methods and config;
+their rows keep the commit and time they ran at) and only measures what is missing.
 
 For each setting of config.yaml: the methods run through ``gslora.engine.compare`` with the verification suite on
 (membership inference, linear probe, relearn time, face figures; after every request, for every request so far);
@@ -78,12 +80,13 @@ def reference_rows(setting: dict, checkpoint: Path, verify_config: VerifyConfig,
         top1 = predict(model, dataset.test, device=device).top1
         figures = verify(model, dataset, groups, list(request.retain), config=verify_config, device=device,
                          acc_before=before, original=original)
-        references[k] = {"pretrain": ref_pretrain, "figures": figures, "acc_f": accuracy(top1, labels, request.forget),
-                         "acc_r": accuracy(top1, labels, request.retain),
-                         "acc_o": accuracy(top1, labels, request.old) if request.old else None}
+        references[str(k)] = {"pretrain": ref_pretrain, "figures": figures,
+                              "acc_f": accuracy(top1, labels, request.forget),
+                              "acc_r": accuracy(top1, labels, request.retain),
+                              "acc_o": accuracy(top1, labels, request.old) if request.old else None}
         original_figures = verify(original, dataset, groups, list(request.retain), config=verify_config,
                                   device=device, acc_before=before, original=original)
-        originals[k] = {"figures": original_figures, "acc_f": before[str(k)],
+        originals[str(k)] = {"figures": original_figures, "acc_f": before[str(k)],
                         "acc_r": accuracy(original_top1, labels, request.retain),
                         "acc_o": accuracy(original_top1, labels, request.old) if request.old else None}
     return references, originals
@@ -103,7 +106,7 @@ def per_request(runs_dir: Path, label: str, references: dict) -> list[dict[str, 
         m = record["metrics"]
         rows.append({"request": k, "acc_f": m["acc_f"], "acc_r": m["acc_r"], "acc_o": m.get("acc_o"),
                      "h_mean": m["h_mean"], "figures": {g: headlines(f) for g, f in figures.items()},
-                     "versus_retrain": versus(figures, references[k]["figures"])})
+                     "versus_retrain": versus(figures, references[str(k)]["figures"])})
     return rows
 
 
@@ -116,6 +119,20 @@ def cell(figures: dict, group: str) -> str:
     steps = f.get("relearn_steps")
     relearn = "-" if steps is None else (f">{steps}" if f.get("relearn_capped") else str(steps))
     return f"{show(f.get('mia_auc'))} / {show(f.get('probe_accuracy'), 1)} / {relearn}"
+
+
+def finished(runs_dir: Path, config: Any) -> dict | None:
+    """The comparison an earlier invocation left in ``runs_dir`` if it ran ``config`` exactly and every method
+    finished (its measuring after the runs may have stopped), else None."""
+    from gslora.engine.compare import RESULTS
+
+    try:
+        comparison = json.loads((runs_dir / RESULTS).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    same = json.loads(json.dumps(to_dict(config))) == comparison.get("config")
+    complete = set(comparison.get("methods") or {}) == set(config.methods)
+    return comparison if same and complete else None
 
 
 def settings_so_far(out: Path) -> dict:
@@ -187,6 +204,8 @@ def main() -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--settings", help="comma-separated subset of the config's settings")
     parser.add_argument("--methods", help="comma-separated subset of the config's methods (labels)")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the methods' runs already finished in the runs folder with the same config")
     parser.add_argument("--config", help="another config file (a quick check); results then go next to it")
     parser.add_argument("--report-only", action="store_true", help="only write report.md again from results.json")
     args = parser.parse_args()
@@ -215,8 +234,10 @@ def main() -> int:
             "train": {**forget["train"], "device": args.device}, "methods": specs, "verify": config["verify"]})
         # one folder per method subset: runs of disjoint subsets side by side do not clear each other's
         runs_dir = CACHE / HERE.name / (name if not args.methods else f"{name}-{config_key(sorted(labels))}")
-        shutil.rmtree(runs_dir, ignore_errors=True)
-        comparison = compare(compare_config, runs_dir)
+        comparison = finished(runs_dir, compare_config) if args.resume else None
+        if comparison is None:
+            shutil.rmtree(runs_dir, ignore_errors=True)
+            comparison = compare(compare_config, runs_dir)
         row_config = {**setting, "verify": to_dict(verify_config)}
         earlier = settings_so_far(out).get(name) or {}
         if earlier.get("pretrain", {}).get("key") == pre["key"] and earlier.get("config") == row_config:

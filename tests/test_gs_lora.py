@@ -134,3 +134,39 @@ def test_distillation_pulls_toward_the_model_the_request_started_from():
     assert method.bnd == pytest.approx(ce[wrong].mean().item(), rel=1e-5) and method.bnd > 0
     method.end_task(task)
     assert method.diagnostics()["bnd"] == method.bnd
+
+
+def test_stop_when_forgotten_ends_the_request_at_the_first_epoch_that_meets_it(base_checkpoint, fashion_subset,
+                                                                                 tmp_path):
+    """With train.stop_when_forgotten the request ends after the first epoch at which the forget training images'
+    top-1 accuracy is at or below the bound: fewer epochs than configured, and the merged model meets the bound."""
+    from gslora.config import DataConfig, SequenceConfig, TrainConfig
+    from gslora.engine import ForgetConfig, predict, run_forgetting
+    from gslora.models import load_checkpoint
+
+    path, subset = fashion_subset
+    epochs = 30
+    forget = ForgetConfig(checkpoint=str(base_checkpoint), data=DataConfig(dataset=str(path)),
+                          sequence=SequenceConfig(requests=[["Trouser"]], ratio=1.0),
+                          method={"name": "gs_lora", "bnd": 10.0},
+                          train=TrainConfig(epochs=epochs, min_steps=0, batch_size=64, lr=1e-2, device="cpu",
+                                            stop_when_forgotten=1.0))
+    request = run_forgetting(forget, tmp_path / "run")["requests"][0]
+    assert 1 <= len(request["history"]) < epochs
+    merged, _ = load_checkpoint(tmp_path / "run" / request["checkpoint"])
+    trouser = subset.classes.index("Trouser")
+    images = subset.train.subset(torch.nonzero(subset.train.labels == trouser).flatten())
+    top1 = predict(merged, images, device=torch.device("cpu")).top1
+    assert 100.0 * (top1 == trouser).float().mean().item() <= 1.0
+
+
+def test_stop_when_forgotten_is_a_percentage_and_detection_refuses_it():
+    from gslora.config import TrainConfig
+    from gslora.errors import GSLoRAError
+
+    with pytest.raises(GSLoRAError, match="train.stop_when_forgotten=101"):
+        TrainConfig(stop_when_forgotten=101)
+    from gslora.detection.engine import DetectionForgetConfig
+
+    with pytest.raises(GSLoRAError, match="stop_when_forgotten is not supported for detection"):
+        DetectionForgetConfig(train=TrainConfig(stop_when_forgotten=0))

@@ -15,6 +15,7 @@ from torch import nn
 from gslora.config import TrainConfig
 from gslora.data import ImageSet, load_batches
 from gslora.engine import distributed
+from gslora.engine.evaluate import predict
 from gslora.errors import GSLoRAError, NonFiniteLossError
 from gslora.methods import Method, TaskContext
 
@@ -238,10 +239,11 @@ PairedBatches = Iterator[tuple[Any, Any]]
 
 def optimise(method: Method, config: TrainConfig, *, steps_per_epoch: int, epoch_batches: Callable[[], PairedBatches],
              desc: str, progress: ProgressFactory = no_progress, device: torch.device | None = None,
-             profile: Profile | None = None) -> list[dict[str, float]]:
+             profile: Profile | None = None, done: Callable[[], bool] | None = None) -> list[dict[str, float]]:
     """The loop every forgetting request runs: per epoch set the lr, take ``method.training_step`` on each
     (forget batch, retain batch) of ``epoch_batches()``, step the optimiser; returns each term's epoch mean.
-    The epochs are raised to reach ``config.min_steps``; ``profile`` sums the seconds of data, forward and backward."""
+    The epochs are raised to reach ``config.min_steps``; ``profile`` sums the seconds of data, forward and backward;
+    ``done()``, asked after each epoch, ends the request early when it returns True."""
     config = config.for_steps_per_epoch(steps_per_epoch)
     device = device or torch.device("cpu")
     profile = profile or Profile(device)
@@ -278,6 +280,9 @@ def optimise(method: Method, config: TrainConfig, *, steps_per_epoch: int, epoch
             history.append({"epoch": epoch, "lr": cosine_lr(epoch, config), **means})
             bar.set_postfix({k: f"{v:.3g}" for k, v in means.items()})
             log.debug("%s epoch %d: %s", desc, epoch, means)
+            if done is not None and epoch + 1 < config.epochs and done():
+                log.info("%s: forgotten after epoch %d of %d; stopping", desc, epoch + 1, config.epochs)
+                break
     return history
 
 
@@ -303,5 +308,10 @@ def train_request(method: Method, task: TaskContext, forget: ImageSet, retain: I
                 x_f = augment(x_f, generator, jitter=config.jitter)
             yield (x_f.to(device), y_f.to(device)), (x_r.to(device), y_r.to(device))
 
+    def forgotten() -> bool:
+        top1 = predict(method.model, forget, device=device, batch_size=config.batch_size).top1
+        return 100.0 * (top1 == forget.labels).float().mean().item() <= config.stop_when_forgotten
+
     return optimise(method, config, steps_per_epoch=task.steps_per_epoch, epoch_batches=epoch_batches,
-                    desc=f"request {task.request.index}", progress=progress, device=device, profile=profile)
+                    desc=f"request {task.request.index}", progress=progress, device=device, profile=profile,
+                    done=forgotten if config.stop_when_forgotten is not None and len(forget) else None)

@@ -140,7 +140,7 @@ def test_stop_when_forgotten_ends_the_request_at_the_first_epoch_that_meets_it(b
                                                                                  tmp_path):
     """With train.stop_when_forgotten the request ends after the first epoch at which the forget training images'
     top-1 accuracy is at or below the bound: fewer epochs than configured, and the merged model meets the bound."""
-    from gslora.config import DataConfig, SequenceConfig, TrainConfig
+    from gslora.config import DataConfig, ForgetTrainConfig, SequenceConfig
     from gslora.engine import ForgetConfig, predict, run_forgetting
     from gslora.models import load_checkpoint
 
@@ -149,8 +149,8 @@ def test_stop_when_forgotten_ends_the_request_at_the_first_epoch_that_meets_it(b
     forget = ForgetConfig(checkpoint=str(base_checkpoint), data=DataConfig(dataset=str(path)),
                           sequence=SequenceConfig(requests=[["Trouser"]], ratio=1.0),
                           method={"name": "gs_lora", "bnd": 10.0},
-                          train=TrainConfig(epochs=epochs, min_steps=0, batch_size=64, lr=1e-2, device="cpu",
-                                            stop_when_forgotten=1.0))
+                          train=ForgetTrainConfig(epochs=epochs, min_steps=0, batch_size=64, lr=1e-2, device="cpu",
+                                                  stop_when_forgotten=1.0))
     request = run_forgetting(forget, tmp_path / "run")["requests"][0]
     assert 1 <= len(request["history"]) < epochs
     merged, _ = load_checkpoint(tmp_path / "run" / request["checkpoint"])
@@ -160,13 +160,13 @@ def test_stop_when_forgotten_ends_the_request_at_the_first_epoch_that_meets_it(b
     assert 100.0 * (top1 == trouser).float().mean().item() <= 1.0
 
 
-def test_stop_when_forgotten_is_a_percentage_and_detection_refuses_it():
-    from gslora.config import TrainConfig
+def test_stop_when_forgotten_is_a_percentage_of_forgetting_requests_only():
+    from gslora.config import ForgetTrainConfig, PretrainConfig, from_dict
+    from gslora.detection.engine import DetectionForgetConfig
     from gslora.errors import GSLoRAError
 
     with pytest.raises(GSLoRAError, match="train.stop_when_forgotten=101"):
-        TrainConfig(stop_when_forgotten=101)
-    from gslora.detection.engine import DetectionForgetConfig
-
-    with pytest.raises(GSLoRAError, match="stop_when_forgotten is not supported for detection"):
-        DetectionForgetConfig(train=TrainConfig(stop_when_forgotten=0))
+        ForgetTrainConfig(stop_when_forgotten=101)
+    for config in (PretrainConfig, DetectionForgetConfig):  # it reads top-1 accuracy of a forgetting request
+        with pytest.raises(GSLoRAError, match="stop_when_forgotten"):
+            from_dict(config, {"train": {"stop_when_forgotten": 0}})

@@ -224,9 +224,6 @@ class TrainConfig:
         compile: compile each training step with ``torch.compile`` (pays a compilation first).
         checkpointing: activation checkpointing (timm and transformers models): recompute activations in the
             backward pass instead of keeping them, for memory.
-        stop_when_forgotten: end a classification forgetting request after the first epoch at which the model's
-            top-1 accuracy on the request's forget training images is at or below this percentage (None: off;
-            ``epochs`` and ``min_steps`` are then upper bounds). Pre-training ignores it.
     """
 
     epochs: int = 10
@@ -245,7 +242,6 @@ class TrainConfig:
     precision: str = "fp32"
     compile: bool = False
     checkpointing: bool = False
-    stop_when_forgotten: float | None = None
 
     def __post_init__(self) -> None:
         require(self.precision in ("fp32", "bf16", "fp16"), "train.precision", self.precision,
@@ -261,8 +257,6 @@ class TrainConfig:
         require(self.max_grad_norm >= 0, "train.max_grad_norm", self.max_grad_norm, "must be >= 0 (0 disables)")
         require(0 <= self.warmup_epochs <= self.epochs, "train.warmup_epochs", self.warmup_epochs,
                 f"must be in [0, epochs={self.epochs}]")
-        require(self.stop_when_forgotten is None or 0 <= self.stop_when_forgotten <= 100, "train.stop_when_forgotten",
-                self.stop_when_forgotten, "must be a percentage in [0, 100], or null (off)")
         require(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "train.device",
                 self.device, "must be auto, cpu, cuda or cuda:N")
 
@@ -270,6 +264,30 @@ class TrainConfig:
         """These settings with ``epochs`` raised so that a request takes at least ``min_steps`` steps."""
         epochs = max(self.epochs, -(-self.min_steps // max(1, steps_per_epoch)))
         return self if epochs == self.epochs else dataclasses.replace(self, epochs=epochs)
+
+
+@dataclass
+class ForgetTrainConfig(TrainConfig):
+    """``TrainConfig`` of a classification forgetting request (pre-training configs, and the keys of what was
+    pre-trained from them, do not change with it).
+
+    Args:
+        stop_when_forgotten: end the request after the first epoch at which the model's top-1 accuracy on the
+            request's forget training images is at or below this percentage (None: off; ``epochs`` and
+            ``min_steps`` are then upper bounds).
+    """
+
+    stop_when_forgotten: float | None = None
+
+    @classmethod
+    def of(cls, train: TrainConfig) -> ForgetTrainConfig:
+        """``train`` as a ``ForgetTrainConfig`` (the extra settings at their defaults when it is a plain one)."""
+        return train if isinstance(train, cls) else cls(**dataclasses.asdict(train))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.stop_when_forgotten is None or 0 <= self.stop_when_forgotten <= 100, "train.stop_when_forgotten",
+                self.stop_when_forgotten, "must be a percentage in [0, 100], or null (off)")
 
 
 def default_patch_size(image_size: int) -> int:

@@ -140,9 +140,6 @@ class DetectionForgetConfig:
     def __post_init__(self) -> None:
         if self.sequence.missing_classes:
             raise GSLoRAError("sequence.missing_classes is not supported for detection; drop --missing-classes")
-        if self.train.stop_when_forgotten is not None:
-            raise GSLoRAError("train.stop_when_forgotten is not supported for detection (it reads top-1 accuracy); "
-                              "drop it")
         if self.train.epochs < 1:
             raise GSLoRAError(f"train.epochs={self.train.epochs}: must be >= 1 for a forgetting request")
         build_method(self.method, self.task)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gslora.config import AdaptersConfig, DataConfig, SequenceConfig, TrainConfig, from_dict, to_dict
+from gslora.config import AdaptersConfig, DataConfig, ForgetTrainConfig, SequenceConfig, from_dict, to_dict
 from gslora.engine.continual import ForgetConfig, run_forgetting
 from gslora.engine.loop import ProgressFactory, no_progress
 from gslora.engine.provenance import hardware, stamp
@@ -54,7 +54,7 @@ class CompareConfig:
     checkpoint: str = ""
     data: DataConfig = field(default_factory=DataConfig)
     sequence: SequenceConfig = field(default_factory=SequenceConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: ForgetTrainConfig = field(default_factory=ForgetTrainConfig)
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
     eval_batch_size: int = 512
     verification: bool | None = None
@@ -62,6 +62,7 @@ class CompareConfig:
     adapters: AdaptersConfig = field(default_factory=AdaptersConfig)
 
     def __post_init__(self) -> None:
+        self.train = ForgetTrainConfig.of(self.train)
         if not self.methods or not isinstance(self.methods, dict):
             raise GSLoRAError("methods: name at least one method to compare, for example "
                               "methods: {gs_lora: {name: gs_lora}, ewc: {name: ewc}}")

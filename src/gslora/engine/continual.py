@@ -24,6 +24,7 @@ from gslora.config import (
     AcceptanceConfig,
     AdaptersConfig,
     DataConfig,
+    ForgetTrainConfig,
     SequenceConfig,
     TrainConfig,
     from_dict,
@@ -72,7 +73,7 @@ class ForgetConfig:
     data: DataConfig = field(default_factory=DataConfig)
     sequence: SequenceConfig = field(default_factory=SequenceConfig)
     method: dict[str, Any] = field(default_factory=lambda: {"name": "gs_lora"})
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: ForgetTrainConfig = field(default_factory=ForgetTrainConfig)
     eval_batch_size: int = 512
     verification: bool | None = None
     fars: list[float] = field(default_factory=lambda: [0.01, 0.001])
@@ -82,6 +83,7 @@ class ForgetConfig:
     adapters: AdaptersConfig = field(default_factory=AdaptersConfig)
 
     def __post_init__(self) -> None:
+        self.train = ForgetTrainConfig.of(self.train)
         require(all(0 < f < 1 for f in self.fars), "fars", self.fars, "each FAR must be in (0, 1)")
         require(self.eval_batch_size >= 1, "eval_batch_size", self.eval_batch_size, "must be >= 1")
         require(self.train.epochs >= 1, "train.epochs", self.train.epochs, "must be >= 1 for a forgetting request")

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from gslora.config import TrainConfig
+from gslora.config import ForgetTrainConfig, TrainConfig
 from gslora.data import ImageSet, load_batches
 from gslora.engine import distributed
 from gslora.engine.evaluate import predict
@@ -286,7 +286,7 @@ def optimise(method: Method, config: TrainConfig, *, steps_per_epoch: int, epoch
     return history
 
 
-def train_request(method: Method, task: TaskContext, forget: ImageSet, retain: ImageSet, config: TrainConfig, *,
+def train_request(method: Method, task: TaskContext, forget: ImageSet, retain: ImageSet, config: ForgetTrainConfig, *,
                   device: torch.device, progress: ProgressFactory = no_progress,
                   profile: Profile | None = None) -> list[dict[str, float]]:
     """Optimise ``method`` on one request; returns the mean of every loss term per epoch.

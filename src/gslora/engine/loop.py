@@ -286,7 +286,7 @@ def optimise(method: Method, config: TrainConfig, *, steps_per_epoch: int, epoch
     return history
 
 
-def train_request(method: Method, task: TaskContext, forget: ImageSet, retain: ImageSet, config: ForgetTrainConfig, *,
+def train_request(method: Method, task: TaskContext, forget: ImageSet, retain: ImageSet, config: TrainConfig, *,
                   device: torch.device, progress: ProgressFactory = no_progress,
                   profile: Profile | None = None) -> list[dict[str, float]]:
     """Optimise ``method`` on one request; returns the mean of every loss term per epoch.
@@ -296,6 +296,7 @@ def train_request(method: Method, task: TaskContext, forget: ImageSet, retain: I
     """
     if method.training_free:
         return []
+    config = ForgetTrainConfig.of(config)
     generator = torch.Generator().manual_seed(config.seed + task.request.index)
     pin = device.type == "cuda"
     forget_batches = cycle(forget, config.batch_size, generator, pin_memory=pin)

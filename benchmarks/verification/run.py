@@ -240,16 +240,17 @@ def main() -> int:
             comparison = compare(compare_config, runs_dir)
         row_config = {**setting, "verify": to_dict(verify_config)}
         earlier = settings_so_far(out).get(name) or {}
-        if earlier.get("pretrain", {}).get("key") == pre["key"] and earlier.get("config") == row_config:
-            # another --methods subset of this setting measured the references already: same base, same suite
+        # another --methods subset of this setting measured the references already: same base, same suite
+        reused = earlier.get("pretrain", {}).get("key") == pre["key"] and earlier.get("config") == row_config
+        if reused:
             references, originals = earlier["references"], earlier["original"]
         else:
             references, originals = reference_rows(setting, checkpoint, verify_config, device)
         methods = {label: {**row, "per_request": per_request(runs_dir, label, references) if row.get("tasks") else []}
                    for label, row in comparison["methods"].items()}
         settings[name] = {"pretrain": pre, "methods": methods, "references": references, "original": originals,
-                          "reference_stamp": earlier.get("reference_stamp") if references is earlier.get("references")
-                          else stamp(), "config": row_config}
+                          "reference_stamp": earlier.get("reference_stamp") if reused else stamp(),
+                          "config": row_config}
     # the other settings' and methods' rows as they are now (read at the end, under a lock, so that runs of disjoint
     # settings or methods compose)
     with open(CACHE / f"{out.name}-results.lock", "w") as lock:

@@ -18,6 +18,7 @@ from gslora.engine import distributed
 from gslora.engine.evaluate import predict
 from gslora.errors import GSLoRAError, NonFiniteLossError
 from gslora.methods import Method, TaskContext
+from gslora.metrics import accuracy
 
 log = logging.getLogger(__name__)
 
@@ -311,7 +312,7 @@ def train_request(method: Method, task: TaskContext, forget: ImageSet, retain: I
 
     def forgotten() -> bool:
         top1 = predict(method.model, forget, device=device, batch_size=config.batch_size).top1
-        return 100.0 * (top1 == forget.labels).float().mean().item() <= config.stop_when_forgotten
+        return accuracy(top1, forget.labels, task.request.forget) <= config.stop_when_forgotten
 
     return optimise(method, config, steps_per_epoch=task.steps_per_epoch, epoch_batches=epoch_batches,
                     desc=f"request {task.request.index}", progress=progress, device=device, profile=profile,

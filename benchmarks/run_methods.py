@@ -68,11 +68,14 @@ def check_targets(kind: str, methods: dict) -> dict:
                "pp_h_ge_85pct_h_exact": all(t["h_mean"] >= 0.85 * t["h_exact"] for t in pp),
                "pp_minus_gs_lora_h": [a["h_mean"] - b["h_mean"] for a, b in zip(pp, plain)],
                "pp_h_over_h_exact": [t["h_mean"] / t["h_exact"] for t in pp]}
-    elif kind == "missing":
+    elif kind == "missing":  # issue 12: Acc_m after the last request >= 0.6x before the first, and the full-data ones
         for name, r in methods.items():
             first, last = r["tasks"][0]["acc_m_before"], r["tasks"][-1]["acc_m"]
-            out[name] = {"acc_m_last_ge_half_first": last >= 0.5 * first, "acc_m_before_first": first,
-                         "acc_m_after_last": last}
+            out[name] = {"acc_m_last_ge_60pct_first": last >= 0.6 * first, "acc_m_ratio": last / first,
+                         "acc_f_le_1": all(t["acc_f"] <= 1 for t in r["tasks"]),
+                         "acc_r_ge_97pct_before": all(t["acc_r"] >= 0.97 * t["acc_r_before"] for t in r["tasks"]),
+                         "h_ge_97pct_h_exact": all(t["h_mean"] >= 0.97 * t["h_exact"] for t in r["tasks"]),
+                         "acc_m_before_first": first, "acc_m_after_last": last}
     elif kind == "baselines":
         out = baseline_standing(methods)
     return out

@@ -44,6 +44,13 @@ def test_every_results_row_carries_its_config_and_provenance(path):
             assert re.fullmatch(r"\d+\.\d+\.\d+\+g[0-9a-f]{12}", inner["commit"]), inner["commit"]
 
 
+def test_the_targets_table_is_what_the_committed_results_give():
+    """benchmarks/targets.md is generated from the results files, never edited by hand: it must match them."""
+    result = subprocess.run([sys.executable, "benchmarks/targets.py", "--check"], cwd=ROOT, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr
+
+
 @requires_fashion
 def test_the_smoke_benchmark_is_recreated_from_the_checkout(tmp_path):
     committed = json.loads((ROOT / "benchmarks" / "smoke" / "results.json").read_text())

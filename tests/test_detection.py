@@ -169,6 +169,43 @@ def test_request_subsets_keep_only_forget_objects_and_only_retained_objects(tmp_
     pool = [i for i, lab in enumerate(scenes.labels) if set(lab.tolist()) & {0, 1}]
     assert len(retain) == len(pool) and any({2, 3} & set(scenes.labels[i].tolist()) for i in pool)
     assert len(forget) == sum(2 in lab.tolist() for lab in scenes.labels)
+    # the earlier-forgotten objects are set aside (method.hold_old reads them), the current forget ones are not
+    assert [lab.tolist() for lab in retain.held_labels] == \
+        [[c for c in scenes.labels[i].tolist() if c == 3] for i in pool]
+    assert any(len(lab) for lab in retain.held_labels) and retain.subset([0]).held_labels[0] is retain.held_labels[0]
+
+
+def test_hold_old_bounds_the_retain_queries_matched_to_earlier_forgotten_objects():
+    torch.manual_seed(0)
+    x = torch.randint(0, 255, (2, 1, 64, 64), dtype=torch.uint8)
+    forget = [{"labels": torch.tensor([1]), "boxes": torch.tensor([[4.0, 4.0, 30.0, 30.0]])}] * 2
+    retain = [{"labels": torch.tensor([0]), "boxes": torch.tensor([[34.0, 34.0, 60.0, 60.0]]),
+               "held_labels": torch.tensor([3]), "held_boxes": torch.tensor([[4.0, 4.0, 30.0, 30.0]])},
+              {"labels": torch.tensor([2]), "boxes": torch.tensor([[10.0, 10.0, 40.0, 40.0]]),
+               "held_labels": torch.tensor([], dtype=torch.long), "held_boxes": torch.zeros(0, 4)}]
+    context = TaskContext(Request(1, (1,), (0, 2), (3,)), epochs=1, steps_per_epoch=1)
+    method = DetectionGSLoRA(DetectionGSLoRAConfig(bnd=1e6, beta=0.5, alpha=0.0, hold_old=2.0))
+    method.setup_task(build_detector(TINY), context)
+    terms = method.training_step((x, forget), (x, retain), epoch=0)
+    with torch.no_grad():  # one matched query for the one held object, bounded against its class (3)
+        out = method.detector(x, retain)
+        queries, classes = method.match(out, [{"labels": t["held_labels"], "boxes": t["held_boxes"]}
+                                              for t in retain], 64)
+        pair = torch.nn.functional.softplus(-out.logits[queries[:, 0], queries[:, 1], classes])
+    assert classes.tolist() == [3] and queries[:, 0].tolist() == [0]
+    assert terms["hold_old"].item() == pytest.approx(1e6 - pair.item(), rel=1e-6)
+    rest = terms["retain"] + 0.5 * terms["forget"]
+    assert terms["loss"].item() == pytest.approx((rest + 0.5 * 2.0 * terms["hold_old"]).item(), rel=1e-6)
+    terms["hold_old"].backward()  # the held term alone reaches the LoRA tensors
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for group in method.group_params for p in group)
+    # nothing held in the batch, or past the bound: no term
+    low = DetectionGSLoRA(DetectionGSLoRAConfig(bnd=1e-6, hold_old=2.0))
+    low.setup_task(build_detector(TINY), context)
+    assert low.training_step((x, forget), (x, retain), epoch=0)["hold_old"].item() == 0.0
+    bare = [{"labels": t["labels"], "boxes": t["boxes"]} for t in retain]
+    assert method.training_step((x, forget), (x, bare), epoch=0)["hold_old"].item() == 0.0
+    with pytest.raises(GSLoRAError, match="method.hold_old"):
+        DetectionGSLoRAConfig(hold_old=-1.0)
 
 
 def test_cli_pretrains_a_detector_and_forgetting_drops_forget_map(tmp_path, capsys):

@@ -37,27 +37,40 @@ class DetectionSet:
         images: uint8 (N, C, S, S).
         labels: per image, int64 (n_i,) class indices.
         boxes: per image, float (n_i, 4) boxes (x0, y0, x1, y1) in pixels.
+        held_labels, held_boxes: per image, objects that are not targets but that a method may still use
+            (``keep_classes(..., held=...)``: objects of classes forgotten by earlier requests inside a
+            request's retain images); None when nothing was set aside.
     """
 
     images: torch.Tensor
     labels: list[torch.Tensor]
     boxes: list[torch.Tensor]
+    held_labels: list[torch.Tensor] | None = None
+    held_boxes: list[torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, indices: torch.Tensor | list[int]) -> DetectionSet:
         idx = [int(i) for i in indices]
-        return DetectionSet(self.images[idx], [self.labels[i] for i in idx], [self.boxes[i] for i in idx])
+        held = (None, None) if self.held_labels is None else \
+            ([self.held_labels[i] for i in idx], [self.held_boxes[i] for i in idx])
+        return DetectionSet(self.images[idx], [self.labels[i] for i in idx], [self.boxes[i] for i in idx], *held)
 
-    def keep_classes(self, classes: set[int]) -> DetectionSet:
-        """The same images with only the objects of ``classes``."""
-        labels, boxes = [], []
+    def keep_classes(self, classes: set[int], *, held: set[int] = frozenset()) -> DetectionSet:
+        """The same images with only the objects of ``classes``; with ``held``, the objects of those classes are
+        set aside in ``held_labels`` / ``held_boxes`` instead of dropped."""
+        labels, boxes, held_labels, held_boxes = [], [], [], []
         for lab, box in zip(self.labels, self.boxes):
             mask = torch.tensor([int(c) in classes for c in lab], dtype=torch.bool)
             labels.append(lab[mask])
             boxes.append(box[mask])
-        return DetectionSet(self.images, labels, boxes)
+            aside = torch.tensor([int(c) in held for c in lab], dtype=torch.bool)
+            held_labels.append(lab[aside])
+            held_boxes.append(box[aside])
+        if not held:
+            return DetectionSet(self.images, labels, boxes)
+        return DetectionSet(self.images, labels, boxes, held_labels, held_boxes)
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,12 @@ log = logging.getLogger(__name__)
 
 
 def _targets(split: DetectionSet, idx) -> list[dict[str, torch.Tensor]]:
-    return [{"labels": split.labels[int(i)], "boxes": split.boxes[int(i)]} for i in idx]
+    """Per image ``{"labels", "boxes"}``, plus ``"held_labels"`` / ``"held_boxes"`` where the split set objects aside
+    (the detector reads only the first two)."""
+    if split.held_labels is None:
+        return [{"labels": split.labels[int(i)], "boxes": split.boxes[int(i)]} for i in idx]
+    return [{"labels": split.labels[int(i)], "boxes": split.boxes[int(i)], "held_labels": split.held_labels[int(i)],
+             "held_boxes": split.held_boxes[int(i)]} for i in idx]
 
 
 def _to(targets: list[dict[str, torch.Tensor]], device: torch.device) -> list[dict[str, torch.Tensor]]:
@@ -159,8 +164,9 @@ def request_subsets(dataset: DetectionDataset, request: Request, sequence: Seque
     """(forget subset, retain subset) of one request.
 
     Forget images hold a forget-class object and keep only those objects. Retain images hold a retained
-    object and no forget-class one, and keep only their retained objects: objects of classes forgotten
-    by earlier requests are background now, so the retention loss keeps them undetected.
+    object and no forget-class one, and keep only their retained objects as targets: objects of classes
+    forgotten by earlier requests are background now, so the retention loss keeps them undetected; they are
+    also set aside as the retain subset's held objects, which ``method.hold_old`` bounds like forget objects.
     """
     forget, retain = set(request.forget), set(request.retain)
     names = [dataset.classes[c] for c in request.forget]
@@ -176,7 +182,8 @@ def request_subsets(dataset: DetectionDataset, request: Request, sequence: Seque
     seed = sequence.subset_seed + request.index
     f = _sample(forget_pool, len(forget), sequence, seed)
     r = _sample(retain_pool, len(retain), sequence, seed + 7919)
-    return dataset.train.subset(f).keep_classes(forget), dataset.train.subset(r).keep_classes(retain)
+    return (dataset.train.subset(f).keep_classes(forget),
+            dataset.train.subset(r).keep_classes(retain, held=set(request.old)))
 
 
 def train_detection_request(method: Method, forget: DetectionSet, retain: DetectionSet, config: TrainConfig, *,

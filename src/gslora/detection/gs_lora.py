@@ -6,6 +6,7 @@ forget-class objects (targets: those objects only) and r a batch of retained-cla
 
     L = L_set(r) + beta * [ReLU(BND - L_cls(f)) + L_box(f)] + alpha * sum_g ||theta_g||_2
         [+ w_f * ReLU(BND_pro - KL(softmax(p_y) || softmax(q)))]                        (GS-LoRA++)
+        [+ beta * hold_old * ReLU(BND - L_cls(r, held))]                                (gslora's hold_old)
 
 L_set is the detector's own Hungarian set-prediction loss (focal classification, L1 and GIoU box terms,
 decoder auxiliary losses). The forget term is bounded per (query, class) pair: ReLU(BND - L_cls) is
@@ -20,7 +21,9 @@ done by raising false-positive scores, which on our benchmark (beta 1, lr 1e-2, 
 mAP@0.5 from 50.5 to 16.9 while forget mAP@0.5 only fell from 70.9 to 54.9 (section "Object detection"
 of the README). For GS-LoRA++ q are the decoder embeddings of the queries matched to forget objects and
 p_y the rows of the class-embedding matrix for their classes (frozen, so they are the prototypes of the
-model at the request's start).
+model at the request's start). ``hold_old`` bounds in the same way the retain batch's queries matched to
+objects of classes forgotten by earlier requests (held aside by ``request_subsets``): without it a later
+request's adapters let those classes come back (README "Object detection").
 """
 
 from __future__ import annotations
@@ -60,6 +63,10 @@ class DetectionGSLoRAConfig:
             forgot less per point of retained mAP@0.5 lost (README "Object detection")].
         w_f: GS-LoRA++ prototype push weight (0 = GS-LoRA) [0.005].
         bnd_pro: bound of the push [18].
+        hold_old: weight (times beta) of the same bounded loss on the objects of classes forgotten by earlier
+            requests that appear in this request's retain images (the retain subset's held objects, matched
+            to the retain batch's queries), so that a later request's adapters cannot bring them back; needs
+            no data of those classes beyond the retain images [0: not in the reference].
     """
 
     rank: int = 8
@@ -71,6 +78,7 @@ class DetectionGSLoRAConfig:
     forget_iou: float = 0.0
     w_f: float = 0.0
     bnd_pro: float = 18.0
+    hold_old: float = 0.0
 
     def __post_init__(self) -> None:
         require(self.rank >= 1, "method.rank", self.rank, "must be >= 1")
@@ -82,6 +90,7 @@ class DetectionGSLoRAConfig:
         require(0 <= self.forget_iou <= 1, "method.forget_iou", self.forget_iou, "must be in [0, 1] (0 disables it)")
         require(self.w_f >= 0, "method.w_f", self.w_f, "must be >= 0")
         require(self.bnd_pro > 0, "method.bnd_pro", self.bnd_pro, "must be > 0")
+        require(self.hold_old >= 0, "method.hold_old", self.hold_old, "must be >= 0 (0 disables it)")
 
     def beta_for(self, request_index: int) -> float:
         betas = self.beta if isinstance(self.beta, list) else [self.beta]
@@ -118,7 +127,8 @@ class DetectionGSLoRA(GSLoRA):
 
     def training_step(self, forget_batch: Batch, retain_batch: Batch, *, epoch: int) -> dict[str, torch.Tensor]:
         (x_f, t_f), (x_r, t_r) = forget_batch, retain_batch
-        retain = self.detector(x_r, t_r).loss
+        out_r = self.detector(x_r, t_r)
+        retain = out_r.loss
         out_f = self.detector(x_f, t_f)
         _, forget_box = split_loss_dict(out_f.loss_dict, self.bbox_coef, self.giou_coef)
         queries, classes = self.match(out_f, t_f, x_f.shape[-1])
@@ -140,7 +150,22 @@ class DetectionGSLoRA(GSLoRA):
             push = self.prototype_push(out_f, queries, classes)
             loss = loss + self.config.w_f * push
             terms["prototype_push"] = push
+        if self.config.hold_old > 0:
+            hold = self.held_loss(out_r, t_r, x_r.shape[-1])
+            loss = loss + self.beta * self.config.hold_old * hold
+            terms["hold_old"] = hold
         return {"loss": loss, **terms}
+
+    def held_loss(self, out, targets: list[dict[str, torch.Tensor]], size: int) -> torch.Tensor:
+        """Mean ReLU(BND - L_cls) over the retain batch's queries matched to held objects (classes forgotten by
+        earlier requests), each against its own class; 0 when the batch holds none."""
+        held = [{"labels": t["held_labels"], "boxes": t["held_boxes"]} if "held_labels" in t else
+                {"labels": t["labels"][:0], "boxes": t["boxes"][:0]} for t in targets]
+        if not any(len(t["labels"]) for t in held):
+            return out.logits.sum() * 0.0
+        queries, classes = self.match(out, held, size)
+        pair_cls = F.softplus(-out.logits[queries[:, 0], queries[:, 1], classes])
+        return bounded_forgetting_loss(pair_cls, self.bnd).mean()
 
     def match(self, out, targets: list[dict[str, torch.Tensor]], size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Hungarian matching of the final layer's queries to the targets.

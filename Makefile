@@ -10,7 +10,7 @@ DEMO_MODEL := .cache/demo/base/config.json
 
 .PHONY: demo test test-slow bench bench-all lint venv system clean
 BENCHMARKS := fashion_mnist_continual fashion_mnist_4shot fashion_mnist_baselines fashion_mnist_baselines_4shot \
-	fashion_mnist_det verification scale smoke
+	fashion_mnist_missing_validation fashion_mnist_missing fashion_mnist_det verification scale smoke
 NAME ?= fashion_mnist_continual
 
 demo: venv system $(DEMO_MODEL)
@@ -33,6 +33,7 @@ bench: venv system
 # Every benchmark (verification reads ../shared/data/celeba_faces100); several hours on 2 CPU cores.
 bench-all: venv system
 	for b in $(BENCHMARKS); do $(PY) benchmarks/run.py $$b || exit 1; done
+	$(PY) benchmarks/targets.py
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -164,9 +164,10 @@ def request_subsets(dataset: DetectionDataset, request: Request, sequence: Seque
     """(forget subset, retain subset) of one request.
 
     Forget images hold a forget-class object and keep only those objects. Retain images hold a retained
-    object and no forget-class one, and keep only their retained objects as targets: objects of classes
-    forgotten by earlier requests are background now, so the retention loss keeps them undetected; they are
-    also set aside as the retain subset's held objects, which ``method.hold_old`` bounds like forget objects.
+    object and keep only their retained objects as targets (a forget object beside them is dropped).
+    Objects of classes forgotten by earlier requests are background now, so the retention loss keeps them
+    undetected; they are also set aside as the retain subset's held objects, which ``method.hold_old``
+    bounds like forget objects.
     """
     forget, retain = set(request.forget), set(request.retain)
     names = [dataset.classes[c] for c in request.forget]

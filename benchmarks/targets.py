@@ -111,14 +111,21 @@ def full_data_section(lines: list[str]) -> None:
             lines += [f"Retrain's own forgotten-identity TAR at FAR 1%: {' / '.join(fmt(v) for v in tar)}.", ""]
 
 
-def fewshot_section(lines: list[str]) -> None:
-    lines += ["## 4-shot", "",
-              "Targets per request: the best H of all methods' rows or within 1 point of it (shown: best H minus "
-              "the row's H, so <= 1 is met); retained accuracy after the fourth request >= 0.90x (shown: Acc_r after "
-              "the last request over Acc_r before the first).", ""]
-    results = load("fashion_mnist_baselines_4shot")
+def open_section(lines: list[str], title: str, target: str, name: str, data: str = "Fashion-MNIST") -> dict | None:
+    """Start a section (title, what its targets are) and return the results it reads, or say there are none."""
+    lines += [f"## {title}", "", target, ""]
+    results = load(name)
     if not results:
-        lines += ["Fashion-MNIST: no committed results.", ""]
+        lines += [f"{data}: no committed results.", ""]
+    return results
+
+
+def fewshot_section(lines: list[str]) -> None:
+    results = open_section(lines, "4-shot", "Targets per request: the best H of all methods' rows or within 1 point of "
+                           "it (shown: best H minus the row's H, so <= 1 is met); retained accuracy after the fourth "
+                           "request >= 0.90x (shown: Acc_r after the last request over Acc_r before the first).",
+                           "fashion_mnist_baselines_4shot")
+    if not results:
         return
     methods = {k: r for k, r in results["methods"].items() if r.get("tasks")}
     n = min(len(r["tasks"]) for r in methods.values())
@@ -138,12 +145,10 @@ def fewshot_section(lines: list[str]) -> None:
 
 
 def missing_section(lines: list[str]) -> None:
-    lines += ["## Missing classes", "",
-              "Target: Acc_m (retained classes without training data) after the fourth request >= 0.6x its value "
-              "before the first; the full-data targets apply as well.", ""]
-    results = load("fashion_mnist_missing")
+    results = open_section(lines, "Missing classes", "Target: Acc_m (retained classes without training data) after the "
+                           "fourth request >= 0.6x its value before the first; the full-data targets apply as well.",
+                           "fashion_mnist_missing")
     if not results:
-        lines += ["Fashion-MNIST: no committed results.", ""]
         return
     rows = []
     for key, row in results["methods"].items():
@@ -160,14 +165,11 @@ def missing_section(lines: list[str]) -> None:
 
 
 def detection_section(lines: list[str]) -> None:
-    lines += ["## Detection", "",
-              "Target: classes forgotten by an earlier request stay below 2% of their original mAP@0.5 after later "
-              "requests (shown: mAP@0.5 of the earlier-forgotten classes over their mAP@0.5 before their own "
-              "request), with the current targets kept (forget mAP@0.5 below 10% of before, retained within 10%).",
-              ""]
-    results = load("fashion_mnist_det")
+    target = ("Target: classes forgotten by an earlier request stay below 2% of their original mAP@0.5 after later "
+              "requests (shown: mAP@0.5 of the earlier-forgotten classes over their mAP@0.5 before their own request), "
+              "with the current targets kept (forget mAP@0.5 below 10% of before, retained within 10%).")
+    results = open_section(lines, "Detection", target, "fashion_mnist_det", "Composed scenes")
     if not results:
-        lines += ["No committed results.", ""]
         return
     rows = []
     for key, row in results["methods"].items():

@@ -228,9 +228,9 @@ def test_cli_pretrains_a_detector_and_forgetting_drops_forget_map(tmp_path, caps
     assert meta["pretrain"]["map50"] > 20, meta["pretrain"]
     run = tmp_path / "run"
     forget = ["forget", "--checkpoint", str(det), "--data", str(tmp_path), "--classes", "cross", "--ratio", "1.0",
-              "--epochs", "10", "--lr", "5e-3", "--batch-size", "8", "--device", "cpu", "--beta", "1.0",
+              "--epochs", "20", "--lr", "5e-3", "--batch-size", "8", "--device", "cpu", "--beta", "1.0",
               "--set", "train.min_steps=0", "--out", str(run), "-q"]
-    # this tiny detector keeps about a third of the cross on its training scenes, more than the acceptance check
+    # this tiny detector keeps part of the cross on its training scenes, more than the acceptance check
     # commits by default (tests/test_cli.py covers the refusal); --accept-partial commits it and records why
     assert main([*forget, "--accept-partial"]) == 0
     manifest = json.loads((run / "manifest.json").read_text())

@@ -60,17 +60,11 @@ class DetectionSet:
     def keep_classes(self, classes: set[int], *, held: set[int] = frozenset()) -> DetectionSet:
         """The same images with only the objects of ``classes``; with ``held``, the objects of those classes are
         set aside in ``held_labels`` / ``held_boxes`` instead of dropped."""
-        labels, boxes, held_labels, held_boxes = [], [], [], []
-        for lab, box in zip(self.labels, self.boxes):
-            mask = torch.tensor([int(c) in classes for c in lab], dtype=torch.bool)
-            labels.append(lab[mask])
-            boxes.append(box[mask])
-            aside = torch.tensor([int(c) in held for c in lab], dtype=torch.bool)
-            held_labels.append(lab[aside])
-            held_boxes.append(box[aside])
-        if not held:
-            return DetectionSet(self.images, labels, boxes)
-        return DetectionSet(self.images, labels, boxes, held_labels, held_boxes)
+        def objects_of(wanted: set[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+            masks = [torch.tensor([int(c) in wanted for c in lab], dtype=torch.bool) for lab in self.labels]
+            return [lab[m] for lab, m in zip(self.labels, masks)], [box[m] for box, m in zip(self.boxes, masks)]
+
+        return DetectionSet(self.images, *objects_of(classes), *(objects_of(held) if held else (None, None)))
 
 
 @dataclass(frozen=True)

@@ -46,10 +46,10 @@ log = logging.getLogger(__name__)
 def _targets(split: DetectionSet, idx) -> list[dict[str, torch.Tensor]]:
     """Per image ``{"labels", "boxes"}``, plus ``"held_labels"`` / ``"held_boxes"`` where the split set objects aside
     (the detector reads only the first two)."""
-    if split.held_labels is None:
-        return [{"labels": split.labels[int(i)], "boxes": split.boxes[int(i)]} for i in idx]
-    return [{"labels": split.labels[int(i)], "boxes": split.boxes[int(i)], "held_labels": split.held_labels[int(i)],
-             "held_boxes": split.held_boxes[int(i)]} for i in idx]
+    held = split.held_labels is not None
+    return [{"labels": split.labels[int(i)], "boxes": split.boxes[int(i)],
+             **({"held_labels": split.held_labels[int(i)], "held_boxes": split.held_boxes[int(i)]} if held else {})}
+            for i in idx]
 
 
 def _to(targets: list[dict[str, torch.Tensor]], device: torch.device) -> list[dict[str, torch.Tensor]]:

@@ -135,11 +135,7 @@ class DetectionGSLoRA(GSLoRA):
         hit_queries, hit_classes = queries, classes
         if self.config.forget_iou > 0:
             hit_queries, hit_classes = self.overlapping(out_f, t_f, x_f.shape[-1], queries, classes)
-        scores = out_f.logits[hit_queries[:, 0], hit_queries[:, 1], hit_classes]
-        zero = out_f.logits.sum() * 0.0
-        pair_cls = F.softplus(-scores)  # -log sigmoid(s): each pair's classification loss
-        forget_cls = pair_cls.mean() if len(scores) else zero
-        forget = bounded_forgetting_loss(pair_cls, self.bnd).mean() if len(scores) else zero
+        forget_cls, forget = self.bounded_pairs(out_f, hit_queries, hit_classes)
         if self.config.keep_box_terms:
             forget = forget + forget_box
         lasso = group_lasso(self.group_params)
@@ -163,9 +159,16 @@ class DetectionGSLoRA(GSLoRA):
                 {"labels": t["labels"][:0], "boxes": t["boxes"][:0]} for t in targets]
         if not any(len(t["labels"]) for t in held):
             return out.logits.sum() * 0.0
-        queries, classes = self.match(out, held, size)
+        return self.bounded_pairs(out, *self.match(out, held, size))[1]
+
+    def bounded_pairs(self, out, queries: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean L_cls, mean ReLU(BND - L_cls)) over the (query, class) pairs, L_cls = -log sigmoid(score); both 0
+        (with a graph) when there are none."""
+        if len(classes) == 0:
+            zero = out.logits.sum() * 0.0
+            return zero, zero
         pair_cls = F.softplus(-out.logits[queries[:, 0], queries[:, 1], classes])
-        return bounded_forgetting_loss(pair_cls, self.bnd).mean()
+        return pair_cls.mean(), bounded_forgetting_loss(pair_cls, self.bnd).mean()
 
     def match(self, out, targets: list[dict[str, torch.Tensor]], size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Hungarian matching of the final layer's queries to the targets.

@@ -9,7 +9,8 @@ FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 DEMO_MODEL := .cache/demo/base/config.json
 
 .PHONY: demo test test-slow bench bench-all lint venv system clean
-BENCHMARKS := fashion_mnist_continual fashion_mnist_4shot fashion_mnist_baselines fashion_mnist_baselines_4shot \
+BENCHMARKS := fashion_mnist_continual fashion_mnist_4shot_validation fashion_mnist_4shot_levers_validation \
+	fashion_mnist_4shot fashion_mnist_baselines fashion_mnist_baselines_4shot \
 	fashion_mnist_missing_validation fashion_mnist_missing fashion_mnist_det verification scale smoke
 NAME ?= fashion_mnist_continual
 

@@ -20,6 +20,7 @@ OUT = HERE / "targets.md"
 
 
 LABELS = {"gs_lora": "GS-LoRA (recipe)", "gs_lora_pp": "GS-LoRA++ (recipe)", "gs_lora bnd auto": "GS-LoRA `bnd: auto`",
+          "gs_lora_pp bnd auto augment wd 0.5": "GS-LoRA++ `bnd: auto`, augment, weight decay 0.5",
           "gs_lora mask": "GS-LoRA `mask_missing`", "gs_lora_pp mask": "GS-LoRA++ `mask_missing`",
           "gs_lora_pp hold 1": "GS-LoRA++ `hold_old: 1`", "gs_lora_pp hold 4": "GS-LoRA++ `hold_old: 4`",
           "lwf": "LwF", "ewc": "EWC*", "scrub_s": "SCRUB-S"}
@@ -131,7 +132,7 @@ def fewshot_section(lines: list[str]) -> None:
     n = min(len(r["tasks"]) for r in methods.values())
     best = [max(r["tasks"][i]["h_mean"] for r in methods.values()) for i in range(n)]
     rows = []
-    for key in ("gs_lora", "gs_lora_pp", "gs_lora bnd auto"):
+    for key in ("gs_lora", "gs_lora_pp", "gs_lora bnd auto", "gs_lora_pp bnd auto augment wd 0.5"):
         if key not in methods:
             continue
         tasks = methods[key]["tasks"]

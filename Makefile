@@ -11,7 +11,8 @@ DEMO_MODEL := .cache/demo/base/config.json
 .PHONY: demo test test-slow bench bench-all lint venv system clean
 BENCHMARKS := fashion_mnist_continual fashion_mnist_4shot_validation fashion_mnist_4shot_levers_validation \
 	fashion_mnist_4shot fashion_mnist_baselines fashion_mnist_baselines_4shot \
-	fashion_mnist_missing_validation fashion_mnist_missing fashion_mnist_det verification scale smoke
+	fashion_mnist_missing_validation fashion_mnist_missing_levers_validation \
+	fashion_mnist_missing fashion_mnist_det verification scale smoke
 NAME ?= fashion_mnist_continual
 
 demo: venv system $(DEMO_MODEL)

@@ -12,7 +12,8 @@ DEMO_MODEL := .cache/demo/base/config.json
 BENCHMARKS := fashion_mnist_continual fashion_mnist_4shot_validation fashion_mnist_4shot_levers_validation \
 	fashion_mnist_4shot fashion_mnist_baselines fashion_mnist_baselines_4shot \
 	fashion_mnist_missing_validation fashion_mnist_missing_levers_validation \
-	fashion_mnist_missing fashion_mnist_4shot_other_order fashion_mnist_missing_other_order fashion_mnist_det verification scale smoke
+	fashion_mnist_missing fashion_mnist_4shot_other_order fashion_mnist_missing_other_order \
+	fashion_mnist_det verification scale smoke
 NAME ?= fashion_mnist_continual
 
 demo: venv system $(DEMO_MODEL)

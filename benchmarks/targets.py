@@ -11,6 +11,7 @@ committed file differs from what the results files give (``tests/test_benchmarks
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -39,6 +40,7 @@ def label(key: str) -> str:
     return LABELS.get(key, key)
 
 
+@functools.cache  # a section opens with its first benchmark, then reads it again among the others: read once
 def load(name: str) -> dict | None:
     path = HERE / name / "results.json"
     return json.loads(path.read_text()) if path.is_file() else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import pytest
@@ -79,6 +80,57 @@ def test_rerunning_some_methods_keeps_the_others(comparison, capsys):
     after = json.loads((out / "comparison.json").read_text())["methods"]
     assert after["GS-LoRA"] == before["GS-LoRA"] and after["RL*"] == before["RL*"]
     assert after["ssd"]["tasks"][0]["acc_f"] == before["ssd"]["tasks"][0]["acc_f"]  # deterministic
+
+
+def _copy(comparison, tmp_path):
+    import shutil
+
+    from gslora.config import load_yaml
+
+    out, config_path = comparison
+    shutil.copytree(out, tmp_path / "out")
+    raw = load_yaml(config_path)
+    config = from_dict(CompareConfig, {**raw, "methods": {**raw["methods"], "ssd": {"name": "ssd"}}})
+    return tmp_path / "out", config, json.loads((out / "comparison.json").read_text())["methods"]
+
+
+def test_disjoint_method_runs_of_one_comparison_compose(comparison, tmp_path, monkeypatch):
+    """Two processes running different --methods of one comparison at once keep each other's rows: a row that
+    another process commits while this one runs is in the files this one writes at its end."""
+    engine = importlib.import_module("gslora.engine.compare")  # the package exports the function of that name
+
+    out, config, before = _copy(comparison, tmp_path)
+    real = engine.run_forgetting
+
+    def run_while_another_process_commits(forget_config, run_dir, **kwargs):
+        engine.commit_row(config, out, "RL*", {**before["RL*"], "time": "the other process"})
+        return real(forget_config, run_dir, **kwargs)
+
+    monkeypatch.setattr(engine, "run_forgetting", run_while_another_process_commits)
+    result = engine.compare(config, out, only=["ssd"])
+    on_disk = json.loads((out / "comparison.json").read_text())["methods"]
+    assert list(on_disk) == ["GS-LoRA", "RL*", "broken", "ssd"] == list(result["methods"])
+    assert on_disk["RL*"]["time"] == "the other process" == result["methods"]["RL*"]["time"]
+    assert on_disk["ssd"]["time"] != before["ssd"]["time"] and on_disk["GS-LoRA"] == before["GS-LoRA"]
+
+
+def test_an_interrupted_comparison_keeps_the_methods_that_finished(comparison, tmp_path, monkeypatch):
+    engine = importlib.import_module("gslora.engine.compare")  # the package exports the function of that name
+
+    out, config, before = _copy(comparison, tmp_path)
+    real = engine.run_forgetting
+
+    def interrupted_at_ssd(forget_config, run_dir, **kwargs):
+        if forget_config.method["name"] == "ssd":
+            raise KeyboardInterrupt
+        return real(forget_config, run_dir, **kwargs)
+
+    monkeypatch.setattr(engine, "run_forgetting", interrupted_at_ssd)
+    with pytest.raises(KeyboardInterrupt):
+        engine.compare(config, out, only=["broken", "ssd"])
+    on_disk = json.loads((out / "comparison.json").read_text())["methods"]
+    assert on_disk["broken"]["time"] != before["broken"]["time"]  # re-run and committed before the interruption
+    assert on_disk["ssd"] == before["ssd"] and on_disk["RL*"] == before["RL*"]
 
 
 @pytest.mark.parametrize("methods, extra, message", [

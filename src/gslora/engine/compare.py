@@ -16,8 +16,10 @@ settings; a method's ``train`` mapping overrides the shared one (its paper's lea
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -135,20 +137,19 @@ def compare(config: CompareConfig, out_dir: str | Path, *, only: list[str] | Non
     unknown = [label for label in only or [] if label not in config.methods]
     if unknown:
         raise GSLoRAError(f"--methods {unknown}: not in the config's methods {labels}")
-    previous: dict[str, Any] = {}
     if (out_dir / RESULTS).is_file():
         if only is None:
             raise GSLoRAError(f"{out_dir} already holds a comparison; pass --methods to re-run some of its methods, "
                               "or choose a new --out")
         try:
-            previous = json.loads((out_dir / RESULTS).read_text())["methods"]
+            if not isinstance(json.loads((out_dir / RESULTS).read_text())["methods"], dict):
+                raise TypeError("its methods are not a mapping")
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise GSLoRAError(f"{out_dir / RESULTS} is not a gslora comparison ({exc}); choose a new --out") from exc
     results: dict[str, Any] = {}
+    comparison: dict[str, Any] = {}
     for label in labels:
         if only is not None and label not in only:
-            if label in previous:
-                results[label] = previous[label]
             continue
         run_dir = out_dir / "runs" / slug(label)
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -159,12 +160,33 @@ def compare(config: CompareConfig, out_dir: str | Path, *, only: list[str] | Non
             results[label] = {"name": config.methods[label]["name"], "error": str(exc), "tasks": [], **stamp(),
                               "config": to_dict(config.forget_config(label))}
             log.warning("%s failed: %s", label, exc)
-            continue
-        results[label] = {**summarize(manifest), "run_dir": str(Path("runs") / slug(label)), **stamp(),
-                          "config": to_dict(config.forget_config(label))}
-    comparison = {"methods": results, "config": to_dict(config), "version": __version__,
-                  "hardware": hardware()}
-    write_comparison(comparison, out_dir)
+        else:
+            results[label] = {**summarize(manifest), "run_dir": str(Path("runs") / slug(label)), **stamp(),
+                              "config": to_dict(config.forget_config(label))}
+        comparison = commit_row(config, out_dir, label, results[label])
+    if not comparison:  # nothing ran (every label of ``only`` unknown is refused above, so ``only`` was empty)
+        comparison = commit_row(config, out_dir, None, None)
+    return comparison
+
+
+def commit_row(config: CompareConfig, out_dir: Path, label: str | None, row: dict[str, Any] | None) -> dict[str, Any]:
+    """Add one finished method's row to the comparison files at once, so that an interrupted comparison keeps the
+    methods that finished, and two processes running disjoint ``--methods`` of one comparison compose: the files are
+    re-read and re-written under an exclusive lock on the comparison directory, each keeping the other's rows."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        rows: dict[str, Any] = {}
+        if (out_dir / RESULTS).is_file():
+            rows = json.loads((out_dir / RESULTS).read_text())["methods"]
+        if label is not None:
+            rows[label] = row
+        comparison = {"methods": {k: rows[k] for k in config.methods if k in rows}, "config": to_dict(config),
+                      "version": __version__, "hardware": hardware()}
+        write_comparison(comparison, out_dir)
+    finally:
+        os.close(fd)  # closing releases the lock
     return comparison
 
 

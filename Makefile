@@ -13,6 +13,7 @@ BENCHMARKS := fashion_mnist_continual fashion_mnist_4shot_validation fashion_mni
 	fashion_mnist_4shot fashion_mnist_baselines fashion_mnist_baselines_4shot \
 	fashion_mnist_missing_validation fashion_mnist_missing_levers_validation \
 	fashion_mnist_missing fashion_mnist_4shot_other_order fashion_mnist_missing_other_order \
+	faces_4shot faces_missing \
 	fashion_mnist_det verification scale smoke
 NAME ?= fashion_mnist_continual
 

@@ -171,3 +171,16 @@ def test_a_request_refused_by_the_first_method_leaves_no_output(base_checkpoint,
                  str(tmp_path / "out"), "-q"]) == 2
     assert "Nope" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_request_of_many_classes_keeps_its_column_header_short(comparison):
+    from gslora.report import comparison_markdown
+
+    out, _ = comparison
+    result = json.loads((out / "comparison.json").read_text())
+    many = [f"person_{i}" for i in range(20)]
+    for row in result["methods"].values():
+        for task in row["tasks"]:
+            task["forget_classes"] = many
+    header = comparison_markdown(result).splitlines()[6]
+    assert "| person_0 + person_1 + person_2 + 17 more (0) |" in header and "person_3" not in header

@@ -45,7 +45,9 @@ def comparison_markdown(comparison: dict[str, Any], title: str = "Comparison") -
              "H_exact (the H of an exact request: Acc_f to 0, Acc_r unchanged) in the last row. Parameters: the share "
              "of the base model's weights that train (masked: that SalUn's mask lets change; dampened: that SSD "
              "scaled down without training).", ""]
-    header = [f"{' + '.join(t['forget_classes'])} ({t['task']})" for t in first]
+    header = [f"{' + '.join(t['forget_classes'][:3])}"  # 20 identities per request do not fit a column
+              + (f" + {len(t['forget_classes']) - 3} more" if len(t["forget_classes"]) > 3 else "") + f" ({t['task']})"
+              for t in first]
     lines.append("| method | " + " | ".join(header) + " | s / request | parameters |")
     lines.append("|---" * (len(first) + 3) + "|")
     for label, result in methods.items():

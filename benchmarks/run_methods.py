@@ -9,7 +9,8 @@ a spec's ``train`` overrides the shared one). The methods run through ``gslora.e
 ``<folder>/results.json`` shaped as ``{"pretrain": .., "methods": {label: {"name", "trainable_ratio",
 "seconds_per_request", "tasks": [..], "config", "commit", "time", "hardware"}}, "targets", "config", "written"}``,
 ``report.md`` and ``comparison.png``. Each method's row carries its own config and provenance; with ``--methods``
-the other rows are kept as they were, with theirs.
+the other rows are kept as they were, with theirs; ``--methods ""`` runs nothing and re-writes the results files
+from the rows already measured (after disjoint ``--methods`` processes, or an interrupted run, finished them).
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ def main() -> int:
         "train": {**forget.get("train", {}), "device": args.device}, "methods": config["methods"],
         **{k: forget[k] for k in ("verify", "eval_batch_size", "verification") if k in forget}})
     out = CACHE / source.name
-    only = args.methods.split(",") if args.methods else None
+    only = None if args.methods is None else [label for label in args.methods.split(",") if label]
     if only is None:
         shutil.rmtree(out, ignore_errors=True)
     elif (source / "results.json").exists() and not (out / "comparison.json").exists():  # results from elsewhere

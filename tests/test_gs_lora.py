@@ -136,6 +136,53 @@ def test_distillation_pulls_toward_the_model_the_request_started_from():
     assert method.diagnostics()["bnd"] == method.bnd
 
 
+def test_embedding_distillation_measures_drift_from_the_starting_model_and_enters_the_loss():
+    """method.distill_embedding: 1 - cos(embedding, starting model's embedding) on the retained batch, 0 while the
+    adapter is zero, the untouched model's embedding as the teacher, added to the loss at its weight, and its
+    gradient moves the adapter back toward the starting model."""
+    from gslora.data import ImageSet
+    from gslora.errors import GSLoRAError
+
+    torch.manual_seed(0)
+    model = build_model(tiny_model_config())
+    x = torch.randint(0, 255, (6, 1, 28, 28), dtype=torch.uint8)
+    y = torch.tensor([0, 0, 1, 2, 1, 2])
+    task = TaskContext(Request(0, (0,), (1, 2), ()), 3, 1, forget_data=ImageSet(x[:2], y[:2]),
+                       retain_data=ImageSet(x[2:], y[2:]))
+    weighted, plain = GSLoRA(GSLoRAConfig(distill_embedding=3.0)), GSLoRA(GSLoRAConfig())
+    for method in (weighted, plain):
+        method.setup_task(model, task)
+    step = lambda m: m.training_step((x[:2], y[:2]), (x[2:], y[2:]), epoch=0)  # noqa: E731
+    assert step(weighted)["distill_embedding"].item() == pytest.approx(0.0, abs=1e-6)
+    with torch.no_grad():
+        lora = dict(plain.model.named_parameters())
+        for name, p in weighted.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+            if "lora_" in name:
+                lora[name].copy_(p)  # the same adapter in both
+    terms, reference = step(weighted), step(plain)
+    with torch.no_grad():
+        model.eval()
+        teacher = model.embed(x[2:])
+        weighted.model.eval()
+        student = weighted.classifier.embed(x[2:])
+    weighted.model.train()
+    expected = (1 - torch.nn.functional.cosine_similarity(student, teacher, dim=1)).mean()
+    assert expected.item() > 1e-4
+    torch.testing.assert_close(terms["distill_embedding"], expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(terms["loss"] - reference["loss"], 3.0 * expected, atol=1e-5, rtol=1e-4)
+    adapter = [p for n, p in weighted.model.named_parameters() if "lora_" in n]
+    optimizer = torch.optim.SGD(adapter, lr=0.05)
+    for _ in range(20):
+        optimizer.zero_grad()
+        step(weighted)["distill_embedding"].backward()
+        optimizer.step()
+    assert step(weighted)["distill_embedding"].item() < 0.5 * terms["distill_embedding"].item()
+    with pytest.raises(GSLoRAError, match="distill_embedding"):
+        GSLoRAConfig(distill_embedding=-1.0)
+
+
 def test_stop_when_forgotten_ends_the_request_at_the_first_epoch_that_meets_it(base_checkpoint, fashion_subset,
                                                                                  tmp_path):
     """With train.stop_when_forgotten the request ends after the first epoch at which the forget training images'

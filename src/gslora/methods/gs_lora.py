@@ -53,6 +53,10 @@ class GSLoRAConfig:
             same network with the fresh LoRA switched off, so no copy is kept): T^2 KL of the softened logits
             [0: not in the reference].
         distill_temperature: its temperature T [2].
+        distill_embedding: weight of an embedding-level term on the retained batch toward the same starting model:
+            the mean of 1 - cos(embedding, starting model's embedding). It holds what the head reads for every
+            class, those without data included, where the logit term only holds the classes a retained image
+            already scores high [0: not in the reference].
     """
 
     rank: int = 8
@@ -64,6 +68,7 @@ class GSLoRAConfig:
     mask_missing: bool = False
     distill: float = 0.0
     distill_temperature: float = 2.0
+    distill_embedding: float = 0.0
 
     def __post_init__(self) -> None:
         require(self.rank >= 1, "method.rank", self.rank, "must be >= 1")
@@ -82,6 +87,7 @@ class GSLoRAConfig:
                 "must be a number > 0 or auto")
         require(self.distill >= 0, "method.distill", self.distill, "must be >= 0")
         require(self.distill_temperature > 0, "method.distill_temperature", self.distill_temperature, "must be > 0")
+        require(self.distill_embedding >= 0, "method.distill_embedding", self.distill_embedding, "must be >= 0")
 
     def beta_for(self, request_index: int) -> float:
         betas = self.beta if isinstance(self.beta, list) else [self.beta]
@@ -110,11 +116,19 @@ class GSLoRA(Method):
         # one forward for both batches; a margin head applies its margin to the true labels, as in training
         logits, embedding = self.classifier.forward_features(torch.cat([x_r, x_f]), torch.cat([y_r, y_f]))
         terms = self.loss_terms(logits, embedding, y_r, y_f, epoch=epoch)
-        if self.config.distill > 0:
+        if self.config.distill > 0 or self.config.distill_embedding > 0:
             with torch.no_grad(), self.peft_model.disable_adapter():  # the model as the request found it
-                teacher = self.classifier.classify(self.classifier.embed(x_r))
-            distill = kd_loss(self.classifier.classify(embedding[: len(y_r)]), teacher, self.config.distill_temperature)
-            terms = {**terms, "loss": terms["loss"] + self.config.distill * distill, "distill": distill}
+                teacher = self.classifier.embed(x_r)
+            student = embedding[: len(y_r)]
+            if self.config.distill > 0:
+                with torch.no_grad():
+                    teacher_logits = self.classifier.classify(teacher)
+                distill = kd_loss(self.classifier.classify(student), teacher_logits, self.config.distill_temperature)
+                terms = {**terms, "loss": terms["loss"] + self.config.distill * distill, "distill": distill}
+            if self.config.distill_embedding > 0:
+                drift = (1 - F.cosine_similarity(student, teacher, dim=1)).mean()
+                terms = {**terms, "loss": terms["loss"] + self.config.distill_embedding * drift,
+                         "distill_embedding": drift}
         return terms
 
     def loss_terms(self, logits: torch.Tensor, embedding: torch.Tensor, y_r: torch.Tensor, y_f: torch.Tensor, *,

@@ -13,7 +13,7 @@ BENCHMARKS := fashion_mnist_continual fashion_mnist_4shot_validation fashion_mni
 	fashion_mnist_4shot fashion_mnist_baselines fashion_mnist_baselines_4shot \
 	fashion_mnist_missing_validation fashion_mnist_missing_levers_validation \
 	fashion_mnist_missing fashion_mnist_4shot_other_order fashion_mnist_missing_other_order \
-	faces_4shot faces_missing \
+	faces_4shot faces_missing_validation faces_missing \
 	fashion_mnist_det verification scale smoke
 NAME ?= fashion_mnist_continual
 
@@ -37,6 +37,7 @@ bench: venv system
 # Every benchmark (verification reads ../shared/data/celeba_faces100); several hours on 2 CPU cores.
 bench-all: venv system
 	for b in $(BENCHMARKS); do $(PY) benchmarks/run.py $$b || exit 1; done
+	$(PY) benchmarks/drift.py benchmarks/faces_missing
 	$(PY) benchmarks/targets.py
 
 lint: venv

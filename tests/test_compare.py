@@ -133,6 +133,20 @@ def test_an_interrupted_comparison_keeps_the_methods_that_finished(comparison, t
     assert on_disk["ssd"] == before["ssd"] and on_disk["RL*"] == before["RL*"]
 
 
+def test_an_empty_method_list_runs_nothing_and_rewrites_the_files_from_the_rows_measured(comparison, tmp_path,
+                                                                                         monkeypatch):
+    """``--methods ""`` (only=[]): after disjoint processes finished their rows, the comparison files are written
+    again from those rows, and no method runs."""
+    engine = importlib.import_module("gslora.engine.compare")  # the package exports the function of that name
+
+    out, config, before = _copy(comparison, tmp_path)
+    (out / "comparison.md").unlink()
+    monkeypatch.setattr(engine, "run_forgetting", lambda *a, **k: pytest.fail("no method may run"))
+    result = engine.compare(config, out, only=[])
+    assert result["methods"] == before == json.loads((out / "comparison.json").read_text())["methods"]
+    assert (out / "comparison.md").is_file()
+
+
 @pytest.mark.parametrize("methods, extra, message", [
     ({"a": {"name": "nope"}}, [], "methods.a: unknown method 'nope'"),
     ({"a": {"name": "ewc", "penalty": -1}}, [], "methods.a: method.penalty=-1"),

@@ -56,7 +56,8 @@ class GSLoRAConfig:
         distill_embedding: weight of an embedding-level term on the retained batch toward the same starting model:
             the mean of 1 - cos(embedding, starting model's embedding). It holds what the head reads for every
             class, those without data included, where the logit term only holds the classes a retained image
-            already scores high [0: not in the reference].
+            already scores high; on faces it also held the identities being forgotten, so it was not chosen (README,
+            "Missing classes") [0: not in the reference].
     """
 
     rank: int = 8

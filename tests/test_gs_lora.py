@@ -101,9 +101,8 @@ def test_a_request_changes_only_the_lora_tensors_and_the_adapter_reproduces_the_
     assert torch.equal(got.argmax(1), expected.argmax(1))
 
 
-def test_distillation_pulls_toward_the_model_the_request_started_from():
-    """method.distill: the teacher is the request's starting model (LoRA switched off), so the term is 0 while the
-    adapter is still zero, positive once it is not, and the teacher's logits are the untouched model's."""
+def tiny_request():
+    """A tiny model, 6 images (2 of the forgotten class 0, then 4 retained of classes 1-2) and their request."""
     from gslora.data import ImageSet
 
     torch.manual_seed(0)
@@ -112,6 +111,13 @@ def test_distillation_pulls_toward_the_model_the_request_started_from():
     y = torch.tensor([0, 0, 1, 2, 1, 2])
     task = TaskContext(Request(0, (0,), (1, 2), ()), 3, 1, forget_data=ImageSet(x[:2], y[:2]),
                        retain_data=ImageSet(x[2:], y[2:]))
+    return model, x, y, task
+
+
+def test_distillation_pulls_toward_the_model_the_request_started_from():
+    """method.distill: the teacher is the request's starting model (LoRA switched off), so the term is 0 while the
+    adapter is still zero, positive once it is not, and the teacher's logits are the untouched model's."""
+    model, x, y, task = tiny_request()
     method = GSLoRA(GSLoRAConfig(distill=2.0, bnd="auto"))
     method.setup_task(model, task)
     step = lambda: method.training_step((x[:2], y[:2]), (x[2:], y[2:]), epoch=0)  # noqa: E731
@@ -140,15 +146,9 @@ def test_embedding_distillation_measures_drift_from_the_starting_model_and_enter
     """method.distill_embedding: 1 - cos(embedding, starting model's embedding) on the retained batch, 0 while the
     adapter is zero, the untouched model's embedding as the teacher, added to the loss at its weight, and its
     gradient moves the adapter back toward the starting model."""
-    from gslora.data import ImageSet
     from gslora.errors import GSLoRAError
 
-    torch.manual_seed(0)
-    model = build_model(tiny_model_config())
-    x = torch.randint(0, 255, (6, 1, 28, 28), dtype=torch.uint8)
-    y = torch.tensor([0, 0, 1, 2, 1, 2])
-    task = TaskContext(Request(0, (0,), (1, 2), ()), 3, 1, forget_data=ImageSet(x[:2], y[:2]),
-                       retain_data=ImageSet(x[2:], y[2:]))
+    model, x, y, task = tiny_request()
     weighted, plain = GSLoRA(GSLoRAConfig(distill_embedding=3.0)), GSLoRA(GSLoRAConfig())
     for method in (weighted, plain):
         method.setup_task(model, task)

@@ -13,6 +13,7 @@ when nothing trains it as a negative. Each row carries its own provenance.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -28,31 +29,38 @@ from gslora.engine.compare import slug
 from gslora.engine.evaluate import predict
 from gslora.engine.provenance import stamp
 from gslora.io import atomic_write_text
+from gslora.metrics import accuracy
 from gslora.models import load_checkpoint
+
+
+@functools.cache
+def seen_from_head(checkpoint: str, data: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-1 predictions, labels and each image's cosine to its own class's head row, for one model on the evaluation
+    split of ``data`` (a DataConfig as JSON); cached, so the base that every row starts from is evaluated once."""
+    model, meta = load_checkpoint(checkpoint)
+    split = load_dataset(for_model(from_dict(DataConfig, json.loads(data)), meta.get("model"))).test
+    with torch.no_grad():
+        seen = predict(model, split, device=torch.device("cpu"), embeddings=True)
+        rows = F.normalize(model.head_module().weight.float(), dim=1)
+        own = (F.normalize(seen.embeddings, dim=1) * rows[split.labels]).sum(dim=1)
+    return seen.top1, split.labels, own
 
 
 def states(run_dir: Path) -> list[dict]:
     """Per state: Acc_m and the mean own-row cosine of the missing and of the retained-with-data classes."""
     manifest = json.loads((run_dir / "manifest.json").read_text())
     requests = manifest["requests"]
-    missing = torch.tensor(requests[0]["missing_classes"])
+    missing = requests[0]["missing_classes"]
     checkpoints = [Path(manifest["base"]["checkpoint"])] + [run_dir / r["checkpoint"] for r in requests]
-    data = from_dict(DataConfig, manifest["config"]["data"])
-    split = None
+    data = json.dumps(manifest["config"]["data"], sort_keys=True)
     out = []
     for i, checkpoint in enumerate(checkpoints):
-        model, meta = load_checkpoint(checkpoint)
-        split = split or load_dataset(for_model(data, meta.get("model"))).test
-        labels = split.labels
-        with torch.no_grad():
-            seen = predict(model, split, device=torch.device("cpu"), embeddings=True)
-            rows = F.normalize(model.head_module().weight.float(), dim=1)
-            own = (F.normalize(seen.embeddings, dim=1) * rows[labels]).sum(dim=1)
+        top1, labels, own = seen_from_head(str(checkpoint), data)
         retained = torch.tensor(requests[max(i - 1, 0)]["retain_classes"])  # the base: the first request's
-        is_missing = torch.isin(labels, missing)
+        is_missing = torch.isin(labels, torch.tensor(missing))
         with_data = torch.isin(labels, retained) & ~is_missing
         out.append({"state": "base" if i == 0 else f"after request {i - 1}",
-                    "acc_m": 100 * (seen.top1[is_missing] == labels[is_missing]).float().mean().item(),
+                    "acc_m": accuracy(top1, labels, missing),
                     "cosine_own_row_missing": own[is_missing].mean().item(),
                     "cosine_own_row_retained_with_data": own[with_data].mean().item()})
     return out

@@ -120,10 +120,9 @@ class GSLoRA(Method):
         if self.config.distill > 0 or self.config.distill_embedding > 0:
             with torch.no_grad(), self.peft_model.disable_adapter():  # the model as the request found it
                 teacher = self.classifier.embed(x_r)
+                teacher_logits = self.classifier.classify(teacher)
             student = embedding[: len(y_r)]
             if self.config.distill > 0:
-                with torch.no_grad():
-                    teacher_logits = self.classifier.classify(teacher)
                 distill = kd_loss(self.classifier.classify(student), teacher_logits, self.config.distill_temperature)
                 terms = {**terms, "loss": terms["loss"] + self.config.distill * distill, "distill": distill}
             if self.config.distill_embedding > 0:

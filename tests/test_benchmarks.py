@@ -86,3 +86,28 @@ def test_the_foundation_benchmark_is_recreated_from_the_checkout(tmp_path):
     for old, new in zip(committed["methods"]["gs_lora"]["tasks"], rerun["methods"]["gs_lora"]["tasks"]):
         for key in ("acc_f", "acc_r", "h_mean"):
             assert new[key] == pytest.approx(old[key], abs=0.5), key
+
+
+def _detection_runner(monkeypatch, folder: Path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("det_run", ROOT / "benchmarks" / "fashion_mnist_det" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "HERE", folder)
+    return module
+
+
+def test_detection_rows_measured_apart_are_kept_only_on_the_same_base_detector(tmp_path, monkeypatch, capsys):
+    runner = _detection_runner(monkeypatch, tmp_path)
+    base = {"key": "k1", "map50": 54.6406, "seconds": 10.0}
+    rows = {"a": {"tasks": [1]}, "b": {"tasks": [2]}}
+    (tmp_path / "results.json").write_text(json.dumps({"pretrain": base, "methods": rows}))
+    # measuring b again keeps a's row, not b's (b is about to be replaced)
+    assert runner.kept_rows({**base, "seconds": 99.0}, ["b"]) == {"a": rows["a"]}
+    # a base with the same key that trained to other weights (another machine) would mix two bases: refused
+    with pytest.raises(SystemExit) as stop:
+        runner.kept_rows({**base, "map50": 54.0}, ["b"])
+    assert stop.value.code == 2
+    assert "run without --methods" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        runner.kept_rows({**base, "key": "k2"}, ["b"])

@@ -1,12 +1,15 @@
 """Detection benchmark: pre-train a Deformable DETR on composed Fashion-MNIST scenes, then forget classes.
 
-Usage: python benchmarks/fashion_mnist_det/run.py [--device auto|cpu|cuda]
+Usage: python benchmarks/fashion_mnist_det/run.py [--device auto|cpu|cuda] [--methods a,b]
 
 The scenes (config ``data``) are composed under .cache/data; the detector is cached under .cache/benchmarks,
 keyed by a hash of its resolved pre-training config. Every request's model is measured on the test scenes the
 settings were chosen on (``data.seed``) and, once, on held-out scenes composed with another seed
 (``heldout_seed``), which no setting was chosen on. Writes results.json (each method's row with its own config,
-commit, time and hardware) and report.md here.
+commit, time and hardware) and report.md here. A method's ``train:`` entry overrides the shared ``train``
+settings for that method. ``--methods`` measures only those rows and keeps the others from results.json, which
+it accepts only when they ran on the same base detector (same pre-training key and test mAP); otherwise it
+stops and asks for a full run.
 """
 
 from __future__ import annotations
@@ -116,24 +119,50 @@ def targets(methods: dict) -> dict:
     return out
 
 
+def kept_rows(pre_info: dict, labels: list[str]) -> dict:
+    """The committed rows of the methods not being measured, if they ran on this very base detector."""
+    path = HERE / "results.json"
+    earlier = json.loads(path.read_text()) if path.is_file() else {}
+    old = earlier.get("pretrain", {})
+    if (old.get("key"), old.get("map50")) != (pre_info["key"], pre_info["map50"]):
+        print(f"--methods: the cached base detector (key {pre_info['key']}, test mAP@0.5 {pre_info['map50']:.2f}) "
+                 f"is not the one results.json's rows ran on (key {old.get('key')}, test mAP@0.5 {old.get('map50')}); "
+                 "run without --methods to measure every row on this base", file=sys.stderr)
+        raise SystemExit(2)
+    return {name: row for name, row in earlier.get("methods", {}).items() if name not in labels}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--methods", help="comma-separated subset of the config's methods; the other rows are kept "
+                                          "from results.json (same base detector only)")
     args = parser.parse_args()
     setup_logging()
     config = load_config(HERE)
+    labels = args.methods.split(",") if args.methods else list(config["methods"])
+    unknown = sorted(set(labels) - set(config["methods"]))
+    if unknown:
+        parser.error(f"--methods: {', '.join(unknown)} not in the config; its methods: {', '.join(config['methods'])}")
     device = resolve_device(args.device)
     checkpoint, pre_info = cached_detector(config, args.device)
+    kept = kept_rows(pre_info, labels) if args.methods else {}
     heldout_data = {**config["data"], "seed": config["heldout_seed"], "scenes_train": 1,
                     "root": f"{config['data']['root']}-seed{config['heldout_seed']}"}
     heldout = load_detection_dataset(from_dict(DetectionForgetConfig, {"data": heldout_data}).data)
     methods = {}
     for name, spec in config["methods"].items():
+        if name not in labels:
+            if name in kept:
+                methods[name] = kept[name]
+            continue
         run_dir = CACHE / HERE.name / name
         shutil.rmtree(run_dir, ignore_errors=True)
+        method = {k: v for k, v in spec.items() if k != "train"}
         forget = from_dict(DetectionForgetConfig, {
-            "checkpoint": str(checkpoint), "data": config["data"], "sequence": config["sequence"], "method": spec,
-            "train": {**config["train"], "device": args.device}, "acceptance": {"accept_partial": True}})
+            "checkpoint": str(checkpoint), "data": config["data"], "sequence": config["sequence"], "method": method,
+            "train": {**config["train"], **spec.get("train", {}), "device": args.device},
+            "acceptance": {"accept_partial": True}})
         manifest = run_detection_forgetting(forget, run_dir)
         methods[name] = {**summarize(manifest, heldout_metrics(manifest, run_dir, heldout, device)),
                          "run_dir": str(run_dir.relative_to(ROOT)), **stamp(), "config": to_dict(forget)}

@@ -92,3 +92,12 @@ def write_results(folder: Path, results: dict[str, Any], config: dict[str, Any])
 
 def load_config(folder: Path) -> dict[str, Any]:
     return load_yaml(folder / "config.yaml")
+
+
+def selected_methods(parser: Any, value: str | None, config: dict[str, Any]) -> list[str]:
+    """The labels of ``--methods a,b`` (every method of the config without it); an unknown label is a usage error."""
+    labels = value.split(",") if value else list(config["methods"])
+    unknown = sorted(set(labels) - set(config["methods"]))
+    if unknown:
+        parser.error(f"--methods: {', '.join(unknown)} not in the config; its methods: {', '.join(config['methods'])}")
+    return labels

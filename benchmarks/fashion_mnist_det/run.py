@@ -25,7 +25,16 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from common import CACHE, ROOT, config_key, load_config, portable, setup_logging, write_results  # noqa: E402
+from common import (  # noqa: E402
+    CACHE,
+    ROOT,
+    config_key,
+    load_config,
+    portable,
+    selected_methods,
+    setup_logging,
+    write_results,
+)
 
 from gslora.config import from_dict, to_dict  # noqa: E402
 from gslora.detection import (  # noqa: E402
@@ -38,6 +47,7 @@ from gslora.detection import (  # noqa: E402
     run_detector_pretraining,
 )
 from gslora.detection.metrics import detection_metrics  # noqa: E402
+from gslora.engine.compare import method_and_train  # noqa: E402
 from gslora.engine.loop import resolve_device  # noqa: E402
 from gslora.engine.provenance import stamp  # noqa: E402
 
@@ -140,10 +150,7 @@ def main() -> int:
     args = parser.parse_args()
     setup_logging()
     config = load_config(HERE)
-    labels = args.methods.split(",") if args.methods else list(config["methods"])
-    unknown = sorted(set(labels) - set(config["methods"]))
-    if unknown:
-        parser.error(f"--methods: {', '.join(unknown)} not in the config; its methods: {', '.join(config['methods'])}")
+    labels = selected_methods(parser, args.methods, config)
     device = resolve_device(args.device)
     checkpoint, pre_info = cached_detector(config, args.device)
     kept = kept_rows(pre_info, labels) if args.methods else {}
@@ -158,10 +165,10 @@ def main() -> int:
             continue
         run_dir = CACHE / HERE.name / name
         shutil.rmtree(run_dir, ignore_errors=True)
-        method = {k: v for k, v in spec.items() if k != "train"}
+        method, overrides = method_and_train(spec)
         forget = from_dict(DetectionForgetConfig, {
             "checkpoint": str(checkpoint), "data": config["data"], "sequence": config["sequence"], "method": method,
-            "train": {**config["train"], **spec.get("train", {}), "device": args.device},
+            "train": {**config["train"], **overrides, "device": args.device},
             "acceptance": {"accept_partial": True}})
         manifest = run_detection_forgetting(forget, run_dir)
         methods[name] = {**summarize(manifest, heldout_metrics(manifest, run_dir, heldout, device)),

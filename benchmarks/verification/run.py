@@ -32,7 +32,16 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from common import CACHE, cached_base, config_key, load_config, resolve_paths, setup_logging, write_results  # noqa: E402
+from common import (  # noqa: E402
+    CACHE,
+    cached_base,
+    config_key,
+    load_config,
+    resolve_paths,
+    selected_methods,
+    setup_logging,
+    write_results,
+)
 
 from gslora.config import DataConfig, SequenceConfig, from_dict, load_yaml, to_dict  # noqa: E402
 from gslora.data import build_requests, load_dataset  # noqa: E402
@@ -219,10 +228,7 @@ def main() -> int:
     verify_config = from_dict(VerifyConfig, config["verify"], "verify")
     wanted = args.settings.split(",") if args.settings else list(config["settings"])
     settings = {}
-    labels = args.methods.split(",") if args.methods else list(config["methods"])
-    unknown = sorted(set(labels) - set(config["methods"]))
-    if unknown:
-        parser.error(f"--methods: {', '.join(unknown)} not in the config; its methods: {', '.join(config['methods'])}")
+    labels = selected_methods(parser, args.methods, config)
     for name, setting in config["settings"].items():
         if name not in wanted:
             continue

@@ -43,6 +43,11 @@ TASK_KEYS = ("acc_f", "acc_r", "acc_o", "acc_m", "acc_f_before", "acc_r_before",
              "h_mean", "h_mean_original", "h_exact")
 
 
+def method_and_train(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One ``methods:`` entry split into the method's own settings and its overrides of the shared ``train``."""
+    return {k: v for k, v in spec.items() if k != "train"}, spec.get("train") or {}
+
+
 @dataclass
 class CompareConfig:
     """The shared set-up and the methods to compare.
@@ -79,8 +84,8 @@ class CompareConfig:
         spec = self.methods[label]
         if not isinstance(spec, dict) or "name" not in spec:
             raise GSLoRAError(f"methods.{label} must be a mapping with a 'name' (a registered method), got {spec!r}")
-        method = {k: v for k, v in spec.items() if k != "train"}
-        train = {**to_dict(self.train), **(spec.get("train") or {})}
+        method, overrides = method_and_train(spec)
+        train = {**to_dict(self.train), **overrides}
         try:
             return from_dict(ForgetConfig, {"checkpoint": self.checkpoint, "data": to_dict(self.data),
                                             "sequence": to_dict(self.sequence), "method": method, "train": train,

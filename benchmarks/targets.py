@@ -27,6 +27,8 @@ LABELS = {"gs_lora": "GS-LoRA (recipe)", "gs_lora_pp": "GS-LoRA++ (recipe)", "gs
           "gs_lora_pp hold 1": "GS-LoRA++ `hold_old: 1`", "gs_lora_pp hold 4": "GS-LoRA++ `hold_old: 4`",
           "gs_lora_pp hold 1 wd 0.5": "GS-LoRA++ `hold_old: 1`, weight decay 0.5",
           "gs_lora_pp hold 1 wd 5": "GS-LoRA++ `hold_old: 1`, weight decay 5",
+          "gs_lora_pp hold 1 distill 1": "GS-LoRA++ `hold_old: 1`, `distill: 1`",
+          "gs_lora_pp hold 1 distill 5": "GS-LoRA++ `hold_old: 1`, `distill: 5`",
           "lwf": "LwF", "ewc": "EWC*", "scrub_s": "SCRUB-S"}
 
 

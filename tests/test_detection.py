@@ -246,3 +246,34 @@ def test_cli_pretrains_a_detector_and_forgetting_drops_forget_map(tmp_path, caps
     capsys.readouterr()
     assert main(["forget", "--run", str(run), "--data", str(tmp_path), "--classes", "cross", "-q"]) == 2
     assert "already forgotten" in capsys.readouterr().err
+
+
+def test_distill_holds_retained_scores_and_boxes_to_the_starting_model_and_never_a_forgotten_class():
+    torch.manual_seed(0)
+    x = torch.randint(0, 255, (2, 1, 64, 64), dtype=torch.uint8)
+    targets = [{"labels": torch.tensor([0]), "boxes": torch.tensor([[4.0, 4.0, 30.0, 30.0]])}] * 2
+    context = TaskContext(Request(1, (1,), (0, 2), (3,)), epochs=1, steps_per_epoch=1)  # 1 forgotten now, 3 before
+    method = DetectionGSLoRA(DetectionGSLoRAConfig(distill=2.0, alpha=0.0))
+    method.setup_task(build_detector(TINY), context)
+    with torch.no_grad():
+        out = method.detector(x)
+    assert method.distillation(x, out).item() == pytest.approx(0.0, abs=1e-6)  # fresh LoRA: the starting model
+    moved = SimpleNamespace(logits=out.logits.clone(), pred_boxes=out.pred_boxes)
+    moved.logits[..., [1, 3]] += 5.0  # forgotten classes' scores are free to move
+    assert method.distillation(x, moved).item() == pytest.approx(0.0, abs=1e-6)
+    moved.logits[..., 2] -= 5.0  # a retained class's are not
+    assert method.distillation(x, moved).item() > 0.1
+    shifted = SimpleNamespace(logits=out.logits, pred_boxes=(out.pred_boxes + 0.05).clamp(0, 1))
+    assert method.distillation(x, shifted).item() > 0.0  # nor are the boxes
+    with torch.no_grad():  # an edit of the LoRA tensors shows in the term and in the loss
+        for group in method.group_params:
+            for p in group:
+                p.add_(0.05 * torch.randn_like(p))
+    terms = method.training_step((x, targets), (x, targets), epoch=0)
+    assert terms["distill"].item() > 0.0
+    rest = terms["retain"] + method.beta * terms["forget"]
+    assert terms["loss"].item() == pytest.approx((rest + 2.0 * terms["distill"]).item(), rel=1e-6)
+    terms["distill"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for group in method.group_params for p in group)
+    with pytest.raises(GSLoRAError, match="method.distill"):
+        DetectionGSLoRAConfig(distill=-1.0)

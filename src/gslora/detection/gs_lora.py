@@ -7,6 +7,7 @@ forget-class objects (targets: those objects only) and r a batch of retained-cla
     L = L_set(r) + beta * [ReLU(BND - L_cls(f)) + L_box(f)] + alpha * sum_g ||theta_g||_2
         [+ w_f * ReLU(BND_pro - KL(softmax(p_y) || softmax(q)))]                        (GS-LoRA++)
         [+ beta * hold_old * ReLU(BND - L_cls(r, held))]                                (gslora's hold_old)
+        [+ distill * D(r)]                                                              (gslora's distill)
 
 L_set is the detector's own Hungarian set-prediction loss (focal classification, L1 and GIoU box terms,
 decoder auxiliary losses). The forget term is bounded per (query, class) pair: ReLU(BND - L_cls) is
@@ -23,7 +24,12 @@ of the README). For GS-LoRA++ q are the decoder embeddings of the queries matche
 p_y the rows of the class-embedding matrix for their classes (frozen, so they are the prototypes of the
 model at the request's start). ``hold_old`` bounds in the same way the retain batch's queries matched to
 objects of classes forgotten by earlier requests (held aside by ``request_subsets``): without it a later
-request's adapters let those classes come back (README "Object detection").
+request's adapters let those classes come back (README "Object detection"). ``distill`` holds the retain images'
+predictions to the request's starting model (the same network with the fresh LoRA switched off): D is the binary KL
+of every query's retained-class scores to the starting model's, summed over those classes and averaged over the
+queries, plus the box L1 of every query weighted by the starting model's top retained-class probability (times the
+set loss's box coefficient). Forgotten classes are left out, so it never pulls a forget or earlier-forgotten object
+back; it covers every query, where L_set only trains the few matched to a ground-truth box.
 """
 
 from __future__ import annotations
@@ -67,6 +73,8 @@ class DetectionGSLoRAConfig:
             requests that appear in this request's retain images (the retain subset's held objects, matched
             to the retain batch's queries), so that a later request's adapters cannot bring them back; needs
             no data of those classes beyond the retain images [0: not in the reference].
+        distill: weight of the distillation term D on the retain batch toward the request's starting model (one
+            more forward pass of that batch per step) [0: not in the reference].
     """
 
     rank: int = 8
@@ -79,6 +87,7 @@ class DetectionGSLoRAConfig:
     w_f: float = 0.0
     bnd_pro: float = 18.0
     hold_old: float = 0.0
+    distill: float = 0.0
 
     def __post_init__(self) -> None:
         require(self.rank >= 1, "method.rank", self.rank, "must be >= 1")
@@ -91,6 +100,8 @@ class DetectionGSLoRAConfig:
         require(self.w_f >= 0, "method.w_f", self.w_f, "must be >= 0")
         require(self.bnd_pro > 0, "method.bnd_pro", self.bnd_pro, "must be > 0")
         require(self.hold_old >= 0, "method.hold_old", self.hold_old, "must be >= 0 (0 disables it)")
+        require(self.distill >= 0 and math.isfinite(self.distill), "method.distill", self.distill,
+                "must be a number >= 0 (0 disables it)")
 
     def beta_for(self, request_index: int) -> float:
         betas = self.beta if isinstance(self.beta, list) else [self.beta]
@@ -124,6 +135,7 @@ class DetectionGSLoRA(GSLoRA):
         self.base_parameters = sum(p.numel() for p in model.parameters())
         hf = self.detector.net.config
         self.bbox_coef, self.giou_coef = float(hf.bbox_loss_coefficient), float(hf.giou_loss_coefficient)
+        self.retained = torch.tensor(sorted(task.request.retain), dtype=torch.long)
 
     def training_step(self, forget_batch: Batch, retain_batch: Batch, *, epoch: int) -> dict[str, torch.Tensor]:
         (x_f, t_f), (x_r, t_r) = forget_batch, retain_batch
@@ -150,7 +162,25 @@ class DetectionGSLoRA(GSLoRA):
             hold = self.held_loss(out_r, t_r, x_r.shape[-1])
             loss = loss + self.beta * self.config.hold_old * hold
             terms["hold_old"] = hold
+        if self.config.distill > 0:
+            distill = self.distillation(x_r, out_r)
+            loss = loss + self.config.distill * distill
+            terms["distill"] = distill
         return {"loss": loss, **terms}
+
+    def distillation(self, images: torch.Tensor, out) -> torch.Tensor:
+        """D: the retained-class scores' binary KL to the starting model's (summed over classes, mean over queries)
+        plus the queries' box L1 to its boxes, weighted by its top retained-class probability."""
+        with torch.no_grad(), self.peft_model.disable_adapter():  # the model as the request found it
+            teacher = self.detector(images)
+        columns = self.retained.to(out.logits.device)
+        student, target = out.logits[..., columns], teacher.logits[..., columns]
+        p = torch.sigmoid(target)
+        kl = F.binary_cross_entropy_with_logits(student, p, reduction="none") - \
+            F.binary_cross_entropy_with_logits(target, p, reduction="none")
+        weight = p.max(-1).values  # (B, Q): how much the starting model shows a retained object there
+        box = (weight * (out.pred_boxes - teacher.pred_boxes).abs().sum(-1)).sum() / weight.sum().clamp_min(1e-6)
+        return kl.sum(-1).mean() + self.bbox_coef * box
 
     def held_loss(self, out, targets: list[dict[str, torch.Tensor]], size: int) -> torch.Tensor:
         """Mean ReLU(BND - L_cls) over the retain batch's queries matched to held objects (classes forgotten by

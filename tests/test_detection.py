@@ -226,6 +226,9 @@ def test_cli_pretrains_a_detector_and_forgetting_drops_forget_map(tmp_path, caps
                  "--batch-size", "32", "--device", "cpu", "--out", str(det), "-q", *model]) == 0
     meta = json.loads((det / "config.json").read_text())
     assert meta["pretrain"]["map50"] > 20, meta["pretrain"]
+    # where the weights came from: code version, time, and the thread count on which a CPU's float sums depend
+    assert {"commit", "time", "hardware"} <= set(meta["pretrain"])
+    assert meta["pretrain"]["hardware"].endswith(f", {torch.get_num_threads()} threads")
     run = tmp_path / "run"
     forget = ["forget", "--checkpoint", str(det), "--data", str(tmp_path), "--classes", "cross", "--ratio", "1.0",
               "--epochs", "20", "--lr", "5e-3", "--batch-size", "8", "--device", "cpu", "--beta", "1.0",

@@ -37,6 +37,7 @@ from gslora.engine.loop import (
     resolve_device,
     train_epochs,
 )
+from gslora.engine.provenance import stamp
 from gslora.errors import GSLoRAError
 from gslora.methods import Method, build_method
 
@@ -116,7 +117,7 @@ def run_detector_pretraining(config: DetectionPretrainConfig, out: str | Path, *
     model, info = pretrain_detector(model_config, dataset, config.train, progress=progress)
     info.pop("history")
     digest = save_detector(model, out, classes=dataset.classes, replace=out.exists(),
-                           extra={"pretrain": {**info, "dataset": dataset.name, "config": to_dict(config)}})
+                           extra={"pretrain": {**info, "dataset": dataset.name, "config": to_dict(config), **stamp()}})
     return digest, info
 
 

@@ -13,7 +13,8 @@ from gslora.version import __version__, code_version
 
 
 def hardware() -> str:
-    """CPU model and core count, GPU if any, torch version."""
+    """CPU model and core count, GPU if any, torch version and its intra-op thread count (on a CPU the same code,
+    config and seed give bit-identical weights only at the same thread count: the float sums run in another order)."""
     cpu = platform.processor() or platform.machine()
     try:
         names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -22,7 +23,7 @@ def hardware() -> str:
     except OSError:
         pass
     gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return f"{cpu}{gpu}, torch {torch.__version__}"
+    return f"{cpu}{gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def stamp() -> dict[str, Any]:

@@ -246,6 +246,13 @@ def test_cli_pretrains_a_detector_and_forgetting_drops_forget_map(tmp_path, caps
     for name in ("report.md", "metrics.json", "accuracy.png", "group_norms.png", "requests/000/adapter"):
         assert (run / name).exists(), name
     assert "| 0 | cross |" in (run / "report.md").read_text()
+    assert len(request["history"]) == 20  # every configured epoch ran ...
+    # ... and with train.stop_when_forgotten the request ends after the first epoch whose forget mAP@0.5 on the
+    # request's forget training scenes is at or below the bound (100: any, so after one epoch)
+    assert main([*forget, "--set", "train.stop_when_forgotten=100", "--accept-partial", "--out",
+                 str(tmp_path / "stopped")]) == 0
+    [stopped] = json.loads((tmp_path / "stopped" / "manifest.json").read_text())["requests"]
+    assert len(stopped["history"]) == 1
     capsys.readouterr()
     assert main(["forget", "--run", str(run), "--data", str(tmp_path), "--classes", "cross", "-q"]) == 2
     assert "already forgotten" in capsys.readouterr().err

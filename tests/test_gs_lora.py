@@ -209,11 +209,13 @@ def test_stop_when_forgotten_ends_the_request_at_the_first_epoch_that_meets_it(b
 
 def test_stop_when_forgotten_is_a_percentage_of_forgetting_requests_only():
     from gslora.config import ForgetTrainConfig, PretrainConfig, from_dict
-    from gslora.detection.engine import DetectionForgetConfig
+    from gslora.detection.engine import DetectionForgetConfig, DetectionPretrainConfig
     from gslora.errors import GSLoRAError
 
     with pytest.raises(GSLoRAError, match="train.stop_when_forgotten=101"):
         ForgetTrainConfig(stop_when_forgotten=101)
-    for config in (PretrainConfig, DetectionForgetConfig):  # it reads top-1 accuracy of a forgetting request
+    for config in (PretrainConfig, DetectionPretrainConfig):  # it reads the forget score of a forgetting request
         with pytest.raises(GSLoRAError, match="stop_when_forgotten"):
             from_dict(config, {"train": {"stop_when_forgotten": 0}})
+    # a detection request reads its forget classes' mAP@0.5 (tests/test_detection.py runs it)
+    assert from_dict(DetectionForgetConfig, {"train": {"stop_when_forgotten": 2}}).train.stop_when_forgotten == 2

@@ -10,13 +10,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
-from gslora.config import AcceptanceConfig, AdaptersConfig, SequenceConfig, TrainConfig, to_dict
+from gslora.config import AcceptanceConfig, AdaptersConfig, ForgetTrainConfig, SequenceConfig, TrainConfig, to_dict
 from gslora.data import Request
 from gslora.detection.data import (
     DetectionDataConfig,
@@ -138,12 +139,13 @@ class DetectionForgetConfig:
     data: DetectionDataConfig = field(default_factory=DetectionDataConfig)
     sequence: SequenceConfig = field(default_factory=SequenceConfig)
     method: dict[str, Any] = field(default_factory=lambda: {"name": "gs_lora"})
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: ForgetTrainConfig = field(default_factory=ForgetTrainConfig)
     eval_batch_size: int = 64
     acceptance: AcceptanceConfig = field(default_factory=AcceptanceConfig)
     adapters: AdaptersConfig = field(default_factory=AdaptersConfig)
 
     def __post_init__(self) -> None:
+        self.train = ForgetTrainConfig.of(self.train)
         if self.sequence.missing_classes:
             raise GSLoRAError("sequence.missing_classes is not supported for detection; drop --missing-classes")
         if self.train.epochs < 1:
@@ -190,8 +192,10 @@ def request_subsets(dataset: DetectionDataset, request: Request, sequence: Seque
 
 def train_detection_request(method: Method, forget: DetectionSet, retain: DetectionSet, config: TrainConfig, *,
                             request_index: int, device: torch.device, progress: ProgressFactory = no_progress,
-                            profile: Profile | None = None) -> list[dict[str, float]]:
-    """One epoch = one pass over the retain subset; each step pairs it with the next cycled forget batch."""
+                            profile: Profile | None = None, done: Callable[[], bool] | None = None
+                            ) -> list[dict[str, float]]:
+    """One epoch = one pass over the retain subset; each step pairs it with the next cycled forget batch; ``done()``,
+    asked after each epoch, ends the request early (``train.stop_when_forgotten``)."""
     generator = torch.Generator().manual_seed(config.seed + request_index)
 
     def cycled():
@@ -208,7 +212,14 @@ def train_detection_request(method: Method, forget: DetectionSet, retain: Detect
 
     return optimise(method, config, steps_per_epoch=-(-len(retain) // config.batch_size),
                     epoch_batches=epoch_batches, desc=f"request {request_index}", progress=progress, device=device,
-                    profile=profile)
+                    profile=profile, done=done)
+
+
+def method_detector(method: Method) -> Detector:
+    """The detector a method trains, its adapters in place (peft wraps it as ``base_model.model``)."""
+    model = method.model
+    inner = getattr(getattr(model, "base_model", None), "model", None)
+    return inner if isinstance(inner, Detector) else model
 
 
 def run_detection_forgetting(config: DetectionForgetConfig, run_dir: str | Path, *, resume: bool = False,

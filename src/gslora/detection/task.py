@@ -8,10 +8,16 @@ from typing import Any
 
 import torch
 
-from gslora.config import SequenceConfig, TrainConfig
+from gslora.config import ForgetTrainConfig, SequenceConfig, TrainConfig
 from gslora.data import Request
 from gslora.detection.data import DetectionDataset, load_detection_dataset
-from gslora.detection.engine import DetectionForgetConfig, evaluate_detector, request_subsets, train_detection_request
+from gslora.detection.engine import (
+    DetectionForgetConfig,
+    evaluate_detector,
+    method_detector,
+    request_subsets,
+    train_detection_request,
+)
 from gslora.detection.metrics import detection_metrics, group_map
 from gslora.detection.model import Detector, load_detector, read_detector_meta, save_detector
 from gslora.engine.loop import Profile, ProgressFactory
@@ -61,9 +67,15 @@ class Detection(Task):
     def train(self, method: Method, context: TaskContext, subsets: Subsets, config: TrainConfig, *,
               device: torch.device, progress: ProgressFactory, profile: Profile | None = None
               ) -> list[dict[str, float]]:
+        config = ForgetTrainConfig.of(config)
+        done = None
+        if config.stop_when_forgotten is not None and len(subsets.forget):
+            def done() -> bool:  # the forget classes' mAP@0.5 on the request's forget training scenes, LoRA on
+                score = self.training_forget_score(method_detector(method), subsets, context.request, device=device)
+                return score is not None and score <= config.stop_when_forgotten
         return train_detection_request(method, subsets.forget, subsets.retain, config,
                                        request_index=context.request.index, device=device, progress=progress,
-                                       profile=profile)
+                                       profile=profile, done=done)
 
     def evaluate(self, model: Detector, dataset: DetectionDataset, config: DetectionForgetConfig, *,
                  device: torch.device) -> dict[str, list[float | None]]:

@@ -208,7 +208,7 @@ def test_hold_old_bounds_the_retain_queries_matched_to_earlier_forgotten_objects
         DetectionGSLoRAConfig(hold_old=-1.0)
 
 
-def test_cli_pretrains_a_detector_and_forgetting_drops_forget_map(tmp_path, capsys):
+def test_cli_pretrains_a_detector_and_forgetting_drops_forget_map(tmp_path, capsys, monkeypatch):
     """Composed scenes of two easy, distinct shapes; a tiny detector learns them in a few epochs."""
     items = torch.zeros(2, 1, 28, 28, dtype=torch.uint8)
     items[0, :, 4:24, 4:24] = 255  # a filled square
@@ -247,12 +247,23 @@ def test_cli_pretrains_a_detector_and_forgetting_drops_forget_map(tmp_path, caps
         assert (run / name).exists(), name
     assert "| 0 | cross |" in (run / "report.md").read_text()
     assert len(request["history"]) == 20  # every configured epoch ran ...
-    # ... and with train.stop_when_forgotten the request ends after the first epoch whose forget mAP@0.5 on the
-    # request's forget training scenes is at or below the bound (100: any, so after one epoch)
-    assert main([*forget, "--set", "train.stop_when_forgotten=100", "--accept-partial", "--out",
+    # ... and with train.stop_when_forgotten the request ends after the first epoch whose forget classes' mAP@0.5 on
+    # the request's forget training scenes, read from the detector with its adapters, is at or below the bound
+    from gslora.detection.task import Detection
+
+    scores, asked, real = iter([50.0, 30.0, 1.0]), [], Detection.training_forget_score
+
+    def scripted(self, model, subsets, request, *, device):
+        if any("lora_" in name for name, _ in model.named_modules()):  # during training: these scores per epoch
+            asked.append(len(subsets.forget))
+            return next(scores)
+        return real(self, model, subsets, request, device=device)  # the judge, on the merged detector
+
+    monkeypatch.setattr(Detection, "training_forget_score", scripted)
+    assert main([*forget, "--set", "train.stop_when_forgotten=2", "--accept-partial", "--out",
                  str(tmp_path / "stopped")]) == 0
     [stopped] = json.loads((tmp_path / "stopped" / "manifest.json").read_text())["requests"]
-    assert len(stopped["history"]) == 1
+    assert len(stopped["history"]) == 3 and len(asked) == 3 and asked[0] > 0
     capsys.readouterr()
     assert main(["forget", "--run", str(run), "--data", str(tmp_path), "--classes", "cross", "-q"]) == 2
     assert "already forgotten" in capsys.readouterr().err

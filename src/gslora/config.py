@@ -268,13 +268,14 @@ class TrainConfig:
 
 @dataclass
 class ForgetTrainConfig(TrainConfig):
-    """``TrainConfig`` of a classification forgetting request (pre-training configs, and the keys of what was
-    pre-trained from them, do not change with it).
+    """``TrainConfig`` of a forgetting request (pre-training configs, and the keys of what was pre-trained from them,
+    do not change with it).
 
     Args:
-        stop_when_forgotten: end the request after the first epoch at which the model's top-1 accuracy on the
-            request's forget training images is at or below this percentage (None: off; ``epochs`` and
-            ``min_steps`` are then upper bounds).
+        stop_when_forgotten: end the request after the first epoch at which the model's forget score on the
+            request's forget training images is at or below this percentage: top-1 accuracy for a classifier,
+            mAP@0.5 of the forget classes for a detector (None: off; ``epochs`` and ``min_steps`` are then upper
+            bounds).
     """
 
     stop_when_forgotten: float | None = None

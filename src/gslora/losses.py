@@ -11,6 +11,14 @@ def bounded_forgetting_loss(forget_ce: torch.Tensor, bnd: float) -> torch.Tensor
     return F.relu(bnd - forget_ce)
 
 
+def binary_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Elementwise KL(Bernoulli(sigmoid(t)) || Bernoulli(sigmoid(s))) of independent sigmoid scores (a detector's
+    per-class scores): 0 where student and teacher agree."""
+    p = torch.sigmoid(teacher_logits)
+    return F.binary_cross_entropy_with_logits(student_logits, p, reduction="none") - \
+        F.binary_cross_entropy_with_logits(teacher_logits, p, reduction="none")
+
+
 def class_prototypes(embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean embedding per class: ((C, D) prototypes, (C,) bool mask of classes that have samples)."""

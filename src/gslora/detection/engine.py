@@ -215,13 +215,6 @@ def train_detection_request(method: Method, forget: DetectionSet, retain: Detect
                     profile=profile, done=done)
 
 
-def method_detector(method: Method) -> Detector:
-    """The detector a method trains, its adapters in place (peft wraps it as ``base_model.model``)."""
-    model = method.model
-    inner = getattr(getattr(model, "base_model", None), "model", None)
-    return inner if isinstance(inner, Detector) else model
-
-
 def run_detection_forgetting(config: DetectionForgetConfig, run_dir: str | Path, *, resume: bool = False,
                              progress: ProgressFactory = no_progress) -> dict[str, Any]:
     """``gslora.engine.run_forgetting`` for a detector (kept for the API)."""

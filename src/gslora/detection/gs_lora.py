@@ -37,6 +37,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +45,7 @@ import torch.nn.functional as F
 from gslora.adapters import attach_lora, find_ffn_groups, group_lasso, group_parameters
 from gslora.config import require
 from gslora.detection.model import Detector, hf_target
-from gslora.losses import bounded_forgetting_loss, prototype_push_loss
+from gslora.losses import binary_kl, bounded_forgetting_loss, prototype_push_loss
 from gslora.methods.base import TaskContext, variant_of
 from gslora.methods.gs_lora import GSLoRA
 from gslora.methods.gs_lora_pp import GSLoRAPP
@@ -168,17 +169,23 @@ class DetectionGSLoRA(GSLoRA):
             terms["distill"] = distill
         return {"loss": loss, **terms}
 
-    def distillation(self, images: torch.Tensor, out) -> torch.Tensor:
+    def distillation(self, images: torch.Tensor, out: Any) -> torch.Tensor:
         """D: the retained-class scores' binary KL to the starting model's (summed over classes, mean over queries)
-        plus the queries' box L1 to its boxes, weighted by its top retained-class probability."""
+        plus the queries' box L1 to its boxes, weighted by its top retained-class probability.
+
+        Args:
+            images: the retain batch.
+            out: the detector's output on it with the request's adapters (``logits`` (B, Q, C), ``pred_boxes``).
+
+        The starting model runs in the same mode as the student: the detectors gslora builds have no dropout, a hub
+        detector's dropout makes the target noisy (and D above 0 at the first step).
+        """
         with torch.no_grad(), self.peft_model.disable_adapter():  # the model as the request found it
             teacher = self.detector(images)
         columns = self.retained.to(out.logits.device)
-        student, target = out.logits[..., columns], teacher.logits[..., columns]
-        p = torch.sigmoid(target)
-        kl = F.binary_cross_entropy_with_logits(student, p, reduction="none") - \
-            F.binary_cross_entropy_with_logits(target, p, reduction="none")
-        weight = p.max(-1).values  # (B, Q): how much the starting model shows a retained object there
+        target = teacher.logits[..., columns]
+        kl = binary_kl(out.logits[..., columns], target)
+        weight = torch.sigmoid(target).max(-1).values  # (B, Q): how much the starting model shows a retained object
         box = (weight * (out.pred_boxes - teacher.pred_boxes).abs().sum(-1)).sum() / weight.sum().clamp_min(1e-6)
         return kl.sum(-1).mean() + self.bbox_coef * box
 

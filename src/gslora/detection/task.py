@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import PeftModel
 
 from gslora.config import ForgetTrainConfig, SequenceConfig, TrainConfig
 from gslora.data import Request
@@ -14,7 +15,6 @@ from gslora.detection.data import DetectionDataset, load_detection_dataset
 from gslora.detection.engine import (
     DetectionForgetConfig,
     evaluate_detector,
-    method_detector,
     request_subsets,
     train_detection_request,
 )
@@ -68,14 +68,17 @@ class Detection(Task):
               device: torch.device, progress: ProgressFactory, profile: Profile | None = None
               ) -> list[dict[str, float]]:
         config = ForgetTrainConfig.of(config)
-        done = None
-        if config.stop_when_forgotten is not None and len(subsets.forget):
-            def done() -> bool:  # the forget classes' mAP@0.5 on the request's forget training scenes, LoRA on
-                score = self.training_forget_score(method_detector(method), subsets, context.request, device=device)
-                return score is not None and score <= config.stop_when_forgotten
+
+        def forgotten() -> bool:  # the forget classes' mAP@0.5 on the request's forget training scenes, LoRA on
+            model = method.model.get_base_model() if isinstance(method.model, PeftModel) else method.model
+            score = self.training_forget_score(model, subsets, context.request, device=device)
+            return score is not None and score <= config.stop_when_forgotten
+
         return train_detection_request(method, subsets.forget, subsets.retain, config,
                                        request_index=context.request.index, device=device, progress=progress,
-                                       profile=profile, done=done)
+                                       profile=profile,
+                                       done=forgotten if config.stop_when_forgotten is not None and len(subsets.forget)
+                                       else None)
 
     def evaluate(self, model: Detector, dataset: DetectionDataset, config: DetectionForgetConfig, *,
                  device: torch.device) -> dict[str, list[float | None]]:

@@ -31,6 +31,7 @@ LABELS = {"gs_lora": "GS-LoRA (recipe)", "gs_lora_pp": "GS-LoRA++ (recipe)", "gs
           "gs_lora_pp hold 1 distill 5": "GS-LoRA++ `hold_old: 1`, `distill: 5`",
           "gs_lora_pp hold 1 stop 2": "GS-LoRA++ `hold_old: 1`, `stop_when_forgotten: 2`",
           "gs_lora_pp hold 1 distill 1 stop 2": "GS-LoRA++ `hold_old: 1`, `distill: 1`, `stop_when_forgotten: 2`",
+          "gs_lora_pp hold 1 distill 2 stop 2": "GS-LoRA++ `hold_old: 1`, `distill: 2`, `stop_when_forgotten: 2`",
           "lwf": "LwF", "ewc": "EWC*", "scrub_s": "SCRUB-S"}
 
 

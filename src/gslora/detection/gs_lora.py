@@ -136,7 +136,7 @@ class DetectionGSLoRA(GSLoRA):
         self.base_parameters = sum(p.numel() for p in model.parameters())
         hf = self.detector.net.config
         self.bbox_coef, self.giou_coef = float(hf.bbox_loss_coefficient), float(hf.giou_loss_coefficient)
-        self.retained = torch.tensor(sorted(task.request.retain), dtype=torch.long)
+        self.retained = torch.tensor(sorted(task.request.retain), dtype=torch.long, device=task.device)
 
     def training_step(self, forget_batch: Batch, retain_batch: Batch, *, epoch: int) -> dict[str, torch.Tensor]:
         (x_f, t_f), (x_r, t_r) = forget_batch, retain_batch
@@ -182,9 +182,8 @@ class DetectionGSLoRA(GSLoRA):
         """
         with torch.no_grad(), self.peft_model.disable_adapter():  # the model as the request found it
             teacher = self.detector(images)
-        columns = self.retained.to(out.logits.device)
-        target = teacher.logits[..., columns]
-        kl = binary_kl(out.logits[..., columns], target)
+        target = teacher.logits[..., self.retained]
+        kl = binary_kl(out.logits[..., self.retained], target)
         weight = torch.sigmoid(target).max(-1).values  # (B, Q): how much the starting model shows a retained object
         box = (weight * (out.pred_boxes - teacher.pred_boxes).abs().sum(-1)).sum() / weight.sum().clamp_min(1e-6)
         return kl.sum(-1).mean() + self.bbox_coef * box

@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import PeftModel
 
-from gslora.config import ForgetTrainConfig, SequenceConfig, TrainConfig
+from gslora.config import SequenceConfig, TrainConfig
 from gslora.data import Request
 from gslora.detection.data import DetectionDataset, load_detection_dataset
 from gslora.detection.engine import (
@@ -67,18 +66,10 @@ class Detection(Task):
     def train(self, method: Method, context: TaskContext, subsets: Subsets, config: TrainConfig, *,
               device: torch.device, progress: ProgressFactory, profile: Profile | None = None
               ) -> list[dict[str, float]]:
-        config = ForgetTrainConfig.of(config)
-
-        def forgotten() -> bool:  # the forget classes' mAP@0.5 on the request's forget training scenes, LoRA on
-            model = method.model.get_base_model() if isinstance(method.model, PeftModel) else method.model
-            score = self.training_forget_score(model, subsets, context.request, device=device)
-            return score is not None and score <= config.stop_when_forgotten
-
         return train_detection_request(method, subsets.forget, subsets.retain, config,
                                        request_index=context.request.index, device=device, progress=progress,
-                                       profile=profile,
-                                       done=forgotten if config.stop_when_forgotten is not None and len(subsets.forget)
-                                       else None)
+                                       profile=profile, done=self.stop_check(method, context, subsets, config,
+                                                                             device=device))
 
     def evaluate(self, model: Detector, dataset: DetectionDataset, config: DetectionForgetConfig, *,
                  device: torch.device) -> dict[str, list[float | None]]:

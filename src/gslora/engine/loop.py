@@ -15,10 +15,8 @@ from torch import nn
 from gslora.config import ForgetTrainConfig, TrainConfig
 from gslora.data import ImageSet, load_batches
 from gslora.engine import distributed
-from gslora.engine.evaluate import predict
 from gslora.errors import GSLoRAError, NonFiniteLossError
 from gslora.methods import Method, TaskContext
-from gslora.metrics import accuracy
 
 log = logging.getLogger(__name__)
 
@@ -289,11 +287,12 @@ def optimise(method: Method, config: TrainConfig, *, steps_per_epoch: int, epoch
 
 def train_request(method: Method, task: TaskContext, forget: ImageSet, retain: ImageSet, config: TrainConfig, *,
                   device: torch.device, progress: ProgressFactory = no_progress,
-                  profile: Profile | None = None) -> list[dict[str, float]]:
+                  profile: Profile | None = None, done: Callable[[], bool] | None = None) -> list[dict[str, float]]:
     """Optimise ``method`` on one request; returns the mean of every loss term per epoch.
 
     One epoch is one pass over the retain subset; each step pairs a retain batch with the next batch
-    of the cycled forget subset (the reference's schedule). A training-free method takes no step.
+    of the cycled forget subset (the reference's schedule). A training-free method takes no step. ``done()``,
+    asked after each epoch, ends the request early (``Task.stop_check``: ``train.stop_when_forgotten``).
     """
     if method.training_free:
         return []
@@ -310,10 +309,6 @@ def train_request(method: Method, task: TaskContext, forget: ImageSet, retain: I
                 x_f = augment(x_f, generator, jitter=config.jitter)
             yield (x_f.to(device), y_f.to(device)), (x_r.to(device), y_r.to(device))
 
-    def forgotten() -> bool:
-        top1 = predict(method.model, forget, device=device, batch_size=config.batch_size).top1
-        return accuracy(top1, forget.labels, task.request.forget) <= config.stop_when_forgotten
-
     return optimise(method, config, steps_per_epoch=task.steps_per_epoch, epoch_batches=epoch_batches,
                     desc=f"request {task.request.index}", progress=progress, device=device, profile=profile,
-                    done=forgotten if config.stop_when_forgotten is not None and len(forget) else None)
+                    done=done)

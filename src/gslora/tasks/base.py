@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from peft import PeftModel
 
-from gslora.config import SequenceConfig, TrainConfig
+from gslora.config import ForgetTrainConfig, SequenceConfig, TrainConfig
 from gslora.data import Request
 from gslora.engine.loop import Profile, ProgressFactory
 from gslora.errors import GSLoRAError
@@ -146,6 +148,22 @@ class Task(ABC):
     def training_forget_score(self, model: torch.nn.Module, subsets: Subsets, request: Request, *,
                               device: torch.device) -> float | None:
         """The forget classes' score (percent) on the request's own forget training images, after the edit."""
+
+    def stop_check(self, method: Method, context: TaskContext, subsets: Subsets, config: TrainConfig, *,
+                   device: torch.device) -> Callable[[], bool] | None:
+        """``done()`` for ``train.stop_when_forgotten``: True once ``training_forget_score`` of the model being
+        trained (its adapters in place) is at or below the bound; None when the setting is off or nothing is
+        forgotten. Every task's loop asks it after each epoch."""
+        bound = ForgetTrainConfig.of(config).stop_when_forgotten
+        if bound is None or not len(subsets.forget):
+            return None
+
+        def forgotten() -> bool:
+            model = method.model.get_base_model() if isinstance(method.model, PeftModel) else method.model
+            score = self.training_forget_score(model, subsets, context.request, device=device)
+            return score is not None and score <= bound
+
+        return forgotten
 
     def verify(self, model: torch.nn.Module, dataset: Any, groups: dict[str, list[int]], retained: list[int],
                config: Any, *, device: torch.device, acc_before: dict[str, float], original: torch.nn.Module | None

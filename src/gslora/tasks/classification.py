@@ -70,7 +70,8 @@ class Classification(Task):
               device: torch.device, progress: ProgressFactory, profile: Profile | None = None
               ) -> list[dict[str, float]]:
         return train_request(method, context, subsets.forget, subsets.retain, config, device=device,
-                             progress=progress, profile=profile)
+                             progress=progress, profile=profile,
+                             done=self.stop_check(method, context, subsets, config, device=device))
 
     def evaluate(self, model: VisionClassifier, dataset: Dataset, config: Any, *, device: torch.device) -> Predictions:
         wants = model.has_margin if config.verification is None else config.verification

@@ -111,3 +111,17 @@ def test_detection_rows_measured_apart_are_kept_only_on_the_same_base_detector(t
     assert "run without --methods" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         runner.kept_rows({**base, "key": "k2"}, ["b"])
+
+
+def test_a_copy_without_git_names_the_commit_it_was_told(tmp_path):
+    """A results row made on a machine that got a copy of the checkout (no .git) still names its commit."""
+    copy = tmp_path / "src" / "gslora"
+    copy.mkdir(parents=True)
+    (copy / "version.py").write_text((ROOT / "src" / "gslora" / "version.py").read_text())
+    probe = "import version; print(version.code_version())"
+    env = {k: v for k, v in os.environ.items() if k != "GSLORA_COMMIT"}
+    plain = subprocess.run([sys.executable, "-c", probe], cwd=copy, env=env, capture_output=True, text=True, check=True)
+    told = subprocess.run([sys.executable, "-c", probe], cwd=copy, capture_output=True, text=True, check=True,
+                          env={**env, "GSLORA_COMMIT": "0123456789abcdef0123"})
+    assert re.fullmatch(r"\d+\.\d+\.\d+", plain.stdout.strip()), plain.stdout
+    assert told.stdout.strip() == plain.stdout.strip() + "+g0123456789ab"

@@ -6,6 +6,7 @@ Importing this module costs nothing: the command line's ``--version`` and every 
 from __future__ import annotations
 
 import functools
+import os
 import subprocess
 from pathlib import Path
 
@@ -18,10 +19,12 @@ GENERATED = ("benchmarks/*/results.json", "benchmarks/*/report.md", "benchmarks/
 @functools.cache
 def code_version() -> str:
     """``<version>+g<commit>`` (``.dirty`` when the checkout has uncommitted changes other than benchmark outputs)
-    when gslora runs from a git checkout, else the plain version."""
+    when gslora runs from a git checkout; from a copy without ``.git`` (a container, a remote machine) the commit
+    that ``GSLORA_COMMIT`` names, else the plain version."""
     root = Path(__file__).resolve().parents[2]
     if not (root / ".git").exists():
-        return __version__
+        commit = os.environ.get("GSLORA_COMMIT", "").strip()
+        return f"{__version__}+g{commit[:12]}" if commit else __version__
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
                                 text=True, timeout=10, check=True).stdout.strip()

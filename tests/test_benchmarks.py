@@ -113,8 +113,8 @@ def test_detection_rows_measured_apart_are_kept_only_on_the_same_base_detector(t
         runner.kept_rows({**base, "key": "k2"}, ["b"])
 
 
-def test_a_copy_without_git_names_the_commit_it_was_told(tmp_path):
-    """A results row made on a machine that got a copy of the checkout (no .git) still names its commit."""
+def test_a_copy_on_another_machine_names_the_commit_it_was_told(tmp_path):
+    """A results row made on a machine that got a copy of a commit (no .git, or a stale one) names that commit."""
     copy = tmp_path / "src" / "gslora"
     copy.mkdir(parents=True)
     (copy / "version.py").write_text((ROOT / "src" / "gslora" / "version.py").read_text())
@@ -125,3 +125,7 @@ def test_a_copy_without_git_names_the_commit_it_was_told(tmp_path):
                           env={**env, "GSLORA_COMMIT": "0123456789abcdef0123"})
     assert re.fullmatch(r"\d+\.\d+\.\d+", plain.stdout.strip()), plain.stdout
     assert told.stdout.strip() == plain.stdout.strip() + "+g0123456789ab"
+    in_git = subprocess.run([sys.executable, "-c", "from gslora.version import code_version; print(code_version())"],
+                            cwd=ROOT, capture_output=True, text=True, check=True,
+                            env={**env, "GSLORA_COMMIT": "0123456789abcdef0123", "PYTHONPATH": str(ROOT / "src")})
+    assert in_git.stdout.strip().endswith("+g0123456789ab"), in_git.stdout

@@ -18,13 +18,16 @@ GENERATED = ("benchmarks/*/results.json", "benchmarks/*/report.md", "benchmarks/
 
 @functools.cache
 def code_version() -> str:
-    """``<version>+g<commit>`` (``.dirty`` when the checkout has uncommitted changes other than benchmark outputs)
-    when gslora runs from a git checkout; from a copy without ``.git`` (a container, a remote machine) the commit
-    that ``GSLORA_COMMIT`` names, else the plain version."""
+    """``<version>+g<commit>``: the commit that ``GSLORA_COMMIT`` names when it is set (a copy of a commit on
+    another machine, whose ``.git`` may be missing or stale: a device copy once stamped rows with its session's
+    first commit plus ``.dirty``), else the git checkout's (``.dirty`` when it has uncommitted changes other than
+    benchmark outputs), else the plain version."""
+    told = os.environ.get("GSLORA_COMMIT", "").strip()
+    if told:
+        return f"{__version__}+g{told[:12]}"
     root = Path(__file__).resolve().parents[2]
     if not (root / ".git").exists():
-        commit = os.environ.get("GSLORA_COMMIT", "").strip()
-        return f"{__version__}+g{commit[:12]}" if commit else __version__
+        return __version__
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
                                 text=True, timeout=10, check=True).stdout.strip()

@@ -20,6 +20,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -91,8 +92,15 @@ def run_children(jobs: list[tuple[str, dict[str, Any]]], parallel: int, device: 
             process = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(config), "--device", device,
                                         "--row-out", str(out)], env=env)
             running.append((label, process, out))
-        label, process, out = running.pop(0)
-        if process.wait() != 0:
+        finished = next((job for job in running if job[1].poll() is not None), None)
+        if finished is None:
+            time.sleep(1)
+            continue
+        running.remove(finished)
+        label, process, out = finished
+        if process.returncode != 0:
+            for _, other, _ in running:  # the others' pre-trainings stay cached only if finished: stop them
+                other.terminate()
             raise SystemExit(f"faces_base: pre-training {label!r} failed (exit {process.returncode}); its log is above")
         rows[label] = json.loads(out.read_text())
         out.unlink()

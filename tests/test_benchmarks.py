@@ -129,3 +129,16 @@ def test_a_copy_on_another_machine_names_the_commit_it_was_told(tmp_path):
                             cwd=ROOT, capture_output=True, text=True, check=True,
                             env={**env, "GSLORA_COMMIT": "0123456789abcdef0123", "PYTHONPATH": str(ROOT / "src")})
     assert in_git.stdout.strip().endswith("+g0123456789ab"), in_git.stdout
+
+
+def test_the_face_base_rule_takes_the_best_held_out_top1_and_gives_ties_to_the_cheaper():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("faces_base_run", ROOT / "benchmarks" / "faces_base" / "run.py")
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    assert runner.choose({"a": {"top1": 40.0}, "b": {"top1": 46.6}, "c": {"top1": 44.8}}) == "b"
+    assert runner.choose({"a": {"top1": 46.2}, "b": {"top1": 46.6}}) == "a"  # within 0.5: the one listed first
+    assert runner.merged({"train": {"epochs": 120, "lr": 0.001}, "distill": {"weight": 10.0}},
+                         {"train": {"epochs": 400}}) == {"train": {"epochs": 400, "lr": 0.001},
+                                                         "distill": {"weight": 10.0}}

@@ -3,6 +3,7 @@ their own config and provenance, and results files written whole by their runner
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import hashlib
 import json
@@ -88,6 +89,15 @@ def write_results(folder: Path, results: dict[str, Any], config: dict[str, Any])
     this file was written. Runners only; never edit it by hand."""
     results = portable({**results, "config": config, "written": stamp()})
     atomic_write_text(folder / "results.json", json.dumps(results, indent=2) + "\n")
+
+
+def merged(tree: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``tree`` with ``overrides`` applied: a mapping merges into a mapping, any other value replaces."""
+    out = copy.deepcopy(tree)
+    for key, value in overrides.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merged(out[key], value) if both else copy.deepcopy(value)
+    return out
 
 
 def load_config(folder: Path) -> dict[str, Any]:

@@ -113,32 +113,50 @@ def test_detection_rows_measured_apart_are_kept_only_on_the_same_base_detector(t
         runner.kept_rows({**base, "key": "k2"}, ["b"])
 
 
-def test_a_copy_on_another_machine_names_the_commit_it_was_told(tmp_path):
-    """A results row made on a machine that got a copy of a commit (no .git, or a stale one) names that commit."""
+def test_a_copy_without_git_names_the_commit_it_was_told_and_a_checkout_its_own(tmp_path):
+    """A results row made from a copy of a commit on another machine (no .git) names the commit its sender gave;
+    in a git checkout the variable changes nothing (a stale export cannot relabel a run)."""
     copy = tmp_path / "src" / "gslora"
     copy.mkdir(parents=True)
     (copy / "version.py").write_text((ROOT / "src" / "gslora" / "version.py").read_text())
     probe = "import version; print(version.code_version())"
     env = {k: v for k, v in os.environ.items() if k != "GSLORA_COMMIT"}
-    plain = subprocess.run([sys.executable, "-c", probe], cwd=copy, env=env, capture_output=True, text=True, check=True)
-    told = subprocess.run([sys.executable, "-c", probe], cwd=copy, capture_output=True, text=True, check=True,
-                          env={**env, "GSLORA_COMMIT": "0123456789abcdef0123"})
-    assert re.fullmatch(r"\d+\.\d+\.\d+", plain.stdout.strip()), plain.stdout
-    assert told.stdout.strip() == plain.stdout.strip() + "+g0123456789ab"
-    in_git = subprocess.run([sys.executable, "-c", "from gslora.version import code_version; print(code_version())"],
-                            cwd=ROOT, capture_output=True, text=True, check=True,
-                            env={**env, "GSLORA_COMMIT": "0123456789abcdef0123", "PYTHONPATH": str(ROOT / "src")})
-    assert in_git.stdout.strip().endswith("+g0123456789ab"), in_git.stdout
+
+    def version(cwd: Path, code: str, **extra: str) -> str:
+        return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, check=True,
+                              env={**env, **extra}).stdout.strip()
+
+    plain = version(copy, probe)
+    assert re.fullmatch(r"\d+\.\d+\.\d+", plain), plain
+    assert version(copy, probe, GSLORA_COMMIT="0123456789abcdef0123") == plain + "+g0123456789ab"
+    assert version(copy, probe, GSLORA_COMMIT="not a commit") == plain
+    in_git = "from gslora.version import code_version; print(code_version())"
+    own = version(ROOT, in_git, PYTHONPATH=str(ROOT / "src"))
+    assert re.fullmatch(r"\d+\.\d+\.\d+\+g[0-9a-f]{12}(\.dirty)?", own), own
+    assert version(ROOT, in_git, PYTHONPATH=str(ROOT / "src"), GSLORA_COMMIT="0123456789abcdef0123") == own
 
 
-def test_the_face_base_rule_takes_the_best_held_out_top1_and_gives_ties_to_the_cheaper():
+def test_the_face_base_rule_takes_the_best_held_out_top1_and_gives_ties_to_the_earlier_listed():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("faces_base_run", ROOT / "benchmarks" / "faces_base" / "run.py")
     runner = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(runner)
-    assert runner.choose({"a": {"top1": 40.0}, "b": {"top1": 46.6}, "c": {"top1": 44.8}}) == "b"
-    assert runner.choose({"a": {"top1": 46.2}, "b": {"top1": 46.6}}) == "a"  # within 0.5: the one listed first
-    assert runner.merged({"train": {"epochs": 120, "lr": 0.001}, "distill": {"weight": 10.0}},
-                         {"train": {"epochs": 400}}) == {"train": {"epochs": 400, "lr": 0.001},
-                                                         "distill": {"weight": 10.0}}
+    choose = runner.choose
+    assert choose({"a": {"top1": 40.0}, "b": {"top1": 46.6}, "c": {"top1": 44.8}}) == "b"
+    assert choose({"a": {"top1": 46.6}, "b": {"top1": 46.4}}) == "a"
+    assert choose({"a": {"top1": 46.2}, "b": {"top1": 46.6}}) == "a"  # within 0.5: the one listed first
+    assert choose({"a": {"top1": 40.0}, "b": {"top1": 46.3}, "c": {"top1": 46.6}}) == "b"
+
+
+def test_config_overrides_merge_section_by_section_without_touching_the_base():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from common import merged
+
+    base = {"train": {"epochs": 120, "lr": 0.001}, "distill": {"weight": 10.0}, "sizes": [1, 2], "head": None}
+    before = json.dumps(base)
+    out = merged(base, {"train": {"epochs": 400}, "model": {"width": 192}, "sizes": {"a": 1}, "head": {"m": 0.2}})
+    assert out == {"train": {"epochs": 400, "lr": 0.001}, "distill": {"weight": 10.0}, "model": {"width": 192},
+                   "sizes": {"a": 1}, "head": {"m": 0.2}}
+    out["train"]["lr"] = 1.0
+    assert json.dumps(base) == before

@@ -7,27 +7,30 @@ identity and measured on the 5 held out: top-1, margin top-1, and TAR at FAR 1% 
 pairs of held-out images. The rule in config.yaml picks one from those figures alone; its overrides on ``test_base``
 (all 20 training images) give the test model, measured once on the test split, next to the current recipe's test
 model. ``--jobs N`` pre-trains N candidates at a time in separate processes (on a GPU they share it; on a CPU each
-takes cores / N threads). Pre-trainings are cached by their resolved config (``.cache/benchmarks/base-<key>``), so an
-interrupted run resumes where it stopped. Writes results.json (each row with its config, commit, time and hardware)
-and report.md here, also after each finished candidate.
+takes cores / N threads). Finished pre-trainings are cached by their resolved config (``.cache/benchmarks/base-<key>``):
+a run started again reuses them, restarts the unfinished ones from scratch and measures every row again. Writes
+results.json (each row with its config, commit, time and hardware) and report.md here after each finished
+candidate, so the files hold the candidates measured so far until the run ends.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from common import cached_base, load_config, setup_logging, write_results  # noqa: E402
+from common import cached_base, load_config, merged, setup_logging, write_results  # noqa: E402
 
 from gslora.config import PretrainConfig, from_dict, load_yaml, to_dict  # noqa: E402
 from gslora.data import for_model, load_dataset  # noqa: E402
@@ -42,14 +45,6 @@ FARS = (0.01, 0.001)
 TIE = 0.5  # held-out top-1 points within which an earlier-listed candidate wins (config.yaml's rule)
 
 
-def merged(tree: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """``tree`` with ``overrides`` applied section by section (nested mappings merge, other values replace)."""
-    out = copy.deepcopy(tree)
-    for key, value in overrides.items():
-        out[key] = merged(out.get(key, {}), value) if isinstance(value, dict) else value
-    return out
-
-
 def measure(config: dict[str, Any], device: str) -> dict[str, Any]:
     """Pre-train ``config`` (cached) and measure its model on the config's evaluation split (the held-out images of
     a validation config, else the test split): top-1, margin top-1, TAR at each FAR over all pairs of that split."""
@@ -60,12 +55,12 @@ def measure(config: dict[str, Any], device: str) -> dict[str, Any]:
     target = resolve_device(device)
     predictions = predict(model.to(target), dataset.test, device=target, embeddings=True)
     classes = range(dataset.num_classes)
-    tars = verification(predictions.embeddings, dataset.test.labels, {"all": classes}, fars=FARS)["all"]
+    tars = verification(predictions.embeddings, dataset.test.labels, {"all": classes}, fars=FARS)["all"]  # all pairs
     return {"split": dataset.name, "images": len(dataset.test),
             "top1": accuracy(predictions.top1, dataset.test.labels, classes),
             "top1_margin": (accuracy(predictions.margin_top1, dataset.test.labels, classes)
                             if predictions.margin_top1 is not None else None),
-            "tar": {f"far={far:g}": tars[f"far={far:g}"] for far in FARS},
+            "identities": len(dataset.test.labels.unique()), "tar": tars,
             "pretrain_seconds": pretrain["seconds"], "key": pretrain["key"],
             "pretrained": {k: pretrain[k] for k in ("commit", "time", "hardware") if k in pretrain},
             **stamp(), "config": pretrain["config"]}
@@ -77,34 +72,45 @@ def choose(rows: dict[str, dict[str, Any]]) -> str:
     return next(label for label, row in rows.items() if row["top1"] >= best - TIE)
 
 
-def run_children(jobs: list[tuple[str, dict[str, Any]]], parallel: int, device: str,
-                 on_done: Any) -> dict[str, dict[str, Any]]:
-    """Measure each (label, config) in its own process, ``parallel`` at a time; ``on_done(label, row)`` as each ends."""
+def run_children(jobs: list[tuple[str, dict[str, Any]]], parallel: int, *, device: str,
+                 on_done: Callable[[str, dict[str, Any]], None]) -> dict[str, dict[str, Any]]:
+    """Measure each (label, config) in its own process, ``parallel`` at a time; ``on_done(label, row)`` as each ends.
+    Each child logs to its own file; a failed child's log tail is printed and the others are stopped."""
     rows: dict[str, dict[str, Any]] = {}
-    threads = str(max(1, (os.cpu_count() or 1) // parallel))
+    threads = str(max(1, len(os.sched_getaffinity(0)) // min(parallel, len(jobs))))
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     pending, running = list(enumerate(jobs)), []
-    spool = Path(os.environ.get("TMPDIR", "/tmp"))
-    while pending or running:
-        while pending and len(running) < parallel:
-            index, (label, config) = pending.pop(0)
-            out = spool / f"faces_base-{os.getpid()}-{index}.json"
-            process = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(config), "--device", device,
-                                        "--row-out", str(out)], env=env)
-            running.append((label, process, out))
-        finished = next((job for job in running if job[1].poll() is not None), None)
-        if finished is None:
-            time.sleep(1)
-            continue
-        running.remove(finished)
-        label, process, out = finished
-        if process.returncode != 0:
-            for _, other, _ in running:  # the others' pre-trainings stay cached only if finished: stop them
-                other.terminate()
-            raise SystemExit(f"faces_base: pre-training {label!r} failed (exit {process.returncode}); its log is above")
-        rows[label] = json.loads(out.read_text())
-        out.unlink()
-        on_done(label, rows[label])
+    spool = Path(tempfile.mkdtemp(prefix="faces_base-"))
+    try:
+        while pending or running:
+            while pending and len(running) < parallel:
+                index, (label, config) = pending.pop(0)
+                out, log = spool / f"{index}.json", spool / f"{index}.log"
+                with open(log, "w") as sink:
+                    process = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(config), "--device",
+                                                device, "--row-out", str(out)], env=env, stdout=sink, stderr=sink)
+                running.append((label, process, out, log))
+            finished = next((job for job in running if job[1].poll() is not None), None)
+            if finished is None:
+                time.sleep(1)
+                continue
+            running.remove(finished)
+            label, process, out, log = finished
+            if process.returncode != 0:
+                tail = "\n".join(log.read_text().splitlines()[-20:])
+                raise SystemExit(f"{tail}\nfaces_base: candidate {label!r} failed (exit {process.returncode}); the "
+                                 f"last lines of its log ({log}) are above")
+            rows[label] = json.loads(out.read_text())
+            on_done(label, rows[label])
+    finally:  # an error or an interrupt: stop the children still running (finished pre-trainings stay cached)
+        for _, process, _, _ in running:
+            process.terminate()
+        for _, process, _, _ in running:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    shutil.rmtree(spool, ignore_errors=True)
     return rows
 
 
@@ -115,9 +121,14 @@ def report(results: dict[str, Any]) -> str:
                 f"{row['pretrain_seconds']:.0f} | {row['pretrained'].get('hardware', '?')} |")
 
     head = "| top-1 | margin top-1 | TAR @ FAR 1% | TAR @ FAR 0.1% | pre-training s | hardware |"
-    lines = ["# faces_base", "", "Face base recipes (config.yaml says why each and the rule). Held-out figures: 15 "
-             "training images per identity, measured on the other 5 (500 images, 100 identities). Test figures: "
-             "all 20 training images, measured once on the test split (500 images).", "",
+    def split(rows: dict[str, dict[str, Any]]) -> str:
+        row = next(iter(rows.values()), {})
+        return f"{row.get('images', '?')} images of {row.get('identities', '?')} identities"
+
+    lines = ["# faces_base", "", "Face base recipes (config.yaml says why each and the rule). Held-out figures: each "
+             f"candidate trained without some of every identity's training images and measured on them "
+             f"({split(results['candidates'])}); test figures: trained on all training images, measured once on the "
+             f"test split ({split(results.get('test') or {})}). TAR: all pairs of those images, embedding cosine.", "",
              f"| candidate (held-out) {head}", "|---|---|---|---|---|---|---|"]
     for label, row in results["candidates"].items():
         mark = " (chosen)" if label == results.get("chosen") else ""
@@ -158,14 +169,14 @@ def main() -> int:
     reference = "current recipe (" + config["test_base"] + ")"
     jobs = [(label, merged(base, overrides)) for label, overrides in config["candidates"].items()]
     # the current recipe's test model chooses nothing: it runs beside the candidates, as the figure to beat
-    rows = run_children([*jobs, (reference, test_base)], args.jobs, args.device,
-                        lambda label, row: done(label, row, "test" if label == reference else "candidates"))
+    rows = run_children([*jobs, (reference, test_base)], args.jobs, device=args.device,
+                        on_done=lambda label, row: done(label, row, "test" if label == reference else "candidates"))
     results["candidates"] = {label: rows[label] for label, _ in jobs}  # config order
     results["chosen"] = choose(results["candidates"])
     save()
     chosen = "chosen: " + results["chosen"]
-    run_children([(chosen, merged(test_base, config["candidates"][results["chosen"]]))], 1, args.device,
-                 lambda label, row: done(label, row, "test"))
+    run_children([(chosen, merged(test_base, config["candidates"][results["chosen"]]))], 1, device=args.device,
+                 on_done=lambda label, row: done(label, row, "test"))
     print(report(results))
     return 0
 

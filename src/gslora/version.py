@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -18,16 +19,13 @@ GENERATED = ("benchmarks/*/results.json", "benchmarks/*/report.md", "benchmarks/
 
 @functools.cache
 def code_version() -> str:
-    """``<version>+g<commit>``: the commit that ``GSLORA_COMMIT`` names when it is set (a copy of a commit on
-    another machine, whose ``.git`` may be missing or stale: a device copy once stamped rows with its session's
-    first commit plus ``.dirty``), else the git checkout's (``.dirty`` when it has uncommitted changes other than
-    benchmark outputs), else the plain version."""
-    told = os.environ.get("GSLORA_COMMIT", "").strip()
-    if told:
-        return f"{__version__}+g{told[:12]}"
+    """``<version>+g<commit>`` of the git checkout gslora runs from (``.dirty`` when it has uncommitted changes other
+    than benchmark outputs); in a copy without ``.git`` (a container, another machine: move a stale ``.git`` aside
+    there), the commit that ``GSLORA_COMMIT`` names, whose files the sender vouches for; else the plain version."""
     root = Path(__file__).resolve().parents[2]
     if not (root / ".git").exists():
-        return __version__
+        told = os.environ.get("GSLORA_COMMIT", "").strip().lower()
+        return f"{__version__}+g{told[:12]}" if re.fullmatch(r"[0-9a-f]{12,40}", told) else __version__
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
                                 text=True, timeout=10, check=True).stdout.strip()

@@ -34,11 +34,11 @@ from common import cached_base, load_config, merged, setup_logging, write_result
 
 from gslora.config import PretrainConfig, from_dict, load_yaml, to_dict  # noqa: E402
 from gslora.data import for_model, load_dataset  # noqa: E402
-from gslora.engine.evaluate import predict  # noqa: E402
+from gslora.engine.evaluate import logits_and_embeddings  # noqa: E402
 from gslora.engine.loop import resolve_device  # noqa: E402
 from gslora.engine.provenance import stamp  # noqa: E402
 from gslora.io import atomic_write_text  # noqa: E402
-from gslora.metrics import accuracy, verification  # noqa: E402
+from gslora.metrics import verification  # noqa: E402
 from gslora.models import load_checkpoint  # noqa: E402
 
 FARS = (0.01, 0.001)
@@ -47,19 +47,18 @@ TIE = 0.5  # held-out top-1 points within which an earlier-listed candidate wins
 
 def measure(config: dict[str, Any], device: str) -> dict[str, Any]:
     """Pre-train ``config`` (cached) and measure its model on the config's evaluation split (the held-out images of
-    a validation config, else the test split): top-1, margin top-1, TAR at each FAR over all pairs of that split."""
+    a validation config, else the test split): top-1 and margin top-1 (pre-training measured them there), and TAR
+    at each FAR over all pairs of that split."""
     checkpoint, pretrain = cached_base(config, device=device)
     resolved = from_dict(PretrainConfig, pretrain["config"])
     dataset = load_dataset(for_model(resolved.data, to_dict(resolved.model)))
     model, _ = load_checkpoint(checkpoint)
     target = resolve_device(device)
-    predictions = predict(model.to(target), dataset.test, device=target, embeddings=True)
+    _, embeddings = logits_and_embeddings(model.to(target), dataset.test.images, device=target)
     classes = range(dataset.num_classes)
-    tars = verification(predictions.embeddings, dataset.test.labels, {"all": classes}, fars=FARS)["all"]  # all pairs
+    tars = verification(embeddings, dataset.test.labels, {"all": classes}, fars=FARS)["all"]  # all pairs
     return {"split": dataset.name, "images": len(dataset.test),
-            "top1": accuracy(predictions.top1, dataset.test.labels, classes),
-            "top1_margin": (accuracy(predictions.margin_top1, dataset.test.labels, classes)
-                            if predictions.margin_top1 is not None else None),
+            "top1": pretrain["test_acc"], "top1_margin": pretrain.get("test_acc_margin"),
             "identities": len(dataset.test.labels.unique()), "tar": tars,
             "pretrain_seconds": pretrain["seconds"], "key": pretrain["key"],
             "pretrained": {k: pretrain[k] for k in ("commit", "time", "hardware") if k in pretrain},

@@ -12,11 +12,13 @@ from gslora.errors import GSLoRAError
 from gslora.losses import (
     absorb_loss,
     class_prototypes,
+    impostor_similarity,
     nearest_prototype,
     prototype_distance,
     prototype_distances,
     prototype_pull_loss,
     prototype_push_loss,
+    scatter_loss,
 )
 from gslora.methods import GSLoRAPP, GSLoRAPPConfig, TaskContext
 from gslora.metrics import tar_at_far, verification
@@ -97,6 +99,53 @@ def test_gs_lora_pp_absorb_targets_only_retained_classes():
     assert terms["absorb"].item() == pytest.approx(to_retained.min(1).values.mean().item(), rel=1e-4)
     expected = terms["retain"] + 0.2 * terms["forget"] + 0.5 * terms["proto_push"] + 2.0 * terms["absorb"]
     assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_scatter_penalises_only_same_class_pairs_above_the_margin():
+    z = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0], [1.0, 0.1]])
+    labels = torch.tensor([0, 0, 1, 1])
+    cos = torch.nn.functional.cosine_similarity
+    same = [cos(z[0:1], z[1:2]).item(), cos(z[2:3], z[3:4]).item()]  # 0.707, 0.0995
+    assert scatter_loss(z, labels, margin=0.5).item() == pytest.approx((same[0] - 0.5) / 2, rel=1e-5)
+    assert scatter_loss(z, labels, margin=0.8).item() == 0.0
+    assert scatter_loss(z * 7.0, labels, margin=0.5).item() == pytest.approx((same[0] - 0.5) / 2, rel=1e-5)
+    different = [cos(z[i:i + 1], z[j:j + 1]).item() for i in (0, 1) for j in (2, 3)]
+    assert impostor_similarity(z, labels).item() == pytest.approx(sum(different) / 4, rel=1e-5)
+    lonely = torch.randn(3, 2, requires_grad=True)
+    loss = scatter_loss(lonely, torch.tensor([0, 1, 2]), margin=0.0)
+    loss.backward()  # no pair of one class: zero, and still part of the graph
+    assert loss.item() == 0.0 and torch.count_nonzero(lonely.grad) == 0
+    z = z.clone().requires_grad_()
+    scatter_loss(z, labels, margin=0.0).backward()
+    moved = (z - 0.1 * z.grad).detach()
+    assert cos(moved[0:1], moved[1:2]).item() < same[0]  # a step on it pulls same-class images apart
+
+
+def test_gs_lora_pp_scatter_margin_is_the_retained_impostor_similarity():
+    torch.manual_seed(0)
+    model = build_model(tiny_model_config())
+    x = torch.randint(0, 255, (10, 1, 28, 28), dtype=torch.uint8)
+    forget = ImageSet(x[:4], torch.tensor([0, 0, 3, 3]))
+    retain = ImageSet(x[4:], torch.tensor([1, 1, 2, 2, 5, 5]))
+    method = GSLoRAPP(GSLoRAPPConfig(w_f=0.5, bnd_pro=30.0, beta=0.2, alpha=0.0, w_scatter=3.0))
+    method.setup_task(model, TaskContext(Request(0, (0, 3), (1, 2, 5), ()), 1, 1, forget_data=forget,
+                                         retain_data=retain))
+    embedded = model.eval().embed(x)
+    assert method.impostor_similarity == pytest.approx(impostor_similarity(embedded[4:], retain.labels).item(),
+                                                       rel=1e-4)  # the forgotten classes play no part in it
+    terms = method.training_step((forget.images, forget.labels), (retain.images, retain.labels), epoch=0)
+    z_f = model.eval().embed(forget.images)
+    assert terms["scatter"].item() == pytest.approx(
+        scatter_loss(z_f, forget.labels, method.impostor_similarity).item(), rel=1e-4, abs=1e-6)
+    expected = terms["retain"] + 0.2 * terms["forget"] + 0.5 * terms["proto_push"] + 3.0 * terms["scatter"]
+    assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    off = GSLoRAPP(GSLoRAPPConfig(w_f=0.5, bnd_pro=30.0, beta=0.2, alpha=0.0))
+    off.setup_task(model, TaskContext(Request(0, (0, 3), (1, 2, 5), ()), 1, 1, forget_data=forget,
+                                      retain_data=retain))
+    assert "scatter" not in off.training_step((forget.images, forget.labels), (retain.images, retain.labels),
+                                              epoch=0)
+    with pytest.raises(GSLoRAError, match="method.w_scatter"):
+        GSLoRAPPConfig(w_scatter=-1.0)
 
 
 def test_missing_classes_get_no_training_images(tmp_path):

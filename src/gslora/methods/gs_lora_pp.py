@@ -3,7 +3,8 @@ Pre-trained Vision Models", arXiv 2501.09705).
 
 Loss: GS-LoRA's loss + w_f * ReLU(BND_pro - d(z_f, p_{y_f})) + w_r * d(z_r, p_{y_r}), with p_c the mean
 embedding of class c over the request's training data, taken at the start of the request; gslora adds
-w_absorb * d(z_f, p_nearest retained class) (off by default).
+w_absorb * d(z_f, p_nearest retained class) and w_scatter * mean ReLU(cos(z_f,i, z_f,j) - s_impostor) over pairs of
+one forgotten class (both off by default).
 """
 
 from __future__ import annotations
@@ -15,10 +16,19 @@ import torch
 
 from gslora.config import require
 from gslora.data import ImageSet
-from gslora.losses import absorb_loss, class_prototypes, prototype_pull_loss, prototype_push_loss
+from gslora.losses import (
+    absorb_loss,
+    class_prototypes,
+    impostor_similarity,
+    prototype_pull_loss,
+    prototype_push_loss,
+    scatter_loss,
+)
 from gslora.methods.base import METHODS, TaskContext
 from gslora.methods.gs_lora import GSLoRA, GSLoRAConfig
 from gslora.models import VisionClassifier
+
+SCATTER_SAMPLE = 2000  # retained embeddings that estimate the scatter margin (a 2000 x 2000 similarity matrix)
 
 
 @dataclass
@@ -37,6 +47,11 @@ class GSLoRAPPConfig(GSLoRAConfig):
             class prototype, so the forgotten class dissolves into the classes the model keeps, as in a model
             that never saw it, instead of moving away as one cluster that a linear probe still separates
             [0: not in the reference].
+        w_scatter: weight of the scatter term: for each pair of forgotten images of one class in a batch,
+            ReLU(cos(z_i, z_j) - s), with s the mean cosine of two images of different retained classes under the
+            request's starting model. A forgotten identity's images then look no more alike than two strangers', so
+            the identity stops verifying (TAR at FAR) and its embeddings form no cluster for a probe, which the
+            push and absorb terms, moving the class as a whole, leave intact [0: not in the reference].
     """
 
     w_f: float | list[float] = 0.01
@@ -45,6 +60,7 @@ class GSLoRAPPConfig(GSLoRAConfig):
     distance: str = "kl"
     prototypes: str = "current"
     w_absorb: float = 0.0
+    w_scatter: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -57,6 +73,7 @@ class GSLoRAPPConfig(GSLoRAConfig):
         require(self.prototypes in ("current", "original"), "method.prototypes", self.prototypes,
                 "must be current or original")
         require(self.w_absorb >= 0, "method.w_absorb", self.w_absorb, "must be >= 0")
+        require(self.w_scatter >= 0, "method.w_scatter", self.w_scatter, "must be >= 0")
 
     def w_f_for(self, request_index: int) -> float:
         weights = self.w_f if isinstance(self.w_f, list) else [self.w_f]
@@ -83,8 +100,14 @@ class GSLoRAPP(GSLoRA):
         source = task.original_model() if self.config.prototypes == "original" and task.original_model else model
         source = source.to(task.device)
         both = ImageSet.join(task.forget_data, task.retain_data)
-        self.prototypes, self.has_prototype = class_prototypes(embed_all(source, both.images, device=task.device),
-                                                               both.labels.to(task.device), model.config.num_classes)
+        embeddings = embed_all(source, both.images, device=task.device)
+        labels = both.labels.to(task.device)
+        self.prototypes, self.has_prototype = class_prototypes(embeddings, labels, model.config.num_classes)
+        self.impostor_similarity = None
+        if self.config.w_scatter > 0:  # its margin: how alike two retained classes look at the request's start
+            retained = torch.nonzero(torch.isin(labels, torch.tensor(task.request.retain, device=task.device)))
+            retained = retained.flatten()[:: max(1, len(retained) // SCATTER_SAMPLE)]  # evenly spaced, <= 2x sample
+            self.impostor_similarity = float(impostor_similarity(embeddings[retained], labels[retained]))
         self.w_f = self.config.w_f_for(task.request.index)
         keep = [c for c in task.request.retain if self.has_prototype[c]]
         self.retained_prototypes = self.prototypes[keep]  # (R, D): the absorb term's targets
@@ -100,7 +123,11 @@ class GSLoRAPP(GSLoRA):
         if self.config.w_absorb > 0 and len(self.retained_prototypes):
             absorb = absorb_loss(z_f, self.retained_prototypes, self.config.distance)
             terms = {**terms, "loss": terms["loss"] + self.config.w_absorb * absorb, "absorb": absorb}
+        if self.config.w_scatter > 0:
+            scatter = scatter_loss(z_f, y_f, self.impostor_similarity)
+            terms = {**terms, "loss": terms["loss"] + self.config.w_scatter * scatter, "scatter": scatter}
         return terms
 
     def diagnostics(self) -> dict[str, Any]:
-        return {**super().diagnostics(), "prototype_classes": int(self.has_prototype.sum())}
+        return {**super().diagnostics(), "prototype_classes": int(self.has_prototype.sum()),
+                "impostor_similarity": self.impostor_similarity}

@@ -160,3 +160,50 @@ def test_config_overrides_merge_section_by_section_without_touching_the_base():
                    "sizes": {"a": 1}, "head": {"m": 0.2}}
     out["train"]["lr"] = 1.0
     assert json.dumps(base) == before
+
+
+def _module(path: Path, name: str):
+    import importlib.util
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_method_entry_of_the_verification_benchmark_wins_over_its_setting():
+    import yaml
+
+    runner = _module(ROOT / "benchmarks" / "verification" / "run.py", "verification_run")
+    config = yaml.safe_load((ROOT / "benchmarks" / "verification_faces_validation" / "config.yaml").read_text())
+    specs = runner.method_specs(config, config["settings"]["faces_full_validation"])
+    assert specs["GS-LoRA++"]["bnd"] == 105.0 and "w_scatter" not in specs["GS-LoRA++"]
+    assert specs["GS-LoRA++ bnd auto, scatter 10"]["bnd"] == "auto"
+    assert specs["GS-LoRA++ bnd auto, scatter 10"]["w_scatter"] == 10.0
+    assert specs["GS-LoRA++ scatter 2"]["beta"] == [0.2, 0.25, 0.25, 0.2]  # the rest still comes from the setting
+
+
+def test_the_face_verification_rule_keeps_guards_ties_and_the_recipe_unless_clearly_beaten():
+    rule = _module(ROOT / "benchmarks" / "verification_faces_validation" / "run.py", "faces_validation_run")
+
+    def row(forgotten, retained=30.0, acc_f=0.0, acc_r=60.0):
+        return [{"acc_f": acc_f, "acc_r": acc_r,
+                 "figures": {str(k): {"tar_far_1e-2": t, "tar_retained_far_1e-2": retained}}}
+                for k, t in enumerate(forgotten)]
+
+    def setting(**methods):
+        original = {str(k): {"figures": {str(k): {"tar_far_1e-2": 50.0, "tar_retained_far_1e-2": 30.0}}}
+                    for k in range(2)}
+        return {"original": original, "methods": {label: {"per_request": per} for label, per in methods.items()}}
+
+    choice = rule.choose(setting(**{"GS-LoRA++": row([40, 40]), "a": row([10, 20]), "b": row([9, 20])}))
+    assert choice["winner"] == "a" and choice["adopted"] == "a"  # 15 against 14.5: the earlier listed
+    guarded = setting(**{"GS-LoRA++": row([40, 40]), "a": row([0, 0], retained=20.0), "b": row([1, 1], acc_f=2.0),
+                         "c": row([2, 2], acc_r=50.0), "d": row([30, 30])})
+    choice = rule.choose(guarded)  # a loses the retained identities, b keeps a forgotten one, c loses Acc_r
+    assert choice["winner"] == "d" and all(choice["rows"][x]["misses"] for x in "abc")
+    choice = rule.choose(setting(**{"GS-LoRA++": row([40, 40]), "a": row([39, 38.5])}))
+    assert choice["winner"] == "GS-LoRA++" and choice["adopted"] is None  # 1.25 points better: the recipe stays
+    choice = rule.choose(setting(**{"GS-LoRA++": row([40, 40], retained=10.0), "a": row([39, 38.5])}))
+    assert choice["winner"] == "a" and choice["adopted"] is None  # the only eligible one, but not clearly better

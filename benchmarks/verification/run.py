@@ -55,13 +55,14 @@ from gslora.verification import compare as versus  # noqa: E402
 
 
 def method_specs(config: dict, setting: dict) -> dict[str, dict]:
-    """The methods of the benchmark with the setting's GS-LoRA(++) hyper-parameters."""
+    """The methods of the benchmark with the setting's GS-LoRA(++) hyper-parameters; a value the method's own entry
+    names (``bnd: auto``) wins over the setting's."""
     specs = {}
     for label, spec in config["methods"].items():
         if spec["name"] == "gs_lora":
-            spec = {**spec, **setting["gs_lora"]}
+            spec = {**setting["gs_lora"], **spec}
         elif spec["name"] == "gs_lora_pp":
-            spec = {**spec, **setting["gs_lora"], **setting["gs_lora_pp"]}
+            spec = {**setting["gs_lora"], **setting["gs_lora_pp"], **spec}
         specs[label] = spec
     return specs
 
@@ -69,7 +70,8 @@ def method_specs(config: dict, setting: dict) -> dict[str, dict]:
 def reference_rows(setting: dict, checkpoint: Path, verify_config: VerifyConfig, device: torch.device
                    ) -> tuple[dict, dict]:
     """Per request k: Retrain (converged) without the classes of requests 0..k, and the original model, each with
-    its accuracy and the suite's figures for every request so far."""
+    its accuracy and the suite's figures for every request so far. A setting with ``retrain: false`` has no Retrain
+    rows (each is a full pre-training; the report then shows the original model's figures only)."""
     base_config = load_yaml(HERE.parent / setting["base"])
     forget = resolve_paths(setting["forget"])
     dataset = load_dataset(from_dict(DataConfig, forget["data"], "data"))
@@ -83,16 +85,18 @@ def reference_rows(setting: dict, checkpoint: Path, verify_config: VerifyConfig,
         groups = {str(j): list(requests[j].forget) for j in range(k + 1)}
         before = {str(j): accuracy(original_top1, labels, requests[j].forget) for j in range(k + 1)}
         excluded = [c for j in range(k + 1) for c in requests[j].forget]
-        ref_checkpoint, ref_pretrain = cached_base({**base_config, "exclude_classes": excluded}, device=str(device))
-        model, _ = load_checkpoint(ref_checkpoint)
-        model = model.to(device)
-        top1 = predict(model, dataset.test, device=device).top1
-        figures = verify(model, dataset, groups, list(request.retain), config=verify_config, device=device,
-                         acc_before=before, original=original)
-        references[str(k)] = {"pretrain": ref_pretrain, "figures": figures,
-                              "acc_f": accuracy(top1, labels, request.forget),
-                              "acc_r": accuracy(top1, labels, request.retain),
-                              "acc_o": accuracy(top1, labels, request.old) if request.old else None}
+        if setting.get("retrain", True):
+            ref_checkpoint, ref_pretrain = cached_base({**base_config, "exclude_classes": excluded},
+                                                       device=str(device))
+            model, _ = load_checkpoint(ref_checkpoint)
+            model = model.to(device)
+            top1 = predict(model, dataset.test, device=device).top1
+            figures = verify(model, dataset, groups, list(request.retain), config=verify_config, device=device,
+                             acc_before=before, original=original)
+            references[str(k)] = {"pretrain": ref_pretrain, "figures": figures,
+                                  "acc_f": accuracy(top1, labels, request.forget),
+                                  "acc_r": accuracy(top1, labels, request.retain),
+                                  "acc_o": accuracy(top1, labels, request.old) if request.old else None}
         original_figures = verify(original, dataset, groups, list(request.retain), config=verify_config,
                                   device=device, acc_before=before, original=original)
         originals[str(k)] = {"figures": original_figures, "acc_f": before[str(k)],
@@ -115,7 +119,7 @@ def per_request(runs_dir: Path, label: str, references: dict) -> list[dict[str, 
         m = record["metrics"]
         rows.append({"request": k, "acc_f": m["acc_f"], "acc_r": m["acc_r"], "acc_o": m.get("acc_o"),
                      "h_mean": m["h_mean"], "figures": {g: headlines(f) for g, f in figures.items()},
-                     "versus_retrain": versus(figures, references[str(k)]["figures"])})
+                     "versus_retrain": versus(figures, references[str(k)]["figures"]) if str(k) in references else {}})
     return rows
 
 
@@ -161,17 +165,17 @@ def report(results: dict, title: str = "verification") -> str:
              "request.", ""]
     for name, setting in results["settings"].items():
         pre = setting["pretrain"]
-        n = len(setting["references"])
-        lines += [f"## {name}", "", f"Base model: test top-1 {fmt(pre.get('test_acc'))}%. Retrain (converged): the "
-                  f"same recipe without the forgotten classes, test top-1 "
-                  f"{', '.join(fmt(r['pretrain'].get('test_acc')) for r in setting['references'].values())}% over "
-                  "all classes (those it never saw count as 0).", "",
+        n, retrained = len(setting["original"]), bool(setting["references"])
+        retrain = (f"Retrain (converged): the same recipe without the forgotten classes, test top-1 "
+                   f"{', '.join(fmt(r['pretrain'].get('test_acc')) for r in setting['references'].values())}% over "
+                   "all classes (those it never saw count as 0)." if retrained else
+                   "No Retrain in this setting (`retrain: false`): each would be a full pre-training.")
+        lines += [f"## {name}", "", f"Base model: test top-1 {fmt(pre.get('test_acc'))}%. {retrain}", "",
                   "| method | " + " | ".join(f"request {k}: Acc_f / Acc_r; AUC / probe / relearn" for k in range(n))
                   + " |", "|---" * (n + 1) + "|"]
-        rows = [("Original", [setting["original"][str(k)] | {"figures": {
-                    g: headlines(f) for g, f in setting["original"][str(k)]["figures"].items()}} for k in range(n)]),
-                ("Retrain (converged)", [setting["references"][str(k)] | {"figures": {
-                    g: headlines(f) for g, f in setting["references"][str(k)]["figures"].items()}} for k in range(n)])]
+        references = {"Original": setting["original"], "Retrain (converged)": setting["references"]}
+        rows = [(label, [ref[str(k)] | {"figures": {g: headlines(f) for g, f in ref[str(k)]["figures"].items()}}
+                         for k in range(n)]) for label, ref in references.items() if ref]
         rows += [(label, m["per_request"]) for label, m in setting["methods"].items() if m.get("per_request")]
         for label, per in rows:
             cells = [f"{fmt(r['acc_f'])} / {fmt(r['acc_r'])}; {cell(r['figures'], str(k))}" for k, r in enumerate(per)]
@@ -194,6 +198,9 @@ def report(results: dict, title: str = "verification") -> str:
                     cells.append(f"{fmt(f.get('tar_far_1e-2'))} / {fmt(f.get('tar_retained_far_1e-2'))}; "
                                  f"{fmt(f.get('prototype_similarity'))}")
                 lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        if not retrained:
+            lines.append("")
+            continue
         lines += ["", "Difference from Retrain (converged), right after each request: AUC / probe points / relearn "
                   "steps.", "", "| method | " + " | ".join(f"request {k}" for k in range(n)) + " |",
                   "|---" * (n + 1) + "|"]

@@ -179,8 +179,8 @@ def test_a_method_entry_of_the_verification_benchmark_wins_over_its_setting():
     config = yaml.safe_load((ROOT / "benchmarks" / "verification_faces_validation" / "config.yaml").read_text())
     specs = runner.method_specs(config, config["settings"]["faces_full_validation"])
     assert specs["GS-LoRA++"]["bnd"] == 105.0 and "w_scatter" not in specs["GS-LoRA++"]
-    assert specs["GS-LoRA++ bnd auto, scatter 10"]["bnd"] == "auto"
-    assert specs["GS-LoRA++ bnd auto, scatter 10"]["w_scatter"] == 10.0
+    assert specs["GS-LoRA++ bnd auto + scatter 10"]["bnd"] == "auto"
+    assert specs["GS-LoRA++ bnd auto + scatter 10"]["w_scatter"] == 10.0
     assert specs["GS-LoRA++ scatter 2"]["beta"] == [0.2, 0.25, 0.25, 0.2]  # the rest still comes from the setting
 
 

@@ -10,12 +10,25 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import requires_fashion
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = sorted(ROOT.glob("benchmarks/*/results.json"))
+
+
+def _module(path: Path, name: str):
+    """A benchmark script as a module (its folder's parent on the path, for ``common``)."""
+    import importlib.util
+
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _rows(results: dict) -> list[dict]:
@@ -89,10 +102,7 @@ def test_the_foundation_benchmark_is_recreated_from_the_checkout(tmp_path):
 
 
 def _detection_runner(monkeypatch, folder: Path):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("det_run", ROOT / "benchmarks" / "fashion_mnist_det" / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _module(ROOT / "benchmarks" / "fashion_mnist_det" / "run.py", "det_run")
     monkeypatch.setattr(module, "HERE", folder)
     return module
 
@@ -137,12 +147,7 @@ def test_a_copy_without_git_names_the_commit_it_was_told_and_a_checkout_its_own(
 
 
 def test_the_face_base_rule_takes_the_best_held_out_top1_and_gives_ties_to_the_earlier_listed():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("faces_base_run", ROOT / "benchmarks" / "faces_base" / "run.py")
-    runner = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(runner)
-    choose = runner.choose
+    choose = _module(ROOT / "benchmarks" / "faces_base" / "run.py", "faces_base_run").choose
     assert choose({"a": {"top1": 40.0}, "b": {"top1": 46.6}, "c": {"top1": 44.8}}) == "b"
     assert choose({"a": {"top1": 46.6}, "b": {"top1": 46.4}}) == "a"
     assert choose({"a": {"top1": 46.2}, "b": {"top1": 46.6}}) == "a"  # within 0.5: the one listed first
@@ -162,16 +167,6 @@ def test_config_overrides_merge_section_by_section_without_touching_the_base():
     assert json.dumps(base) == before
 
 
-def _module(path: Path, name: str):
-    import importlib.util
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_a_method_entry_of_the_verification_benchmark_wins_over_its_setting():
     import yaml
 
@@ -182,6 +177,20 @@ def test_a_method_entry_of_the_verification_benchmark_wins_over_its_setting():
     assert specs["GS-LoRA++ bnd auto + scatter 10"]["bnd"] == "auto"
     assert specs["GS-LoRA++ bnd auto + scatter 10"]["w_scatter"] == 10.0
     assert specs["GS-LoRA++ scatter 2"]["beta"] == [0.2, 0.25, 0.25, 0.2]  # the rest still comes from the setting
+    for folder in ("verification", "verification_validation"):  # no entry there names a setting's key: unchanged
+        config = yaml.safe_load((ROOT / "benchmarks" / folder / "config.yaml").read_text())
+        results = json.loads((ROOT / "benchmarks" / folder / "results.json").read_text())["settings"]
+        measured_before = {label for name, rows in results.items() if name != "faces_full_new_base"
+                           for label in rows["methods"]}
+        for setting in config["settings"].values():
+            shared = {**setting["gs_lora"], **setting["gs_lora_pp"]}
+            for label, spec in runner.method_specs(config, setting).items():
+                if spec["name"] in ("gs_lora", "gs_lora_pp"):
+                    own = config["methods"][label]
+                    assert spec == {**shared, **own} if spec["name"] == "gs_lora_pp" else \
+                        {**setting["gs_lora"], **own}
+                    if label in measured_before:  # rows measured before the precedence changed
+                        assert not (set(own) - {"name"}) & set(shared), (folder, label)
 
 
 def test_the_face_verification_rule_keeps_guards_ties_and_the_recipe_unless_clearly_beaten():
@@ -207,3 +216,24 @@ def test_the_face_verification_rule_keeps_guards_ties_and_the_recipe_unless_clea
     assert choice["winner"] == "GS-LoRA++" and choice["adopted"] is None  # 1.25 points better: the recipe stays
     choice = rule.choose(setting(**{"GS-LoRA++": row([40, 40], retained=10.0), "a": row([39, 38.5])}))
     assert choice["winner"] == "a" and choice["adopted"] is None  # the only eligible one, but not clearly better
+    # the bounds themselves are met: Acc_f 1, Acc_r 0.97x (float32: 388/700 against 400/700), retained TAR 0.9x
+    recipe_r, a_r = (float(np.float32(100 * images / 700)) for images in (400, 388))
+    edge = setting(**{"GS-LoRA++": row([40, 40], acc_r=recipe_r), "a": row([10, 10], acc_f=1.0, acc_r=a_r,
+                                                                         retained=27.0)})
+    assert a_r / recipe_r < 0.97  # below in floats, equal in fact
+    assert rule.choose(edge)["rows"]["a"]["misses"] == [] and rule.choose(edge)["adopted"] == "a"
+    choice = rule.choose(setting(**{"GS-LoRA++": row([40, 40]), "a": row([38, 38])}))
+    assert choice["winner"] == "GS-LoRA++" and choice["adopted"] is None  # a 2-point gap is still a tie
+    with pytest.raises(SystemExit, match="GS-LoRA\\+\\+ has no rows"):
+        rule.choose(setting(a=row([1, 1])))
+
+
+def test_a_verification_report_without_retrain_shows_no_retrain_rows():
+    runner = _module(ROOT / "benchmarks" / "verification" / "run.py", "verification_run")
+    results = json.loads((ROOT / "benchmarks" / "verification" / "results.json").read_text())
+    assert results["settings"]["faces_full_new_base"]["references"] == {}
+    text = runner.report({"settings": {"faces_full_new_base": results["settings"]["faces_full_new_base"]}})
+    assert "No Retrain in this setting" in text and "Retrain (converged) |" not in text
+    assert "Difference from Retrain" not in text and "| Original |" in text and "| GS-LoRA++ |" in text
+    with_retrain = runner.report({"settings": {"faces_full": results["settings"]["faces_full"]}})
+    assert "| Retrain (converged) |" in with_retrain and "Difference from Retrain" in with_retrain

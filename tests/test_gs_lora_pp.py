@@ -148,6 +148,30 @@ def test_gs_lora_pp_scatter_margin_is_the_retained_impostor_similarity():
         GSLoRAPPConfig(w_scatter=-1.0)
 
 
+def test_gs_lora_pp_scatter_margin_samples_across_classes_and_needs_two_of_them(monkeypatch, caplog):
+    import gslora.methods.gs_lora_pp as module
+
+    torch.manual_seed(0)
+    model = build_model(tiny_model_config())
+    x = torch.randint(0, 255, (16, 1, 28, 28), dtype=torch.uint8)
+    forget = ImageSet(x[:4], torch.tensor([0, 0, 3, 3]))
+    retain = ImageSet(x[4:], torch.tensor([1] * 6 + [2] * 6))  # sorted by class: a leading slice holds one class
+    request = Request(0, (0, 3), (1, 2), ())
+    monkeypatch.setattr(module, "SCATTER_SAMPLE", 4)
+    seen = []
+    monkeypatch.setattr(module, "impostor_similarity", lambda z, labels: seen.append(labels.tolist()) or
+                        impostor_similarity(z, labels))
+    method = GSLoRAPP(GSLoRAPPConfig(w_scatter=1.0))
+    method.setup_task(model, TaskContext(request, 1, 1, forget_data=forget, retain_data=retain))
+    assert len(seen[0]) == 4 and set(seen[0]) == {1, 2} and method.impostor_similarity is not None
+    one_class = ImageSet(x[4:10], torch.tensor([1] * 6))
+    method = GSLoRAPP(GSLoRAPPConfig(w_scatter=1.0))
+    method.setup_task(model, TaskContext(request, 1, 1, forget_data=forget, retain_data=one_class))
+    assert method.impostor_similarity is None and "fewer than 2 classes" in caplog.text
+    terms = method.training_step((forget.images, forget.labels), (one_class.images, one_class.labels), epoch=0)
+    assert "scatter" not in terms  # no margin, no term
+
+
 def test_missing_classes_get_no_training_images(tmp_path):
     dataset = load_dataset(DataConfig(dataset=str(make_npz(tmp_path / "d.npz", per_class_train=[6] * 10))))
     config = SequenceConfig(num_requests=2, classes_per_request=2, missing_classes=3, ratio=1.0)

@@ -161,8 +161,8 @@ def report(results: dict, title: str = "verification") -> str:
              "/ linear-probe accuracy on held-out training images of the classes (residual knowledge) / k-shot "
              "relearn steps to half the accuracy before (more: less left to relearn; > cap: not relearned). "
              "The second table measures every request again on the model after the last request (does forgetting "
-             "hold?), and the third gives each method's difference from Retrain (converged) right after each "
-             "request.", ""]
+             "hold?), and the last gives each method's difference from Retrain (converged) right after each "
+             "request (settings with a Retrain only).", ""]
     for name, setting in results["settings"].items():
         pre = setting["pretrain"]
         n, retrained = len(setting["original"]), bool(setting["references"])

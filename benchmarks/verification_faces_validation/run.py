@@ -18,6 +18,12 @@ TIE = 2.0  # points of forgotten-identity TAR: an earlier-listed candidate this 
 GAIN = 2.0  # points the winner must beat the recipe by to be adopted
 
 
+def below(value: float, bound: float) -> bool:
+    """value < bound, to 6 decimals: the figures are float32, and a ratio of exactly 0.97 must count as met (so
+    compare ratios, not products)."""
+    return round(value, 6) < round(bound, 6)
+
+
 def tars(figures: dict, k: int) -> tuple[float, float]:
     """(forgotten identities' TAR, retained identities' TAR) at FAR 1% of request k, from the suite's figures."""
     from gslora.verification import headlines
@@ -30,26 +36,29 @@ def tars(figures: dict, k: int) -> tuple[float, float]:
 def choose(setting: dict) -> dict:
     """The config's rule on one setting's rows: eligibility per candidate, the winner and whether it is adopted."""
     methods = {label: m["per_request"] for label, m in setting["methods"].items() if m.get("per_request")}
+    if RECIPE not in methods:
+        raise SystemExit(f"{RECIPE} has no rows in results.json: run it first (--methods {RECIPE})")
     original = setting["original"]
     n = len(original)
     recipe = methods[RECIPE]
     rows = {}
     for label, per in methods.items():
         forgotten = [tars(per[k]["figures"], k)[0] for k in range(n)]
-        misses = [f"Acc_f {per[k]['acc_f']:.2f} on request {k}" for k in range(n) if per[k]["acc_f"] > 1.0]
+        misses = [f"Acc_f {per[k]['acc_f']:.2f} on request {k}" for k in range(n)
+                  if below(1.0, per[k]["acc_f"])]
         misses += [f"Acc_r {per[k]['acc_r']:.2f} < 0.97 x {recipe[k]['acc_r']:.2f} on request {k}" for k in range(n)
-                   if per[k]["acc_r"] < 0.97 * recipe[k]["acc_r"]]
+                   if below(per[k]["acc_r"] / recipe[k]["acc_r"], 0.97)]
         for k in range(n):
             kept, before = tars(per[k]["figures"], k)[1], tars(original[str(k)]["figures"], k)[1]
-            if kept < 0.9 * before:
+            if before > 0 and below(kept / before, 0.9):
                 misses.append(f"retained TAR {kept:.2f} < 0.9 x {before:.2f} on request {k}")
         rows[label] = {"forgotten_tar": forgotten, "mean": sum(forgotten) / n, "misses": misses}
     eligible = [label for label in methods if not rows[label]["misses"]]
     winner = None
     if eligible:
         best = min(rows[label]["mean"] for label in eligible)
-        winner = next(label for label in eligible if rows[label]["mean"] <= best + TIE)
-    adopted = winner is not None and winner != RECIPE and rows[RECIPE]["mean"] - rows[winner]["mean"] > GAIN
+        winner = next(label for label in eligible if not below(best + TIE, rows[label]["mean"]))
+    adopted = winner is not None and winner != RECIPE and below(GAIN, rows[RECIPE]["mean"] - rows[winner]["mean"])
     return {"rows": rows, "winner": winner, "adopted": winner if adopted else None}
 
 
@@ -61,7 +70,10 @@ def choice_md(choice: dict) -> str:
         tar = " / ".join(f"{v:.2f}" for v in row["forgotten_tar"])
         eligible = "; ".join(row["misses"]) or "yes"
         lines.append(f"| {label} | {tar} | {row['mean']:.2f} | {eligible} |")
-    adopted = choice["adopted"] or f"nothing: {RECIPE} stays (no eligible candidate beats it by more than {GAIN})"
+    if choice["winner"] is None:
+        adopted = f"nothing: no candidate passed every guard, {RECIPE} included; the default stays {RECIPE}"
+    else:
+        adopted = choice["adopted"] or f"nothing: {RECIPE} stays (the winner does not beat it by more than {GAIN})"
     lines += ["", f"Winner: {choice['winner'] or 'none eligible'}. Adopted: {adopted}.", ""]
     return "\n".join(lines)
 

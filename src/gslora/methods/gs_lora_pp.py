@@ -9,6 +9,7 @@ one forgotten class (both off by default).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ from gslora.methods.gs_lora import GSLoRA, GSLoRAConfig
 from gslora.models import VisionClassifier
 
 SCATTER_SAMPLE = 2000  # retained embeddings that estimate the scatter margin (a 2000 x 2000 similarity matrix)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -48,10 +50,12 @@ class GSLoRAPPConfig(GSLoRAConfig):
             that never saw it, instead of moving away as one cluster that a linear probe still separates
             [0: not in the reference].
         w_scatter: weight of the scatter term: for each pair of forgotten images of one class in a batch,
-            ReLU(cos(z_i, z_j) - s), with s the mean cosine of two images of different retained classes under the
-            request's starting model. A forgotten identity's images then look no more alike than two strangers', so
-            the identity stops verifying (TAR at FAR) and its embeddings form no cluster for a probe, which the
-            push and absorb terms, moving the class as a whole, leave intact [0: not in the reference].
+            ReLU(cos(z_i, z_j) - s), with s the mean cosine of two images of different retained classes (up to
+            2000 images, a seeded sample) under the model the prototypes come from (the request's starting model
+            with ``prototypes: current``); off, with a warning, when fewer than 2 retained classes have images.
+            A forgotten identity's images then look no more alike than two strangers', so the identity stops
+            verifying (TAR at FAR) and its embeddings form no cluster for a probe, which the push and absorb terms,
+            moving the class as a whole, leave intact [0: not in the reference].
     """
 
     w_f: float | list[float] = 0.01
@@ -104,10 +108,15 @@ class GSLoRAPP(GSLoRA):
         labels = both.labels.to(task.device)
         self.prototypes, self.has_prototype = class_prototypes(embeddings, labels, model.config.num_classes)
         self.impostor_similarity = None
-        if self.config.w_scatter > 0:  # its margin: how alike two retained classes look at the request's start
+        if self.config.w_scatter > 0:  # its margin: how alike two retained classes look to the prototypes' model
             retained = torch.nonzero(torch.isin(labels, torch.tensor(task.request.retain, device=task.device)))
-            retained = retained.flatten()[:: max(1, len(retained) // SCATTER_SAMPLE)]  # evenly spaced, <= 2x sample
-            self.impostor_similarity = float(impostor_similarity(embeddings[retained], labels[retained]))
+            order = torch.randperm(len(retained), generator=torch.Generator().manual_seed(0))[:SCATTER_SAMPLE].sort()[0]
+            retained = retained.flatten()[order.to(retained.device)]
+            if len(torch.unique(labels[retained])) < 2:
+                log.warning("method.w_scatter: the request keeps fewer than 2 classes with training images, so "
+                            "there is no pair of different classes to set the scatter margin; the term is off")
+            else:
+                self.impostor_similarity = float(impostor_similarity(embeddings[retained], labels[retained]))
         self.w_f = self.config.w_f_for(task.request.index)
         keep = [c for c in task.request.retain if self.has_prototype[c]]
         self.retained_prototypes = self.prototypes[keep]  # (R, D): the absorb term's targets
@@ -123,7 +132,7 @@ class GSLoRAPP(GSLoRA):
         if self.config.w_absorb > 0 and len(self.retained_prototypes):
             absorb = absorb_loss(z_f, self.retained_prototypes, self.config.distance)
             terms = {**terms, "loss": terms["loss"] + self.config.w_absorb * absorb, "absorb": absorb}
-        if self.config.w_scatter > 0:
+        if self.impostor_similarity is not None:
             scatter = scatter_loss(z_f, y_f, self.impostor_similarity)
             terms = {**terms, "loss": terms["loss"] + self.config.w_scatter * scatter, "scatter": scatter}
         return terms

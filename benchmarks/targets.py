@@ -130,7 +130,7 @@ def full_data_section(lines: list[str]) -> None:
     faces = settings.get("faces_full", {}).get("methods", {})
     if faces:
         lines += ["Face verification (TAR at FAR 1%, embedding cosine, per request):", ""]
-        rows = [["faces", *tar_cells(f"{name} (recipe)", faces[name]["tasks"])] for name in ("GS-LoRA", "GS-LoRA++")
+        rows = [["faces", *tar_cells(recipe_label(name), faces[name]["tasks"])] for name in ("GS-LoRA", "GS-LoRA++")
                 if name in faces]
         rows += [[f"faces, new base ({NEW_BASE})", *tar_cells(recipe_label(name), row["tasks"])]
                  for name, row in new_base.items()]
@@ -139,7 +139,6 @@ def full_data_section(lines: list[str]) -> None:
         if tar:
             lines += [f"Retrain's own forgotten-identity TAR at FAR 1% (faces): {' / '.join(fmt(v) for v in tar)}.",
                       ""]
-
 
 
 def recipe_label(name: str) -> str:

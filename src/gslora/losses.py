@@ -73,22 +73,24 @@ def absorb_loss(z: torch.Tensor, prototypes: torch.Tensor, kind: str = "kl") -> 
     return prototype_distance(z, prototypes[target], kind)
 
 
-def impostor_similarity(z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cosine similarity of the pairs of embeddings (N, D) whose labels differ: how alike two different
-    people (or classes) look to the model. 0-d tensor; 0 when no such pair exists."""
+def _cosines(z: torch.Tensor) -> torch.Tensor:
+    """(N, N) cosine similarities of the embeddings (N, D)."""
     zn = F.normalize(z, dim=1)
+    return zn @ zn.T
+
+
+def impostor_similarity(z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
+    """Mean cosine similarity (0-d) of the pairs of embeddings (N, D) whose labels differ: how alike two different
+    people (or classes) look to the model. None when no such pair exists."""
     different = labels[:, None] != labels[None, :]
-    if not different.any():
-        return z.new_zeros(())
-    return (zn @ zn.T)[different].mean()
+    return _cosines(z)[different].mean() if different.any() else None
 
 
 def scatter_loss(z: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
     """Mean over the pairs of embeddings (N, D) with the same label of ReLU(cos(z_i, z_j) - margin): two images of
     one forgotten identity may look no more alike than ``margin`` (two different people), so the identity no
     longer verifies and a linear probe finds no cluster. 0 when the batch holds no such pair."""
-    zn = F.normalize(z, dim=1)
     same = torch.triu(labels[:, None] == labels[None, :], diagonal=1)
     if not same.any():
         return z.sum() * 0.0
-    return F.relu((zn @ zn.T)[same] - margin).mean()
+    return F.relu(_cosines(z)[same] - margin).mean()

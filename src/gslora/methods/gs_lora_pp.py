@@ -109,14 +109,14 @@ class GSLoRAPP(GSLoRA):
         self.prototypes, self.has_prototype = class_prototypes(embeddings, labels, model.config.num_classes)
         self.impostor_similarity = None
         if self.config.w_scatter > 0:  # its margin: how alike two retained classes look to the prototypes' model
-            retained = torch.nonzero(torch.isin(labels, torch.tensor(task.request.retain, device=task.device)))
-            order = torch.randperm(len(retained), generator=torch.Generator().manual_seed(0))[:SCATTER_SAMPLE].sort()[0]
-            retained = retained.flatten()[order.to(retained.device)]
-            if len(torch.unique(labels[retained])) < 2:
+            start = len(task.forget_data)  # ``both`` is the forget images, then the retained ones
+            order = torch.randperm(len(both) - start, generator=torch.Generator().manual_seed(0))[:SCATTER_SAMPLE]
+            retained = (start + order.sort()[0]).to(task.device)
+            margin = impostor_similarity(embeddings[retained], labels[retained])
+            self.impostor_similarity = None if margin is None else float(margin)
+            if margin is None:
                 log.warning("method.w_scatter: the request keeps fewer than 2 classes with training images, so "
                             "there is no pair of different classes to set the scatter margin; the term is off")
-            else:
-                self.impostor_similarity = float(impostor_similarity(embeddings[retained], labels[retained]))
         self.w_f = self.config.w_f_for(task.request.index)
         keep = [c for c in task.request.retain if self.has_prototype[c]]
         self.retained_prototypes = self.prototypes[keep]  # (R, D): the absorb term's targets

@@ -231,9 +231,33 @@ def test_the_face_verification_rule_keeps_guards_ties_and_the_recipe_unless_clea
 def test_a_verification_report_without_retrain_shows_no_retrain_rows():
     runner = _module(ROOT / "benchmarks" / "verification" / "run.py", "verification_run")
     results = json.loads((ROOT / "benchmarks" / "verification" / "results.json").read_text())
-    assert results["settings"]["faces_full_new_base"]["references"] == {}
-    text = runner.report({"settings": {"faces_full_new_base": results["settings"]["faces_full_new_base"]}})
+    setting = {**results["settings"]["faces_full_new_base"], "references": {}}
+    text = runner.report({"settings": {"faces_full_new_base": setting}})
     assert "No Retrain in this setting" in text and "Retrain (converged) |" not in text
     assert "Difference from Retrain" not in text and "| Original |" in text and "| GS-LoRA++ |" in text
     with_retrain = runner.report({"settings": {"faces_full": results["settings"]["faces_full"]}})
     assert "| Retrain (converged) |" in with_retrain and "Difference from Retrain" in with_retrain
+
+
+def test_a_verification_report_with_retrain_for_the_first_requests_only_shows_dashes_after():
+    runner = _module(ROOT / "benchmarks" / "verification" / "run.py", "verification_run")
+    results = json.loads((ROOT / "benchmarks" / "verification" / "results.json").read_text())
+    full = results["settings"]["faces_full"]
+    setting = {**full, "references": {"0": full["references"]["0"]}}
+    text = runner.report({"settings": {"faces_full": setting}})
+    assert "for the first 1 of the 4 requests only" in text
+    retrain_rows = [line for line in text.splitlines() if line.startswith("| Retrain (converged) |")]
+    assert len(retrain_rows) == 3  # right after each request, after the last one, face verification
+    first, after_last, faces = (row.split(" | ")[1:] for row in retrain_rows)
+    assert first[0] != "-" and [c.strip(" |") for c in first[1:]] == ["-", "-", "-"]
+    assert all(c.strip(" |") == "- / - / -" for c in after_last)  # no Retrain after the last request
+    assert faces[0].split(";")[0] != "- / -" and all(c.startswith("- / -") for c in faces[1:])
+    assert "Difference from Retrain" in text
+
+
+def test_retrain_requests_reads_true_false_or_a_count():
+    runner = _module(ROOT / "benchmarks" / "verification" / "run.py", "verification_run")
+    assert runner.retrain_requests({}, 4) == 4 and runner.retrain_requests({"retrain": False}, 4) == 0
+    assert runner.retrain_requests({"retrain": 1}, 4) == 1 and runner.retrain_requests({"retrain": 9}, 4) == 4
+    with pytest.raises(SystemExit, match="retrain must be true, false or a number"):
+        runner.retrain_requests({"retrain": "yes"}, 4)

@@ -67,11 +67,23 @@ def method_specs(config: dict, setting: dict) -> dict[str, dict]:
     return specs
 
 
+def retrain_requests(setting: dict, requests: int) -> int:
+    """How many requests, from the first, get a Retrain row: all (``retrain: true``, the default), none (``false``)
+    or the first N (``retrain: N``)."""
+    value = setting.get("retrain", True)
+    if isinstance(value, bool):
+        return requests if value else 0
+    if isinstance(value, int) and value >= 0:
+        return min(value, requests)
+    raise SystemExit(f"verification config: retrain must be true, false or a number of requests, not {value!r}")
+
+
 def reference_rows(setting: dict, checkpoint: Path, verify_config: VerifyConfig, device: torch.device
                    ) -> tuple[dict, dict]:
     """Per request k: Retrain (converged) without the classes of requests 0..k, and the original model, each with
-    its accuracy and the suite's figures for every request so far. A setting with ``retrain: false`` has no Retrain
-    rows (each is a full pre-training; the report then shows the original model's figures only)."""
+    its accuracy and the suite's figures for every request so far. Each Retrain is a full pre-training, so a setting
+    may limit them: ``retrain: false`` has none (the report then shows the original model's figures only), ``retrain:
+    N`` only the first N requests'."""
     base_config = load_yaml(HERE.parent / setting["base"])
     forget = resolve_paths(setting["forget"])
     dataset = load_dataset(from_dict(DataConfig, forget["data"], "data"))
@@ -81,11 +93,12 @@ def reference_rows(setting: dict, checkpoint: Path, verify_config: VerifyConfig,
     labels = dataset.test.labels
     original_top1 = predict(original, dataset.test, device=device).top1
     references, originals = {}, {}
+    retrained = retrain_requests(setting, len(requests))
     for k, request in enumerate(requests):
         groups = {str(j): list(requests[j].forget) for j in range(k + 1)}
         before = {str(j): accuracy(original_top1, labels, requests[j].forget) for j in range(k + 1)}
         excluded = [c for j in range(k + 1) for c in requests[j].forget]
-        if setting.get("retrain", True):
+        if k < retrained:
             ref_checkpoint, ref_pretrain = cached_base({**base_config, "exclude_classes": excluded},
                                                        device=str(device))
             model, _ = load_checkpoint(ref_checkpoint)
@@ -165,27 +178,35 @@ def report(results: dict, title: str = "verification") -> str:
              "request (settings with a Retrain only).", ""]
     for name, setting in results["settings"].items():
         pre = setting["pretrain"]
-        n, retrained = len(setting["original"]), bool(setting["references"])
+        n, retrained = len(setting["original"]), len(setting["references"])
         retrain = (f"Retrain (converged): the same recipe without the forgotten classes, test top-1 "
                    f"{', '.join(fmt(r['pretrain'].get('test_acc')) for r in setting['references'].values())}% over "
-                   "all classes (those it never saw count as 0)." if retrained else
+                   "all classes (those it never saw count as 0)" if retrained else
                    "No Retrain in this setting (`retrain: false`): each would be a full pre-training.")
+        if 0 < retrained < n:
+            retrain += (f", for the first {retrained} of the {n} requests only (`retrain: {retrained}`: each is a full "
+                        "pre-training; '-' where there is none).")
+        elif retrained:
+            retrain += "."
         lines += [f"## {name}", "", f"Base model: test top-1 {fmt(pre.get('test_acc'))}%. {retrain}", "",
                   "| method | " + " | ".join(f"request {k}: Acc_f / Acc_r; AUC / probe / relearn" for k in range(n))
                   + " |", "|---" * (n + 1) + "|"]
         references = {"Original": setting["original"], "Retrain (converged)": setting["references"]}
+        # a row per model, a state per request (None: no Retrain after that request)
         rows = [(label, [ref[str(k)] | {"figures": {g: headlines(f) for g, f in ref[str(k)]["figures"].items()}}
-                         for k in range(n)]) for label, ref in references.items() if ref]
+                         if str(k) in ref else None for k in range(n)]) for label, ref in references.items() if ref]
         rows += [(label, m["per_request"]) for label, m in setting["methods"].items() if m.get("per_request")]
         for label, per in rows:
-            cells = [f"{fmt(r['acc_f'])} / {fmt(r['acc_r'])}; {cell(r['figures'], str(k))}" for k, r in enumerate(per)]
+            cells = [f"{fmt(r['acc_f'])} / {fmt(r['acc_r'])}; {cell(r['figures'], str(k))}" if r else "-"
+                     for k, r in enumerate(per)]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         last = n - 1
         lines += ["", f"After the last request, every request again: AUC / probe / relearn for request 0..{last}.", "",
                   "| method | " + " | ".join(f"request {k}" for k in range(n)) + " |", "|---" * (n + 1) + "|"]
         for label, per in rows:
-            lines.append(f"| {label} | " + " | ".join(cell(per[last]["figures"], str(k)) for k in range(n)) + " |")
-        if any(r["figures"].get(str(k), {}).get("tar_far_1e-2") is not None for _, per in rows
+            final = per[last]["figures"] if per[last] else {}
+            lines.append(f"| {label} | " + " | ".join(cell(final, str(k)) for k in range(n)) + " |")
+        if any(r and r["figures"].get(str(k), {}).get("tar_far_1e-2") is not None for _, per in rows
                for k, r in enumerate(per)):
             lines += ["", "Face verification right after each request k: TAR at FAR 1e-2 (%) of request k's "
                       "identities / of the retained identities; cosine similarity of request k's embeddings to "
@@ -194,7 +215,7 @@ def report(results: dict, title: str = "verification") -> str:
             for label, per in rows:
                 cells = []
                 for k, r in enumerate(per):
-                    f = r["figures"].get(str(k)) or {}
+                    f = (r["figures"].get(str(k)) if r else None) or {}
                     cells.append(f"{fmt(f.get('tar_far_1e-2'))} / {fmt(f.get('tar_retained_far_1e-2'))}; "
                                  f"{fmt(f.get('prototype_similarity'))}")
                 lines.append(f"| {label} | " + " | ".join(cells) + " |")

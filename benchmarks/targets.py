@@ -34,7 +34,7 @@ LABELS = {"gs_lora": "GS-LoRA (recipe)", "gs_lora_pp": "GS-LoRA++ (recipe)", "gs
           "gs_lora_pp hold 1 distill 2 stop 2": "GS-LoRA++ `hold_old: 1`, `distill: 2`, `stop_when_forgotten: 2`",
           "lwf": "LwF", "ewc": "EWC*", "scrub_s": "SCRUB-S"}
 
-NEW_BASE = "faces_full_new_base"  # the verification setting on faces_model_distill100.yaml (no Retrain there)
+NEW_BASE = "faces_full_new_base"  # the verification setting on faces_model_distill100.yaml (Retrain on request 0)
 
 # the benchmarks each section reads, first the one the setting was chosen for, then checks on another class order
 FEWSHOT = (("fashion_mnist_baselines_4shot", "Fashion-MNIST"),
@@ -48,7 +48,10 @@ FEWSHOT = (("fashion_mnist_baselines_4shot", "Fashion-MNIST"),
 MISSING = (("fashion_mnist_missing", "Fashion-MNIST"),
            ("fashion_mnist_missing_other_order", "Fashion-MNIST, class order seed 7 (nothing chosen on it)"),
            ("faces_missing", "Faces, 4 requests of 20 identities, 5 missing (nothing chosen on faces: the levers as "
-                             "chosen on Fashion-MNIST)"))
+                             "chosen on Fashion-MNIST)"),
+           ("faces_missing_new_base", "Faces, the same sequence on the face base that `faces_base` chose "
+                                      "(`faces_model_distill100.yaml`; nothing chosen on faces; 3 rows: the GS-LoRA++ "
+                                      "recipe, the levers, EWC*)"))
 
 
 def label(key: str) -> str:
@@ -65,13 +68,18 @@ def fmt(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def verdict(values: list[float | None], ok, *, first: int = 0) -> str:
-    """``v0 / v1 / ...: met`` (or ``missed on i, j``, request indices from ``first``); None counts as a miss. Values
-    are rounded to 6 decimals first: the results store float32 figures, and 388/700 over 400/700 is 0.97 exactly,
-    not 0.96999994."""
+def verdict(values: list[float | None], ok, *, first: int = 0, absent: str | None = None) -> str:
+    """``v0 / v1 / ...: met`` (or ``missed on i, j``, request indices from ``first``); None counts as a miss unless
+    ``absent`` names why a value cannot exist (then the requests are listed as not judged). Values are rounded to 6
+    decimals first: the results store float32 figures, and 388/700 over 400/700 is 0.97 exactly, not 0.96999994."""
     shown = " / ".join(fmt(v) for v in values)
-    misses = [str(first + i) for i, v in enumerate(values) if v is None or not ok(round(v, 6))]
-    return f"{shown}: " + ("**met**" if not misses else f"missed on {', '.join(misses)}")
+    unjudged = [str(first + i) for i, v in enumerate(values) if v is None and absent]
+    judged = [(i, v) for i, v in enumerate(values) if not (v is None and absent)]
+    if not judged:
+        return f"{shown}: not judged ({absent})"
+    misses = [str(first + i) for i, v in judged if v is None or not ok(round(v, 6))]
+    text = f"{shown}: " + ("**met**" if not misses else f"missed on {', '.join(misses)}")
+    return text + (f"; not judged on {', '.join(unjudged)} ({absent})" if unjudged else "")
 
 
 def full_data_cells(tasks: list[dict]) -> list[str]:
@@ -123,9 +131,11 @@ def full_data_section(lines: list[str]) -> None:
                          verdict(versus_retrain(row, "probe_accuracy"), lambda v: v <= 5),
                          verdict(versus_retrain(row, "mia_auc"), lambda v: abs(v) <= 0.05)])
     new_base = settings.get(NEW_BASE, {}).get("methods", {})
-    for name, row in new_base.items():  # no Retrain on that base: no probe / MIA comparison
+    for name, row in new_base.items():  # Retrain on the first request(s) only there
         rows.append([f"faces, new base (`verification` {NEW_BASE})", recipe_label(name),
-                     *full_data_cells(row["tasks"]), "-", "-"])
+                     *full_data_cells(row["tasks"]),
+                     verdict(versus_retrain(row, "probe_accuracy"), lambda v: v <= 5, absent="no Retrain"),
+                     verdict(versus_retrain(row, "mia_auc"), lambda v: abs(v) <= 0.05, absent="no Retrain")])
     lines += table(header, rows) + [""]
     faces = settings.get("faces_full", {}).get("methods", {})
     if faces:
@@ -135,10 +145,11 @@ def full_data_section(lines: list[str]) -> None:
         rows += [[f"faces, new base ({NEW_BASE})", *tar_cells(recipe_label(name), row["tasks"])]
                  for name, row in new_base.items()]
         lines += table(["setting", "method", "forgotten TAR <= 2", "retained TAR / before >= 0.9"], rows) + [""]
-        tar = versus_retrain(next(iter(faces.values())), "tar_far_1e-2", "reference")
-        if tar:
-            lines += [f"Retrain's own forgotten-identity TAR at FAR 1% (faces): {' / '.join(fmt(v) for v in tar)}.",
-                      ""]
+        for caption, methods in (("faces", faces), (f"faces, new base, {NEW_BASE}", new_base)):
+            tar = versus_retrain(next(iter(methods.values())), "tar_far_1e-2", "reference") if methods else []
+            if any(v is not None for v in tar):
+                lines += [f"Retrain's own forgotten-identity TAR at FAR 1% ({caption}): "
+                          f"{' / '.join(fmt(v) for v in tar)}.", ""]
 
 
 def recipe_label(name: str) -> str:

@@ -64,6 +64,17 @@ def test_the_targets_table_is_what_the_committed_results_give():
     assert result.returncode == 0, result.stderr
 
 
+def test_a_target_without_its_reference_is_not_judged_rather_than_met_or_missed():
+    targets = _module(ROOT / "benchmarks" / "targets.py", "targets")
+    within = lambda v: v <= 5  # noqa: E731
+    assert targets.verdict([1.0, None], within).endswith("missed on 1")  # a missing figure is a miss by default
+    assert targets.verdict([1.0, None, None], within, absent="no Retrain") == \
+        "1.00 / - / -: **met**; not judged on 1, 2 (no Retrain)"
+    assert targets.verdict([9.0, None], within, absent="no Retrain") == \
+        "9.00 / -: missed on 0; not judged on 1 (no Retrain)"
+    assert targets.verdict([None, None], within, absent="no Retrain") == "- / -: not judged (no Retrain)"
+
+
 @requires_fashion
 def test_the_smoke_benchmark_is_recreated_from_the_checkout(tmp_path):
     committed = json.loads((ROOT / "benchmarks" / "smoke" / "results.json").read_text())

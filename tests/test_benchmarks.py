@@ -239,6 +239,31 @@ def test_the_face_verification_rule_keeps_guards_ties_and_the_recipe_unless_clea
         rule.choose(setting(a=row([1, 1])))
 
 
+def test_the_second_face_rule_guards_against_the_model_before_each_request():
+    rule = _module(ROOT / "benchmarks" / "verification_faces_validation" / "run.py", "faces_validation_run")
+
+    def method(forgotten, retained, retained_before, acc_r=60.0, acc_r_before=60.0):
+        per = [{"acc_f": 0.0, "acc_r": acc_r, "figures": {str(k): {"tar_far_1e-2": t, "tar_retained_far_1e-2": r}}}
+               for k, (t, r) in enumerate(zip(forgotten, retained))]
+        tasks = [{"acc_r": acc_r, "acc_r_before": acc_r_before, "tar_r_before": {"far=0.01": b}}
+                 for b in retained_before]
+        return {"per_request": per, "tasks": tasks}
+
+    original = {str(k): {"figures": {str(k): {"tar_far_1e-2": 50.0, "tar_retained_far_1e-2": 30.0}}}
+                for k in range(2)}
+    methods = {"GS-LoRA++": method([40, 40], [20, 18], [30, 20]),
+               # 25 against 30 of the original on request 1 (0.83x), but 0.93x of its own 27 before that request
+               "a": method([5, 5], [27, 25], [30, 27]),
+               "b": method([2, 2], [29, 29], [30, 29], acc_r=57.0, acc_r_before=60.0),  # Acc_r 0.95x before
+               "c": method([3, 3], [29, 24], [30, 29])}  # retained TAR 0.83x before request 1
+    setting = {"original": original, "methods": methods}
+    assert rule.choose(setting, "original")["winner"] is None  # round 1's guard: the original model's
+    choice = rule.choose(setting, "before")
+    assert choice["rows"]["a"]["misses"] == [] and choice["winner"] == "a" and choice["adopted"] == "a"
+    assert any("0.97 x 60.00 before" in m for m in choice["rows"]["b"]["misses"])
+    assert any("retained TAR 24.00 < 0.9 x 29.00" in m for m in choice["rows"]["c"]["misses"])
+
+
 def test_a_verification_report_without_retrain_shows_no_retrain_rows():
     runner = _module(ROOT / "benchmarks" / "verification" / "run.py", "verification_run")
     results = json.loads((ROOT / "benchmarks" / "verification" / "results.json").read_text())

@@ -13,8 +13,8 @@ BENCHMARKS := fashion_mnist_continual fashion_mnist_4shot_validation fashion_mni
 	fashion_mnist_4shot fashion_mnist_baselines fashion_mnist_baselines_4shot \
 	fashion_mnist_missing_validation fashion_mnist_missing_levers_validation \
 	fashion_mnist_missing fashion_mnist_4shot_other_order fashion_mnist_missing_other_order \
-	faces_4shot faces_missing_validation faces_missing \
-	fashion_mnist_det verification scale smoke
+	faces_4shot faces_missing_validation faces_missing faces_4shot_new_base faces_missing_new_base \
+	fashion_mnist_det verification verification_validation verification_faces_validation scale smoke
 NAME ?= fashion_mnist_continual
 
 demo: venv system $(DEMO_MODEL)
@@ -38,6 +38,7 @@ bench: venv system
 bench-all: venv system
 	for b in $(BENCHMARKS); do $(PY) benchmarks/run.py $$b || exit 1; done
 	$(PY) benchmarks/drift.py benchmarks/faces_missing
+	$(PY) benchmarks/drift.py benchmarks/faces_missing_new_base
 	$(PY) benchmarks/targets.py
 
 lint: venv

@@ -14,6 +14,7 @@ BENCHMARKS := fashion_mnist_continual fashion_mnist_4shot_validation fashion_mni
 	fashion_mnist_missing_validation fashion_mnist_missing_levers_validation \
 	fashion_mnist_missing fashion_mnist_4shot_other_order fashion_mnist_missing_other_order \
 	faces_4shot faces_missing_validation faces_missing faces_4shot_new_base faces_missing_new_base \
+	faces_missing_new_base_validation \
 	fashion_mnist_det verification verification_validation verification_faces_validation scale smoke
 NAME ?= fashion_mnist_continual
 

@@ -84,6 +84,12 @@ def run_method(checkpoint: Path, forget: dict[str, Any], run_name: str, *, devic
             "config": to_dict(config)}
 
 
+def below(value: float, bound: float) -> bool:
+    """value < bound, to 6 decimals: the figures are float32, and a ratio of exactly 0.97 must count as met (so
+    compare ratios, not products)."""
+    return round(value, 6) < round(bound, 6)
+
+
 def write_results(folder: Path, results: dict[str, Any], config: dict[str, Any]) -> None:
     """``results.json``: the rows (each with its config, commit, time, hardware), the benchmark's config and when
     this file was written. Runners only; never edit it by hand."""

@@ -21,7 +21,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from common import CACHE, cached_base, load_config, resolve_paths, setup_logging, write_results  # noqa: I001
+from common import CACHE, below, cached_base, load_config, resolve_paths, setup_logging, write_results  # noqa: I001
 
 from gslora.config import from_dict, load_yaml
 from gslora.engine import CompareConfig, compare
@@ -72,10 +72,12 @@ def check_targets(kind: str, methods: dict) -> dict:
     elif kind == "missing":  # issue 12: Acc_m after the last request >= 0.6x before the first, and the full-data ones
         for name, r in methods.items():
             first, last = r["tasks"][0]["acc_m_before"], r["tasks"][-1]["acc_m"]
-            out[name] = {"acc_m_last_ge_60pct_first": last >= 0.6 * first, "acc_m_ratio": last / first,
-                         "acc_f_le_1": all(t["acc_f"] <= 1 for t in r["tasks"]),
-                         "acc_r_ge_97pct_before": all(t["acc_r"] >= 0.97 * t["acc_r_before"] for t in r["tasks"]),
-                         "h_ge_97pct_h_exact": all(t["h_mean"] >= 0.97 * t["h_exact"] for t in r["tasks"]),
+            # ratios against their bounds to 6 decimals (float32 figures: 388/700 over 400/700 is 0.97)
+            out[name] = {"acc_m_last_ge_60pct_first": not below(last / first, 0.6), "acc_m_ratio": last / first,
+                         "acc_f_le_1": all(not below(1, t["acc_f"]) for t in r["tasks"]),
+                         "acc_r_ge_97pct_before": all(not below(t["acc_r"] / t["acc_r_before"], 0.97)
+                                                      for t in r["tasks"]),
+                         "h_ge_97pct_h_exact": all(not below(t["h_mean"] / t["h_exact"], 0.97) for t in r["tasks"]),
                          "acc_m_before_first": first, "acc_m_after_last": last}
     elif kind == "baselines":
         out = baseline_standing(methods)

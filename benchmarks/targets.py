@@ -68,18 +68,18 @@ def fmt(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def verdict(values: list[float | None], ok, *, first: int = 0, absent: str | None = None) -> str:
-    """``v0 / v1 / ...: met`` (or ``missed on i, j``, request indices from ``first``); None counts as a miss unless
-    ``absent`` names why a value cannot exist (then the requests are listed as not judged). Values are rounded to 6
-    decimals first: the results store float32 figures, and 388/700 over 400/700 is 0.97 exactly, not 0.96999994."""
+def verdict(values: list[float | None], ok, *, first: int = 0, unjudged: tuple[int, ...] = (), why: str = "") -> str:
+    """``v0 / v1 / ...: met`` (or ``missed on i, j``, request indices from ``first``); None counts as a miss, except
+    at the ``unjudged`` positions, whose target cannot be judged (``why``: no reference there). Values are rounded to
+    6 decimals first: the results store float32 figures, and 388/700 over 400/700 is 0.97 exactly, not 0.96999994."""
     shown = " / ".join(fmt(v) for v in values)
-    unjudged = [str(first + i) for i, v in enumerate(values) if v is None and absent]
-    judged = [(i, v) for i, v in enumerate(values) if not (v is None and absent)]
+    judged = [(i, v) for i, v in enumerate(values) if i not in unjudged]
     if not judged:
-        return f"{shown}: not judged ({absent})"
+        return f"{shown}: not judged ({why})"
     misses = [str(first + i) for i, v in judged if v is None or not ok(round(v, 6))]
     text = f"{shown}: " + ("**met**" if not misses else f"missed on {', '.join(misses)}")
-    return text + (f"; not judged on {', '.join(unjudged)} ({absent})" if unjudged else "")
+    skipped = [str(first + i) for i in sorted(unjudged) if i < len(values)]
+    return text + (f"; not judged on {', '.join(skipped)} ({why})" if skipped else "")
 
 
 def full_data_cells(tasks: list[dict]) -> list[str]:
@@ -131,11 +131,15 @@ def full_data_section(lines: list[str]) -> None:
                          verdict(versus_retrain(row, "probe_accuracy"), lambda v: v <= 5),
                          verdict(versus_retrain(row, "mia_auc"), lambda v: abs(v) <= 0.05)])
     new_base = settings.get(NEW_BASE, {}).get("methods", {})
+    references = settings.get(NEW_BASE, {}).get("references", {})
     for name, row in new_base.items():  # Retrain on the first request(s) only there
+        unjudged = tuple(k for k in range(len(row["tasks"])) if str(k) not in references)
         rows.append([f"faces, new base (`verification` {NEW_BASE})", recipe_label(name),
                      *full_data_cells(row["tasks"]),
-                     verdict(versus_retrain(row, "probe_accuracy"), lambda v: v <= 5, absent="no Retrain"),
-                     verdict(versus_retrain(row, "mia_auc"), lambda v: abs(v) <= 0.05, absent="no Retrain")])
+                     verdict(versus_retrain(row, "probe_accuracy"), lambda v: v <= 5, unjudged=unjudged,
+                             why="no Retrain"),
+                     verdict(versus_retrain(row, "mia_auc"), lambda v: abs(v) <= 0.05, unjudged=unjudged,
+                             why="no Retrain")])
     lines += table(header, rows) + [""]
     faces = settings.get("faces_full", {}).get("methods", {})
     if faces:

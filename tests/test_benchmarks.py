@@ -68,11 +68,14 @@ def test_a_target_without_its_reference_is_not_judged_rather_than_met_or_missed(
     targets = _module(ROOT / "benchmarks" / "targets.py", "targets")
     within = lambda v: v <= 5  # noqa: E731
     assert targets.verdict([1.0, None], within).endswith("missed on 1")  # a missing figure is a miss by default
-    assert targets.verdict([1.0, None, None], within, absent="no Retrain") == \
+    assert targets.verdict([1.0, None, None], within, unjudged=(1, 2), why="no Retrain") == \
         "1.00 / - / -: **met**; not judged on 1, 2 (no Retrain)"
-    assert targets.verdict([9.0, None], within, absent="no Retrain") == \
+    assert targets.verdict([9.0, None], within, unjudged=(1,), why="no Retrain") == \
         "9.00 / -: missed on 0; not judged on 1 (no Retrain)"
-    assert targets.verdict([None, None], within, absent="no Retrain") == "- / -: not judged (no Retrain)"
+    # a request that has its reference but no figure is still a miss
+    assert targets.verdict([None, None], within, unjudged=(1,), why="no Retrain") == \
+        "- / -: missed on 0; not judged on 1 (no Retrain)"
+    assert targets.verdict([None, None], within, unjudged=(0, 1), why="no Retrain") == "- / -: not judged (no Retrain)"
 
 
 @requires_fashion
@@ -188,6 +191,9 @@ def test_a_method_entry_of_the_verification_benchmark_wins_over_its_setting():
     assert specs["GS-LoRA++ bnd auto + scatter 10"]["bnd"] == "auto"
     assert specs["GS-LoRA++ bnd auto + scatter 10"]["w_scatter"] == 10.0
     assert specs["GS-LoRA++ scatter 2"]["beta"] == [0.2, 0.25, 0.25, 0.2]  # the rest still comes from the setting
+    assert "GS-LoRA++ bnd auto + scatter 5" not in specs  # a setting's methods list says which run on it
+    round2 = config["settings"]["faces_full_validation_order7"]
+    assert list(runner.method_specs(config, round2)) == round2["methods"]
     for folder in ("verification", "verification_validation"):  # no entry there names a setting's key: unchanged
         config = yaml.safe_load((ROOT / "benchmarks" / folder / "config.yaml").read_text())
         results = json.loads((ROOT / "benchmarks" / folder / "results.json").read_text())["settings"]
@@ -245,8 +251,8 @@ def test_the_second_face_rule_guards_against_the_model_before_each_request():
     def method(forgotten, retained, retained_before, acc_r=60.0, acc_r_before=60.0):
         per = [{"acc_f": 0.0, "acc_r": acc_r, "figures": {str(k): {"tar_far_1e-2": t, "tar_retained_far_1e-2": r}}}
                for k, (t, r) in enumerate(zip(forgotten, retained))]
-        tasks = [{"acc_r": acc_r, "acc_r_before": acc_r_before, "tar_r_before": {"far=0.01": b}}
-                 for b in retained_before]
+        tasks = [{"acc_r": acc_r, "acc_r_before": acc_r_before, "tar_r": {"far=0.01": r},
+                  "tar_r_before": {"far=0.01": b}} for r, b in zip(retained, retained_before)]
         return {"per_request": per, "tasks": tasks}
 
     original = {str(k): {"figures": {str(k): {"tar_far_1e-2": 50.0, "tar_retained_far_1e-2": 30.0}}}
@@ -262,6 +268,30 @@ def test_the_second_face_rule_guards_against_the_model_before_each_request():
     assert choice["rows"]["a"]["misses"] == [] and choice["winner"] == "a" and choice["adopted"] == "a"
     assert any("0.97 x 60.00 before" in m for m in choice["rows"]["b"]["misses"])
     assert any("retained TAR 24.00 < 0.9 x 29.00" in m for m in choice["rows"]["c"]["misses"])
+    # the before-request Acc_r guard on its own: the same Acc_r as the recipe's, but 0.95x its own value before
+    methods["d"] = method([1, 1], [29, 29], [30, 29], acc_r=57.0, acc_r_before=60.0)
+    methods["GS-LoRA++"] = method([40, 40], [20, 18], [30, 20], acc_r=57.0)
+    choice = rule.choose(setting, "before")
+    assert choice["rows"]["d"]["misses"] and choice["winner"] == "a"
+    # only the round's candidates compete: a better row outside them is not ranked
+    choice = rule.choose(setting, "before", candidates=["GS-LoRA++", "c"])
+    assert set(choice["rows"]) == {"GS-LoRA++", "c"} and choice["winner"] is None
+
+
+def test_the_face_choice_file_waits_for_every_candidate_and_says_which_round_decides():
+    import yaml
+
+    rule = _module(ROOT / "benchmarks" / "verification_faces_validation" / "run.py", "faces_validation_run")
+    folder = ROOT / "benchmarks" / "verification_faces_validation"
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    settings = json.loads((folder / "results.json").read_text())["settings"]
+    round2 = config["settings"][rule.DECIDES]["methods"]
+    partial = {**settings, rule.DECIDES: {**settings["faces_full_validation"], "methods": {
+        label: row for label, row in settings["faces_full_validation"]["methods"].items() if label == round2[0]}}}
+    text = rule.choice_md(partial, config)
+    assert f"Incomplete: no rows yet for {', '.join(round2[1:])}; no outcome." in text
+    assert "Adopted by this round (it decided before round 2 existed): nothing" in text  # round 1 as it ended
+    assert "Adopted:" not in text  # nothing is adopted from an incomplete round
 
 
 def test_a_verification_report_without_retrain_shows_no_retrain_rows():
@@ -279,7 +309,9 @@ def test_a_verification_report_with_retrain_for_the_first_requests_only_shows_da
     runner = _module(ROOT / "benchmarks" / "verification" / "run.py", "verification_run")
     results = json.loads((ROOT / "benchmarks" / "verification" / "results.json").read_text())
     full = results["settings"]["faces_full"]
-    setting = {**full, "references": {"0": full["references"]["0"]}}
+    methods = {label: {**row, "per_request": [{**r, "versus_retrain": r["versus_retrain"] if r["request"] == 0 else {}}
+                                              for r in row["per_request"]]} for label, row in full["methods"].items()}
+    setting = {**full, "references": {"0": full["references"]["0"]}, "methods": methods}
     text = runner.report({"settings": {"faces_full": setting}})
     assert "for the first 1 of the 4 requests only" in text
     retrain_rows = [line for line in text.splitlines() if line.startswith("| Retrain (converged) |")]
@@ -288,7 +320,9 @@ def test_a_verification_report_with_retrain_for_the_first_requests_only_shows_da
     assert first[0] != "-" and [c.strip(" |") for c in first[1:]] == ["-", "-", "-"]
     assert all(c.strip(" |") == "- / - / -" for c in after_last)  # no Retrain after the last request
     assert faces[0].split(";")[0] != "- / -" and all(c.startswith("- / -") for c in faces[1:])
-    assert "Difference from Retrain" in text
+    difference = text.split("Difference from Retrain")[1].splitlines()
+    gs_lora = next(line for line in difference if line.startswith("| GS-LoRA |")).split(" | ")[1:]
+    assert "-" not in gs_lora[0].split(" / ")[:2] and all(c.strip(" |") == "- / - / -" for c in gs_lora[1:])
 
 
 def test_retrain_requests_reads_true_false_or_a_count():

@@ -55,10 +55,13 @@ from gslora.verification import compare as versus  # noqa: E402
 
 
 def method_specs(config: dict, setting: dict) -> dict[str, dict]:
-    """The methods of the benchmark with the setting's GS-LoRA(++) hyper-parameters; a value the method's own entry
-    names (``bnd: auto``) wins over the setting's."""
+    """The methods of the benchmark that run on the setting (those its ``methods`` list names; every one without it)
+    with the setting's GS-LoRA(++) hyper-parameters; a value the method's own entry names (``bnd: auto``) wins over the
+    setting's."""
     specs = {}
     for label, spec in config["methods"].items():
+        if label not in setting.get("methods", [label]):
+            continue
         if spec["name"] == "gs_lora":
             spec = {**setting["gs_lora"], **spec}
         elif spec["name"] == "gs_lora_pp":
@@ -272,7 +275,8 @@ def main() -> int:
         if comparison is None:
             shutil.rmtree(runs_dir, ignore_errors=True)
             comparison = compare(compare_config, runs_dir)
-        row_config = {**setting, "verify": to_dict(verify_config)}
+        # what the reference rows depend on: not which methods run on the setting
+        row_config = {**{k: v for k, v in setting.items() if k != "methods"}, "verify": to_dict(verify_config)}
         earlier = settings_so_far(out).get(name) or {}
         # another --methods subset of this setting measured the references already: same base, same suite
         reused = earlier.get("pretrain", {}).get("key") == pre["key"] and earlier.get("config") == row_config

@@ -12,6 +12,10 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from common import below  # noqa: E402
+
 # each round's setting and the reference of its retained-TAR guard (config.yaml states both rules): round 1 compares
 # with the original model, round 2 (the issue's own target) with the model before each request; round 2 decides
 ROUNDS = {"faces_full_validation": "original", "faces_full_validation_order7": "before"}
@@ -21,10 +25,6 @@ TIE = 2.0  # points of forgotten-identity TAR: an earlier-listed candidate this 
 GAIN = 2.0  # points the winner must beat the recipe by to be adopted
 
 
-def below(value: float, bound: float) -> bool:
-    """value < bound, to 6 decimals: the figures are float32, and a ratio of exactly 0.97 must count as met (so
-    compare ratios, not products)."""
-    return round(value, 6) < round(bound, 6)
 
 
 def tars(figures: dict, k: int) -> tuple[float, float]:
@@ -36,12 +36,13 @@ def tars(figures: dict, k: int) -> tuple[float, float]:
     return f["tar_far_1e-2"], f["tar_retained_far_1e-2"]
 
 
-def choose(setting: dict, guard: str = "original") -> dict:
+def choose(setting: dict, guard: str = "original", candidates: list[str] | None = None) -> dict:
     """The config's rule on one setting's rows: eligibility per candidate, the winner and whether it is adopted.
     ``guard`` says what the retained identities' TAR is compared with: the original model's (round 1) or the model's
     before each request, where Acc_r must also keep 0.97x its value before the request (round 2: the issue's
-    targets)."""
-    methods = {label: m["per_request"] for label, m in setting["methods"].items() if m.get("per_request")}
+    targets). Only the ``candidates`` (every row without them) compete."""
+    methods = {label: m["per_request"] for label, m in setting["methods"].items()
+               if m.get("per_request") and (candidates is None or label in candidates)}
     if RECIPE not in methods:
         raise SystemExit(f"{RECIPE} has no rows in results.json: run it first (--methods {RECIPE})")
     original = setting["original"]
@@ -57,9 +58,9 @@ def choose(setting: dict, guard: str = "original") -> dict:
                    if below(per[k]["acc_r"] / recipe[k]["acc_r"], 0.97)]
         for k in range(n):
             kept, before = tars(per[k]["figures"], k)[1], kept_before[k]
-            if guard == "before":
+            if guard == "before":  # both from the request's own record: the same images before and after
                 task = setting["methods"][label]["tasks"][k]
-                before = task["tar_r_before"]["far=0.01"]
+                kept, before = task["tar_r"]["far=0.01"], task["tar_r_before"]["far=0.01"]
                 if below(task["acc_r"] / task["acc_r_before"], 0.97):
                     misses.append(f"Acc_r {task['acc_r']:.2f} < 0.97 x {task['acc_r_before']:.2f} before, request {k}")
             if before > 0 and below(kept / before, 0.9):
@@ -74,7 +75,9 @@ def choose(setting: dict, guard: str = "original") -> dict:
     return {"rows": rows, "winner": winner, "adopted": winner if adopted else None}
 
 
-def choice_section(choice: dict, decides: bool = True) -> list[str]:
+def choice_section(choice: dict, *, outcome: str = "Adopted") -> list[str]:
+    """One round's table (per candidate: forgotten TAR, its mean, the guards it missed) and its outcome, introduced
+    by ``outcome``."""
     lines = ["| candidate | forgotten TAR at FAR 1% per request | mean | eligible |", "|---|---|---|---|"]
     for label, row in choice["rows"].items():
         tar = " / ".join(f"{v:.2f}" for v in row["forgotten_tar"])
@@ -84,30 +87,41 @@ def choice_section(choice: dict, decides: bool = True) -> list[str]:
         adopted = f"nothing: no candidate passed every guard, {RECIPE} included; the default stays {RECIPE}"
     else:
         adopted = choice["adopted"] or f"nothing: {RECIPE} stays (the winner does not beat it by more than {GAIN})"
-    outcome = f"Adopted: {adopted}." if decides else f"Would adopt, had this round decided: {adopted}."
-    return lines + ["", f"Winner: {choice['winner'] or 'none eligible'}. {outcome}", ""]
+    return lines + ["", f"Winner: {choice['winner'] or 'none eligible'}. {outcome}: {adopted}.", ""]
 
 
-def choice_md(settings: dict) -> str:
-    """Every round that has the recipe's rows, under its own rule; round 1 again under round 2's rule, for the record
-    (it was seen before that rule was written, so it does not decide)."""
+GUARDS = {"original": "the retained identities' TAR at FAR 1% >= 0.9x the original model's on every request",
+          "before": "Acc_r and the retained identities' TAR at FAR 1% >= 0.97x / 0.9x their values before each request"}
+
+
+def choice_md(settings: dict, config: dict) -> str:
+    """Every round under its own rule among its candidates (the setting's ``methods`` in config.yaml), once all of
+    them have rows; round 1 again under round 2's rule, for the record (it was seen before that rule was written, so
+    it does not decide)."""
     lines = ["# verification_faces_validation: the rules' outcomes", "",
-             "Generated by run.py from results.json (the rules are in config.yaml); never edited by hand.", ""]
+             "Generated by run.py from results.json (the rules are in config.yaml); never edited by hand. Every round "
+             "also guards Acc_f <= 1 and Acc_r >= 0.97x the recipe's on every request.", ""]
     for name, guard in ROUNDS.items():
-        setting = settings.get(name)
-        if not setting or RECIPE not in setting["methods"]:
-            continue
+        candidates = config["settings"][name].get("methods", list(config["methods"]))
+        rows = (settings.get(name) or {}).get("methods", {})
+        missing = [label for label in candidates if not rows.get(label, {}).get("per_request")]
         rule = "round 1's rule" if guard == "original" else "round 2's rule (the issue's targets)"
-        decides = " This round decides." if name == DECIDES else ""
-        lines += [f"## {name}, {rule}", "", f"Retained-TAR guard against the {guard} model.{decides}", "",
-                  *choice_section(choose(setting, guard))]
+        lines += [f"## {name}, {rule}", "", f"Guard: {GUARDS[guard]}. Candidates: {', '.join(candidates)}.", ""]
+        if missing:
+            lines += [f"Incomplete: no rows yet for {', '.join(missing)}; no outcome.", ""]
+            continue
+        outcome = "Adopted" if name == DECIDES else "Adopted by this round (it decided before round 2 existed)"
+        lines += choice_section(choose(settings[name], guard, candidates), outcome=outcome)
         if guard == "original":
             lines += [f"## {name} under round 2's rule (for the record; seen before that rule was written, does not "
-                      "decide)", "", *choice_section(choose(setting, "before"), decides=False)]
+                      "decide)", "", *choice_section(choose(settings[name], "before", candidates),
+                                                     outcome="Would adopt, had this round decided")]
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
+    from gslora.config import load_yaml
+
     sys.argv = [str(HERE.parent / "verification" / "run.py"), "--config", str(HERE / "config.yaml"), *sys.argv[1:]]
     try:
         runpy.run_path(sys.argv[0], run_name="__main__")
@@ -115,5 +129,5 @@ if __name__ == "__main__":
         if stop.code:
             raise
     results = json.loads((HERE / "results.json").read_text())
-    (HERE / "choice.md").write_text(choice_md(results["settings"]))
+    (HERE / "choice.md").write_text(choice_md(results["settings"], load_yaml(HERE / "config.yaml")))
     print((HERE / "choice.md").read_text())

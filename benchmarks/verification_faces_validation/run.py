@@ -25,8 +25,6 @@ TIE = 2.0  # points of forgotten-identity TAR: an earlier-listed candidate this 
 GAIN = 2.0  # points the winner must beat the recipe by to be adopted
 
 
-
-
 def tars(figures: dict, k: int) -> tuple[float, float]:
     """(forgotten identities' TAR, retained identities' TAR) at FAR 1% of request k, from the suite's figures."""
     from gslora.verification import headlines
@@ -48,7 +46,8 @@ def choose(setting: dict, guard: str = "original", candidates: list[str] | None 
     original = setting["original"]
     n = len(original)
     recipe = methods[RECIPE]
-    kept_before = [tars(original[str(k)]["figures"], k)[1] for k in range(n)]  # the original's retained TAR
+    # round 1's reference, read once: the original model's retained TAR per request
+    kept_before = [tars(original[str(k)]["figures"], k)[1] for k in range(n)] if guard == "original" else None
     rows = {}
     for label, per in methods.items():
         forgotten = [tars(per[k]["figures"], k)[0] for k in range(n)]
@@ -57,12 +56,13 @@ def choose(setting: dict, guard: str = "original", candidates: list[str] | None 
         misses += [f"Acc_r {per[k]['acc_r']:.2f} < 0.97 x {recipe[k]['acc_r']:.2f} on request {k}" for k in range(n)
                    if below(per[k]["acc_r"] / recipe[k]["acc_r"], 0.97)]
         for k in range(n):
-            kept, before = tars(per[k]["figures"], k)[1], kept_before[k]
             if guard == "before":  # both from the request's own record: the same images before and after
                 task = setting["methods"][label]["tasks"][k]
                 kept, before = task["tar_r"]["far=0.01"], task["tar_r_before"]["far=0.01"]
                 if below(task["acc_r"] / task["acc_r_before"], 0.97):
                     misses.append(f"Acc_r {task['acc_r']:.2f} < 0.97 x {task['acc_r_before']:.2f} before, request {k}")
+            else:
+                kept, before = tars(per[k]["figures"], k)[1], kept_before[k]
             if before > 0 and below(kept / before, 0.9):
                 misses.append(f"retained TAR {kept:.2f} < 0.9 x {before:.2f} on request {k}")
         rows[label] = {"forgotten_tar": forgotten, "mean": sum(forgotten) / n, "misses": misses}

@@ -113,8 +113,9 @@ class GSLoRAPP(GSLoRA):
             order = torch.randperm(len(both) - start, generator=torch.Generator().manual_seed(0))[:SCATTER_SAMPLE]
             retained = (start + order.sort()[0]).to(task.device)
             margin = impostor_similarity(embeddings[retained], labels[retained])
-            self.impostor_similarity = None if margin is None else float(margin)
-            if margin is None:
+            if margin is not None:
+                self.impostor_similarity = float(margin)
+            else:
                 log.warning("method.w_scatter: the request keeps fewer than 2 classes with training images, so "
                             "there is no pair of different classes to set the scatter margin; the term is off")
         self.w_f = self.config.w_f_for(task.request.index)

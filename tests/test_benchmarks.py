@@ -278,6 +278,47 @@ def test_the_second_face_rule_guards_against_the_model_before_each_request():
     assert set(choice["rows"]) == {"GS-LoRA++", "c"} and choice["winner"] is None
 
 
+def test_the_third_face_rule_ranks_by_the_distance_to_retrain_and_lets_acc_r_fall_only_as_far_as_retrain():
+    rule = _module(ROOT / "benchmarks" / "verification_faces_validation" / "run.py", "faces_validation_run")
+
+    def method(forgotten, probe, mia, acc_r=57.0, acc_r_before=60.0, retained=(29, 29)):
+        per = [{"acc_f": 0.0, "acc_r": acc_r, "figures": {str(k): {"tar_far_1e-2": t, "tar_retained_far_1e-2": r}},
+                "versus_retrain": {"0": {"probe_accuracy": {"difference": probe}, "mia_auc": {"difference": mia}}}
+                if k == 0 else {}} for k, (t, r) in enumerate(zip(forgotten, retained))]
+        tasks = [{"acc_r": acc_r, "acc_r_before": acc_r_before, "tar_r": {"far=0.01": r},
+                  "tar_r_before": {"far=0.01": 30.0}} for r in retained]
+        return {"per_request": per, "tasks": tasks}
+
+    original = {str(k): {"figures": {str(k): {"tar_far_1e-2": 50.0, "tar_retained_far_1e-2": 30.0}}}
+                for k in range(2)}
+    methods = {"GS-LoRA++": method([40, 40], 60.0, -0.2, acc_r=58.0),
+               # Acc_r 0.95x before on both requests: Retrain (57.0 on request 0) loses as much, but request 1 has no
+               # Retrain, so it misses there
+               "a": method([3, 3], 1.0, 0.01),
+               "b": method([4, 4], -4.0, 0.04, acc_r=58.2),  # 0.97x before on both: eligible, 0.8 tolerances away
+               "c": method([5, 5], -2.0, 0.045, acc_r=58.2),  # 0.9 away: within the 0.2 tie of b, listed later
+               "d": method([2, 2], 0.0, 0.0, acc_r=58.2, retained=(29, 20))}  # nearest, but loses retained TAR
+    setting = {"original": original, "methods": methods, "references": {"0": {"acc_r": 57.0}}}
+    choice = rule.choose(setting, "retrain")
+    assert choice["rows"]["a"]["misses"] == ["Acc_r 57.00 < 0.97 x 60.00 before, request 1"]
+    assert choice["rows"]["b"]["gap"] == pytest.approx(0.8) and choice["rows"]["c"]["gap"] == pytest.approx(0.9)
+    assert choice["rows"]["d"]["misses"] and choice["winner"] == "b" and choice["adopted"] == "b"
+    # Acc_r below both 0.97x before and Retrain's: refused on request 0 too
+    methods["a"] = method([3, 3], 1.0, 0.01, acc_r=56.0, acc_r_before=60.0)
+    assert "Acc_r 56.00 < 0.97 x 60.00 before and < Retrain's 57.00, request 0" in \
+        rule.choose(setting, "retrain")["rows"]["a"]["misses"]
+    # the nearest eligible one is adopted only within the tolerances
+    methods["b"], methods["c"] = method([4, 4], -6.0, 0.0, acc_r=58.2), method([4, 4], 0.0, 0.06, acc_r=58.2)
+    choice = rule.choose(setting, "retrain")
+    assert choice["winner"] == "b" and choice["adopted"] is None  # 1.2 tolerances: both 1.2, b listed first
+    assert "1.20 tolerances from Retrain" in "\n".join(rule.choice_section(choice))
+    # and only if it forgets clearly better than the recipe (more than 2 points of mean forgotten TAR)
+    methods["b"] = method([39, 39], -1.0, 0.0, acc_r=58.2)
+    assert rule.choose(setting, "retrain")["adopted"] is None
+    with pytest.raises(SystemExit, match="needs a Retrain"):
+        rule.choose({**setting, "references": {}}, "retrain")
+
+
 def test_the_face_choice_file_waits_for_every_candidate_and_says_which_round_decides():
     import yaml
 
@@ -291,6 +332,7 @@ def test_the_face_choice_file_waits_for_every_candidate_and_says_which_round_dec
     text = rule.choice_md(partial, config)
     assert f"Incomplete: no rows yet for {', '.join(round2[1:])}; no outcome." in text
     assert "Adopted by this round (it decided before round 2 existed): nothing" in text  # round 1 as it ended
+    assert "Adopted by this round (it decided before round 3 existed): nothing" in text  # round 2 as it ended
     assert "Adopted:" not in text  # nothing is adopted from an incomplete round
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -40,7 +41,7 @@ LABELS = {"gs_lora": "GS-LoRA (recipe)", "gs_lora_pp": "GS-LoRA++ (recipe)", "gs
 # the issue's tolerances for a method's figure on the forgotten classes minus Retrain's (probe points, MIA AUC)
 RETRAIN_TOLERANCE = {"probe_accuracy": 5.0, "mia_auc": 0.05}
 
-NEW_BASE = "faces_full_new_base"  # the verification setting on faces_model_distill100.yaml (Retrain on request 0)
+NEW_BASE = "faces_full_new_base"  # the verification setting on faces_model_distill100.yaml (Retrain on requests 0-1)
 
 # the benchmarks each section reads, first the one the setting was chosen for, then checks on another class order
 FEWSHOT = (("fashion_mnist_baselines_4shot", "Fashion-MNIST"),
@@ -60,7 +61,7 @@ MISSING = (("fashion_mnist_missing", "Fashion-MNIST"),
                                       "recipe, the levers, EWC*)"))
 
 
-def within(figure: str):
+def within(figure: str) -> Callable[[float], bool]:
     """The test that a difference from Retrain's ``figure`` is within the issue's tolerance."""
     return lambda v: abs(v) <= RETRAIN_TOLERANCE[figure]
 

@@ -319,6 +319,75 @@ def test_the_third_face_rule_ranks_by_the_distance_to_retrain_and_lets_acc_r_fal
         rule.choose({**setting, "references": {}}, "retrain")
 
 
+def test_the_third_face_rule_at_its_edges():
+    rule = _module(ROOT / "benchmarks" / "verification_faces_validation" / "run.py", "faces_validation_run")
+
+    def method(probe, mia, acc_r=58.2, forgotten=(4, 4)):
+        per = [{"acc_f": 0.0, "acc_r": acc_r, "figures": {str(k): {"tar_far_1e-2": t, "tar_retained_far_1e-2": 29}},
+                "versus_retrain": {"0": {"probe_accuracy": {"difference": probe}, "mia_auc": {"difference": mia}}}
+                if k == 0 else {}} for k, t in enumerate(forgotten)]
+        tasks = [{"acc_r": acc_r, "acc_r_before": 60.0, "tar_r": {"far=0.01": 29.0}, "tar_r_before": {"far=0.01": 30.0}}
+                 for _ in forgotten]
+        return {"per_request": per, "tasks": tasks}
+
+    original = {str(k): {"figures": {str(k): {"tar_far_1e-2": 50.0, "tar_retained_far_1e-2": 30.0}}}
+                for k in range(2)}
+
+    def choose(methods, retrain_acc_r=57.0, candidates=None):
+        setting = {"original": original, "methods": methods, "references": {"0": {"acc_r": retrain_acc_r}}}
+        return rule.choose(setting, "retrain", candidates)
+
+    recipe = method(60.0, -0.2, forgotten=(40, 40))
+    # the tie: an earlier-listed candidate 0.15 above the best wins, one 0.25 above does not
+    assert choose({"GS-LoRA++": recipe, "a": method(4.75, 0.0), "b": method(4.0, 0.0)})["winner"] == "a"
+    assert choose({"GS-LoRA++": recipe, "a": method(5.25, 0.0), "b": method(4.0, 0.0)})["winner"] == "b"
+    # "listed earlier" is the round's order, not the order of the rows in results.json
+    rows = {"GS-LoRA++": recipe, "b": method(4.0, 0.0), "a": method(4.75, 0.0)}
+    assert choose(rows, candidates=["GS-LoRA++", "a", "b"])["winner"] == "a"
+    # a negative MIA difference counts by its size, and a distance of exactly 1 is within the tolerances
+    choice = choose({"GS-LoRA++": recipe, "a": method(1.0, -0.06)})
+    assert choice["rows"]["a"]["gap"] == pytest.approx(1.2) and choice["adopted"] is None
+    assert choose({"GS-LoRA++": recipe, "a": method(-5.0, 0.01)})["adopted"] == "a"
+    # where Retrain keeps more than 0.97x before, 0.97x before is the guard (the lower of the two)
+    between = method(0.0, 0.0, acc_r=58.5)  # 0.975x before, below Retrain's 59.0
+    assert choose({"GS-LoRA++": recipe, "a": between}, retrain_acc_r=59.0)["rows"]["a"]["misses"] == []
+    # Acc_r >= 0.97x the recipe's still holds (0.962x the recipe's 60.5, though 0.97x before)
+    assert choose({"GS-LoRA++": method(60.0, -0.2, acc_r=60.5, forgotten=(40, 40)), "a": method(0.0, 0.0)}
+                  )["rows"]["a"]["misses"] == ["Acc_r 58.20 < 0.97 x 60.50 on request 0",
+                                               "Acc_r 58.20 < 0.97 x 60.50 on request 1"]
+    # a candidate without a difference from Retrain is refused, not ranked
+    missing = method(0.0, 0.0)
+    missing["per_request"][0]["versus_retrain"] = {}
+    choice = choose({"GS-LoRA++": recipe, "a": missing})
+    assert choice["rows"]["a"]["misses"] == ["no difference from Retrain on request 0"]
+    assert choice["winner"] == "GS-LoRA++"
+
+
+def test_the_committed_face_choice_file_is_what_its_rule_gives():
+    import yaml
+
+    rule = _module(ROOT / "benchmarks" / "verification_faces_validation" / "run.py", "faces_validation_run")
+    folder = ROOT / "benchmarks" / "verification_faces_validation"
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    settings = json.loads((folder / "results.json").read_text())["settings"]
+    assert rule.choice_md(settings, config) == (folder / "choice.md").read_text()
+
+
+def test_the_shipped_face_config_is_the_setting_the_face_rule_adopted():
+    """configs/faces_forget.yaml carries what round 3 adopted, with the reference's face values of the benchmark."""
+    import yaml
+
+    runner = _module(ROOT / "benchmarks" / "verification" / "run.py", "verification_run")
+    config = yaml.safe_load((ROOT / "benchmarks" / "verification" / "config.yaml").read_text())
+    setting = config["settings"]["faces_full_new_base"]
+    shipped = yaml.safe_load((ROOT / "configs" / "faces_forget.yaml").read_text())
+    assert shipped["method"] == runner.method_specs(config, setting)["GS-LoRA++ bnd auto + scatter 1"]
+    assert shipped["train"] == setting["forget"]["train"]
+    assert {k: v for k, v in setting["forget"]["sequence"].items() if k != "order_seed"} == shipped["sequence"]
+    choice = (ROOT / "benchmarks" / "verification_faces_validation" / "choice.md").read_text()
+    assert "Adopted: GS-LoRA++ bnd auto + scatter 1." in choice
+
+
 def test_the_face_choice_file_waits_for_every_candidate_and_says_which_round_decides():
     import yaml
 
@@ -326,11 +395,11 @@ def test_the_face_choice_file_waits_for_every_candidate_and_says_which_round_dec
     folder = ROOT / "benchmarks" / "verification_faces_validation"
     config = yaml.safe_load((folder / "config.yaml").read_text())
     settings = json.loads((folder / "results.json").read_text())["settings"]
-    round2 = config["settings"][rule.DECIDES]["methods"]
+    deciding = config["settings"][rule.DECIDES]["methods"]
     partial = {**settings, rule.DECIDES: {**settings["faces_full_validation"], "methods": {
-        label: row for label, row in settings["faces_full_validation"]["methods"].items() if label == round2[0]}}}
+        label: row for label, row in settings["faces_full_validation"]["methods"].items() if label == deciding[0]}}}
     text = rule.choice_md(partial, config)
-    assert f"Incomplete: no rows yet for {', '.join(round2[1:])}; no outcome." in text
+    assert f"Incomplete: no rows yet for {', '.join(deciding[1:])}; no outcome." in text
     assert "Adopted by this round (it decided before round 2 existed): nothing" in text  # round 1 as it ended
     assert "Adopted by this round (it decided before round 3 existed): nothing" in text  # round 2 as it ended
     assert "Adopted:" not in text  # nothing is adopted from an incomplete round

@@ -58,6 +58,10 @@ def method_specs(config: dict, setting: dict) -> dict[str, dict]:
     """The methods of the benchmark that run on the setting (those its ``methods`` list names; every one without it)
     with the setting's GS-LoRA(++) hyper-parameters; a value the method's own entry names (``bnd: auto``) wins over the
     setting's."""
+    unknown = [label for label in setting.get("methods", []) if label not in config["methods"]]
+    if unknown:
+        raise SystemExit(f"verification config: a setting's methods list names {', '.join(unknown)}, which the "
+                         "methods section does not define; add them there or fix the name")
     specs = {}
     for label, spec in config["methods"].items():
         if label not in setting.get("methods", [label]):
@@ -263,9 +267,11 @@ def main() -> int:
     for name, setting in config["settings"].items():
         if name not in wanted:
             continue
+        specs = {label: spec for label, spec in method_specs(config, setting).items() if label in labels}
+        if not specs:  # none of the --methods runs on this setting
+            continue
         checkpoint, pre = cached_base(load_yaml(HERE.parent / setting["base"]), device=args.device)
         forget = resolve_paths(setting["forget"])
-        specs = {label: spec for label, spec in method_specs(config, setting).items() if label in labels}
         compare_config = from_dict(CompareConfig, {
             "checkpoint": str(checkpoint), "data": forget["data"], "sequence": forget["sequence"],
             "train": {**forget["train"], "device": args.device}, "methods": specs, "verify": config["verify"]})

@@ -22,7 +22,7 @@ from targets import RETRAIN_TOLERANCE  # noqa: E402
 # round 3 keeps round 2's guards, lets Acc_r fall as far as Retrain's, and ranks by the distance to Retrain; it decides
 ROUNDS = {"faces_full_validation": "original", "faces_full_validation_order7": "before",
           "faces_full_validation_order23": "retrain"}
-DECIDES = "faces_full_validation_order23"
+DECIDES = list(ROUNDS)[-1]  # the last round decides
 RECIPE = "GS-LoRA++"
 TIE = 2.0  # points of forgotten-identity TAR: an earlier-listed candidate this close to the best wins
 GAIN = 2.0  # points of mean forgotten TAR the winner must beat the recipe by to be adopted
@@ -38,11 +38,14 @@ def tars(figures: dict, k: int) -> tuple[float, float]:
     return f["tar_far_1e-2"], f["tar_retained_far_1e-2"]
 
 
-def retrain_gap(row: dict, k: int) -> float:
+def retrain_gap(row: dict, k: int) -> float | None:
     """How far a method's request k is from Retrain's: the larger of its probe and MIA AUC differences, each in units
-    of the issue's tolerance (<= 1 meets both targets)."""
-    versus = row["versus_retrain"][str(k)]
-    return max(abs(versus[figure]["difference"]) / tolerance for figure, tolerance in RETRAIN_TOLERANCE.items())
+    of the issue's tolerance (<= 1 meets both targets); None where a difference was not measured."""
+    versus = row.get("versus_retrain", {}).get(str(k)) or {}
+    gaps = [(versus.get(figure) or {}).get("difference") for figure in RETRAIN_TOLERANCE]
+    if None in gaps:
+        return None
+    return max(abs(gap) / tolerance for gap, tolerance in zip(gaps, RETRAIN_TOLERANCE.values()))
 
 
 def choose(setting: dict, guard: str = "original", candidates: list[str] | None = None) -> dict:
@@ -52,8 +55,9 @@ def choose(setting: dict, guard: str = "original", candidates: list[str] | None 
     targets); ``retrain`` (round 3) is round 2's guard, except that Acc_r may also fall as far as Retrain's where one
     exists, and ranks by the distance to Retrain (``retrain_gap``) instead of the forgotten TAR. Only the
     ``candidates`` (every row without them) compete."""
-    methods = {label: m["per_request"] for label, m in setting["methods"].items()
-               if m.get("per_request") and (candidates is None or label in candidates)}
+    rows_of = setting["methods"]
+    methods = {label: rows_of[label]["per_request"] for label in (candidates or rows_of)  # in the round's order
+               if (rows_of.get(label) or {}).get("per_request")}
     if RECIPE not in methods:
         raise SystemExit(f"{RECIPE} has no rows in results.json: run it first (--methods {RECIPE})")
     original = setting["original"]
@@ -84,8 +88,10 @@ def choose(setting: dict, guard: str = "original", candidates: list[str] | None 
             if before > 0 and below(kept / before, 0.9):
                 misses.append(f"retained TAR {kept:.2f} < 0.9 x {before:.2f} on request {k}")
         rows[label] = {"forgotten_tar": forgotten, "mean": sum(forgotten) / n, "misses": misses}
-        if guard == "retrain":
-            rows[label]["gap"] = sum(retrain_gap(per[k], k) for k in retrained) / len(retrained)
+        if guard == "retrain":  # the worst request with a Retrain: <= 1 meets both targets on every one of them
+            gaps = [retrain_gap(per[k], k) for k in retrained]
+            misses += [f"no difference from Retrain on request {k}" for k, gap in zip(retrained, gaps) if gap is None]
+            rows[label]["gap"] = max((gap for gap in gaps if gap is not None), default=float("inf"))
     rank, tie = ("gap", RETRAIN_TIE) if guard == "retrain" else ("mean", TIE)
     eligible = [label for label in methods if not rows[label]["misses"]]
     winner = None
@@ -152,7 +158,7 @@ def choice_md(settings: dict, config: dict) -> str:
         outcome = ("Adopted" if name == DECIDES else
                    f"Adopted by this round (it decided before round {names.index(name) + 2} existed)")
         lines += choice_section(choose(settings[name], guard, candidates), outcome=outcome)
-        later = {"original": "before", "before": "retrain"}.get(guard)
+        later = ROUNDS[names[names.index(name) + 1]] if name != DECIDES else None
         if later == "retrain" and not settings[name].get("references"):
             continue  # round 3's rule needs a Retrain
         if later:

@@ -7,21 +7,22 @@ from pathlib import Path
 
 # `make test` runs the suite in one pytest-xdist worker per core: each worker (and every process a test starts)
 # then computes on its share of the cores, so that workers do not oversubscribe them. Set before torch loads.
-if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
-    _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
-    os.environ.setdefault("OMP_NUM_THREADS", str(_share))
-    os.environ.setdefault("MKL_NUM_THREADS", str(_share))
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
+if _WORKERS:
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    _SHARE = max(1, _cores // _WORKERS)
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(_SHARE)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
-    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+from gslora.config import DataConfig, ModelConfig, TrainConfig  # noqa: E402
+from gslora.data import Dataset, load_dataset  # noqa: E402
+from gslora.engine import pretrain  # noqa: E402
+from gslora.models import save_checkpoint  # noqa: E402
 
-from gslora.config import DataConfig, ModelConfig, TrainConfig
-from gslora.data import Dataset, load_dataset
-from gslora.engine import pretrain
-from gslora.models import save_checkpoint
+if _WORKERS:
+    torch.set_num_threads(_SHARE)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")

@@ -53,8 +53,8 @@ FEWSHOT = (("fashion_mnist_baselines_4shot", "Fashion-MNIST"),
                            "Fashion-MNIST; 17 of the 18 methods: DER++ not run)"),
            ("faces_4shot_new_base", "Faces, the same sequence on the face base that `faces_base` chose "
                                     "(`faces_model_distill100.yaml`, chosen on held-out face training images; no "
-                                    "forgetting setting chosen on faces; 10 rows: the recipe, the levers, the face "
-                                    "setting, LwF, EWC*, NegGrad+, random labels, SSD)"))
+                                    "forgetting setting chosen on faces; 12 rows: the recipe, the levers, the face "
+                                    "setting, LwF, EWC*, L2*, NegGrad+, random labels, SalUn, SSD)"))
 MISSING = (("fashion_mnist_missing", "Fashion-MNIST"),
            ("fashion_mnist_missing_other_order", "Fashion-MNIST, class order seed 7 (nothing chosen on it)"),
            ("faces_missing", "Faces, 4 requests of 20 identities, 5 missing (nothing chosen on faces: the levers as "

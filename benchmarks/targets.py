@@ -45,7 +45,8 @@ RETRAIN_TOLERANCE = {"probe_accuracy": 5.0, "mia_auc": 0.05}
 
 NEW_BASE = "faces_full_new_base"  # the verification setting on faces_model_distill100.yaml
 
-# the benchmarks each section reads, first the one the setting was chosen for, then checks on another class order
+# the benchmarks each section reads, first the one the setting was chosen for, then checks on another class order;
+# a caption's {rows} is the number of measured rows in that benchmark's results
 FEWSHOT = (("fashion_mnist_baselines_4shot", "Fashion-MNIST"),
            ("fashion_mnist_4shot_other_order", "Fashion-MNIST, class order seed 7 (nothing chosen on it; fewer rows: "
                                                "the recipe, the levers, L2*, EWC*, SalUn)"),
@@ -53,15 +54,15 @@ FEWSHOT = (("fashion_mnist_baselines_4shot", "Fashion-MNIST"),
                            "Fashion-MNIST; 17 of the 18 methods: DER++ not run)"),
            ("faces_4shot_new_base", "Faces, the same sequence on the face base that `faces_base` chose "
                                     "(`faces_model_distill100.yaml`, chosen on held-out face training images; no "
-                                    "forgetting setting chosen on faces; 12 rows: the recipe, the levers, the face "
+                                    "forgetting setting chosen on faces; {rows} rows: the recipe, the levers, the face "
                                     "setting, LwF, EWC*, L2*, NegGrad+, random labels, SalUn, SSD)"))
 MISSING = (("fashion_mnist_missing", "Fashion-MNIST"),
            ("fashion_mnist_missing_other_order", "Fashion-MNIST, class order seed 7 (nothing chosen on it)"),
            ("faces_missing", "Faces, 4 requests of 20 identities, 5 missing (nothing chosen on faces: the levers as "
                              "chosen on Fashion-MNIST)"),
            ("faces_missing_new_base", "Faces, the same sequence on the face base that `faces_base` chose "
-                                      "(`faces_model_distill100.yaml`; nothing chosen on faces; 4 rows: the GS-LoRA++ "
-                                      "recipe, the levers, the face setting, EWC*)"))
+                                      "(`faces_model_distill100.yaml`; nothing chosen on faces; {rows} rows: the "
+                                      "GS-LoRA++ recipe, the levers, the face setting, EWC*)"))
 
 
 def within(figure: str) -> Callable[[float], bool]:
@@ -220,7 +221,7 @@ def fewshot_table(lines: list[str], results: dict, caption: str) -> None:
                      " / ".join(map(str, ranks)) + f" of {len(methods)}",
                      verdict([tasks[-1]["acc_r"] / tasks[0]["acc_r_before"]], lambda v: v >= 0.9, first=n - 1),
                      " / ".join(fmt(t.get("acc_o")) for t in tasks[1:])])
-    lines += [caption, ""]
+    lines += [caption.format(rows=len(methods)), ""]
     lines += table(["method", "best H - H <= 1", "rank by H", "Acc_r last / first >= 0.90", "Acc_o (requests 1-3)"],
                    rows) + [""]
 
@@ -243,7 +244,7 @@ def missing_section(lines: list[str]) -> None:
             rows.append([label(key), verdict([tasks[-1]["acc_m"] / tasks[0]["acc_m_before"]], lambda v: v >= 0.6,
                                       first=len(tasks) - 1),
                          *full_data_cells(tasks)])
-        lines += [f"{caption} (`{name}`):", ""]
+        lines += [f"{caption.format(rows=len(rows))} (`{name}`):", ""]
         lines += table(["method", "Acc_m last / first >= 0.6", "Acc_f <= 1", "Acc_r / before >= 0.97",
                         "H / H_max >= 0.97"], rows) + [""]
     if not load("faces_missing"):

@@ -81,7 +81,31 @@ def check_targets(kind: str, methods: dict) -> dict:
                          "acc_m_before_first": first, "acc_m_after_last": last}
     elif kind == "baselines":
         out = baseline_standing(methods)
+    elif kind == "fewshot_choice":
+        out = fewshot_choice(methods)
     return out
+
+
+def fewshot_choice(methods: dict, *, guard: float = 2.0, keep: float = 0.9, margin: float = 1.0) -> dict:
+    """The few-shot choice rule of ``faces_4shot_new_base_validation`` (its config states it): among the rows with
+    Acc_f and Acc_o <= ``guard`` on every request and Acc_r after the last request >= ``keep`` x before the first, the
+    highest mean H; a row other than the first (the reference) wins only if its mean H beats the reference's by more
+    than ``margin``, whether or not the reference passes the guards."""
+    rows = {}
+    for name, r in methods.items():
+        tasks = r["tasks"]
+        row = {"mean_h": sum(t["h_mean"] for t in tasks) / len(tasks),
+               "worst_acc_f": max(t["acc_f"] for t in tasks),
+               "worst_acc_o": max((t["acc_o"] for t in tasks if t.get("acc_o") is not None), default=0.0),
+               "acc_r_last_over_first": tasks[-1]["acc_r"] / tasks[0]["acc_r_before"]}
+        row["passes"] = (not below(guard, row["worst_acc_f"]) and not below(guard, row["worst_acc_o"])
+                         and not below(row["acc_r_last_over_first"], keep))
+        rows[name] = row
+    reference = next(iter(methods))
+    passing = sorted((n for n in rows if rows[n]["passes"]), key=lambda n: -rows[n]["mean_h"])
+    best = next((n for n in passing if n != reference), None)
+    winner = best if best and rows[best]["mean_h"] > rows[reference]["mean_h"] + margin else None
+    return {"rows": rows, "reference": reference, "winner": winner}
 
 
 def baseline_standing(methods: dict) -> dict:

@@ -168,6 +168,29 @@ def test_the_face_base_rule_takes_the_best_held_out_top1_and_gives_ties_to_the_e
     assert choose({"a": {"top1": 40.0}, "b": {"top1": 46.3}, "c": {"top1": 46.6}}) == "b"
 
 
+def _fewshot_row(h: list[float], acc_f: float = 1.0, acc_o: float = 1.0, acc_r_last: float = 55.0) -> dict:
+    tasks = [{"h_mean": v, "acc_f": acc_f, "acc_o": None if i == 0 else acc_o, "acc_r": 56.0, "acc_r_before": 58.0}
+             for i, v in enumerate(h)]
+    tasks[-1]["acc_r"] = acc_r_last
+    return {"tasks": tasks}
+
+
+def test_the_fewshot_face_rule_needs_guards_and_a_clear_lead_over_the_reference():
+    choice = _module(ROOT / "benchmarks" / "run_methods.py", "run_methods").fewshot_choice
+    ref = _fewshot_row([50, 50, 50, 50])
+    # within the margin of 1: nothing changes
+    assert choice({"ref": ref, "a": _fewshot_row([51, 51, 51, 50])})["winner"] is None
+    # a clear lead that passes the guards wins, the best passing row first
+    assert choice({"ref": ref, "a": _fewshot_row([52] * 4), "b": _fewshot_row([53] * 4)})["winner"] == "b"
+    # a lead bought with forgetting (Acc_o 3 > 2), with Acc_f, or with retained accuracy (0.5x) does not count
+    assert choice({"ref": ref, "a": _fewshot_row([60] * 4, acc_o=3.0)})["winner"] is None
+    assert choice({"ref": ref, "a": _fewshot_row([60] * 4, acc_f=2.5)})["winner"] is None
+    assert choice({"ref": ref, "a": _fewshot_row([60] * 4, acc_r_last=29.0)})["winner"] is None
+    # figures at the guard itself (float32 2.0) pass; the reference failing its guards does not lower the bar
+    assert choice({"ref": ref, "a": _fewshot_row([52] * 4, acc_f=1.9999999552965164)})["winner"] == "a"
+    assert choice({"ref": _fewshot_row([50] * 4, acc_o=5.0), "a": _fewshot_row([50.5] * 4)})["winner"] is None
+
+
 def test_config_overrides_merge_section_by_section_without_touching_the_base():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from common import merged

@@ -411,6 +411,25 @@ def test_the_shipped_face_config_is_the_setting_the_face_rule_adopted():
     assert "Adopted: GS-LoRA++ bnd auto + scatter 1." in choice
 
 
+def test_the_shipped_fewshot_face_config_is_what_the_4shot_face_rule_chose():
+    """configs/faces_fewshot_forget.yaml carries the winner of faces_4shot_new_base_validation's rule, with that
+    benchmark's shared training values, and the test benchmark measured exactly that row."""
+    import yaml
+
+    folder = ROOT / "benchmarks" / "faces_4shot_new_base_validation"
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    results = json.loads((folder / "results.json").read_text())
+    choice = _module(ROOT / "benchmarks" / "run_methods.py", "run_methods").fewshot_choice(results["methods"])
+    assert choice == results["targets"] and choice["winner"]
+    spec = dict(config["methods"][choice["winner"]])
+    shipped = yaml.safe_load((ROOT / "configs" / "faces_fewshot_forget.yaml").read_text())
+    assert shipped["train"] == {**config["forget"]["train"], **spec.pop("train", {})}
+    assert shipped["method"] == spec
+    assert {k: v for k, v in config["forget"]["sequence"].items() if k != "order_seed"} == shipped["sequence"]
+    test = yaml.safe_load((ROOT / "benchmarks" / "faces_4shot_new_base" / "config.yaml").read_text())
+    assert test["methods"][choice["winner"]] == config["methods"][choice["winner"]]
+
+
 def test_the_face_choice_file_waits_for_every_candidate_and_says_which_round_decides():
     import yaml
 

@@ -130,9 +130,10 @@ def test_every_shipped_config_runs(workdir, fashion_subset):
     """The demo's two configs (make demo runs them); the other four are run by the README's commands above."""
     data = str(fashion_subset[0])
     shipped = sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))
-    assert shipped == ["compare_demo.yaml", "demo_forget.yaml", "demo_pretrain.yaml", "faces_forget.yaml",
-                       "fewshot_forget.yaml", "requests_example.yaml"]
-    for name in ("compare_demo.yaml", "faces_forget.yaml", "fewshot_forget.yaml", "requests_example.yaml"):
+    assert shipped == ["compare_demo.yaml", "demo_forget.yaml", "demo_pretrain.yaml", "faces_fewshot_forget.yaml",
+                       "faces_forget.yaml", "fewshot_forget.yaml", "requests_example.yaml"]
+    for name in ("compare_demo.yaml", "faces_fewshot_forget.yaml", "faces_forget.yaml", "fewshot_forget.yaml",
+                 "requests_example.yaml"):
         assert f"configs/{name}" in README
     code, err = run(smaller(["pretrain", "--config", "configs/demo_pretrain.yaml", "--data", data, "--out",
                              "demo_base"], data))

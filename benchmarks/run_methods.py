@@ -102,10 +102,9 @@ def fewshot_choice(methods: dict, *, guard: float = 2.0, keep: float = 0.9, marg
                          and not below(row["acc_r_last_over_first"], keep))
         rows[name] = row
     reference = next(iter(methods))
-    passing = sorted((n for n in rows if rows[n]["passes"]), key=lambda n: -rows[n]["mean_h"])
-    best = next((n for n in passing if n != reference), None)
-    winner = best if best and rows[best]["mean_h"] > rows[reference]["mean_h"] + margin else None
-    return {"rows": rows, "reference": reference, "winner": winner}
+    best = max((n for n in rows if n != reference and rows[n]["passes"]), key=lambda n: rows[n]["mean_h"], default=None)
+    clear = best is not None and below(rows[reference]["mean_h"] + margin, rows[best]["mean_h"])
+    return {"rows": rows, "reference": reference, "winner": best if clear else None}
 
 
 def baseline_standing(methods: dict) -> dict:

@@ -169,8 +169,11 @@ def test_the_face_base_rule_takes_the_best_held_out_top1_and_gives_ties_to_the_e
 
 
 def _fewshot_row(h: list[float], acc_f: float = 1.0, acc_o: float = 1.0, acc_r_last: float = 55.0) -> dict:
-    tasks = [{"h_mean": v, "acc_f": acc_f, "acc_o": None if i == 0 else acc_o, "acc_r": 56.0, "acc_r_before": 58.0}
+    """A 4-shot row: the guards' figures on request 1 only (the others clean); Acc_r before falls with each request,
+    so a rule that reads the last request's "before" instead of the first's gives another ratio."""
+    tasks = [{"h_mean": v, "acc_f": 0.0, "acc_o": None if i == 0 else 0.0, "acc_r": 56.0, "acc_r_before": 58.0 - 10 * i}
              for i, v in enumerate(h)]
+    tasks[1].update(acc_f=acc_f, acc_o=acc_o)
     tasks[-1]["acc_r"] = acc_r_last
     return {"tasks": tasks}
 
@@ -186,8 +189,15 @@ def test_the_fewshot_face_rule_needs_guards_and_a_clear_lead_over_the_reference(
     assert choice({"ref": ref, "a": _fewshot_row([60] * 4, acc_o=3.0)})["winner"] is None
     assert choice({"ref": ref, "a": _fewshot_row([60] * 4, acc_f=2.5)})["winner"] is None
     assert choice({"ref": ref, "a": _fewshot_row([60] * 4, acc_r_last=29.0)})["winner"] is None
-    # figures at the guard itself (float32 2.0) pass; the reference failing its guards does not lower the bar
+    # the best row that passes wins, not the best row overall
+    assert choice({"ref": ref, "a": _fewshot_row([60] * 4, acc_o=3.0), "b": _fewshot_row([52] * 4)})["winner"] == "b"
+    # a lead of exactly 1 is not more than 1; Acc_r is judged against the first request's "before" (55/58 = 0.95)
+    assert choice({"ref": ref, "a": _fewshot_row([51] * 4)})["winner"] is None
+    assert choice({"ref": ref, "a": _fewshot_row([52] * 4, acc_r_last=50.0)})["winner"] is None  # 0.86x
+    # figures at the guard itself (float32 2.0) pass, just above it do not; the reference failing its guards does
+    # not lower the bar
     assert choice({"ref": ref, "a": _fewshot_row([52] * 4, acc_f=1.9999999552965164)})["winner"] == "a"
+    assert choice({"ref": ref, "a": _fewshot_row([52] * 4, acc_f=2.1)})["winner"] is None
     assert choice({"ref": _fewshot_row([50] * 4, acc_o=5.0), "a": _fewshot_row([50.5] * 4)})["winner"] is None
 
 
@@ -421,9 +431,11 @@ def test_the_shipped_fewshot_face_config_is_what_the_4shot_face_rule_chose():
     results = json.loads((folder / "results.json").read_text())
     choice = _module(ROOT / "benchmarks" / "run_methods.py", "run_methods").fewshot_choice(results["methods"])
     assert choice == results["targets"] and choice["winner"]
+    assert choice["reference"] == "gs_lora bnd auto"  # the rule's reference is the config's first row
     spec = dict(config["methods"][choice["winner"]])
+    train = spec.pop("train", {})
     shipped = yaml.safe_load((ROOT / "configs" / "faces_fewshot_forget.yaml").read_text())
-    assert shipped["train"] == {**config["forget"]["train"], **spec.pop("train", {})}
+    assert shipped["train"] == {**config["forget"]["train"], **train}
     assert shipped["method"] == spec
     assert {k: v for k, v in config["forget"]["sequence"].items() if k != "order_seed"} == shipped["sequence"]
     test = yaml.safe_load((ROOT / "benchmarks" / "faces_4shot_new_base" / "config.yaml").read_text())

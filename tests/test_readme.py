@@ -127,7 +127,7 @@ def test_readme_commands_and_code_blocks_run_top_to_bottom(workdir, fashion_subs
 @pytest.mark.skipif(not (FASHION_ROOT / "t10k-images-idx3-ubyte.gz").is_file(),
                     reason="Debian's dataset-fashion-mnist is not installed")
 def test_every_shipped_config_runs(workdir, fashion_subset):
-    """The demo's two configs (make demo runs them); the other four are run by the README's commands above."""
+    """The demo's two configs (make demo runs them); the other five are run by the README's commands above."""
     data = str(fashion_subset[0])
     shipped = sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))
     assert shipped == ["compare_demo.yaml", "demo_forget.yaml", "demo_pretrain.yaml", "faces_fewshot_forget.yaml",

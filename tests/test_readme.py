@@ -21,7 +21,7 @@ README = (ROOT / "README.md").read_text()
 
 #: appended to each kind of command: the same commands, smaller (later flags override earlier ones)
 SMALL = {
-    "pretrain": ["--depth", "1", "--width", "32", "--heads", "2", "--epochs", "1"],
+    "pretrain": ["--depth", "1", "--width", "32", "--heads", "2", "--epochs", "1", "--set", "train.warmup_epochs=0"],
     "pretrain --task detection": ["--epochs", "1", "--set", "data.scenes_train=240", "--set", "data.scenes_test=60",
                                   "--set", "model.d_model=32", "--set", "model.ffn_dim=64", "--set", "model.heads=2",
                                   "--set", "model.num_queries=6", "--set", "model.feature_levels=1"],
@@ -142,3 +142,18 @@ def test_every_shipped_config_runs(workdir, fashion_subset):
                              "--data", data, "--out", "runs/demo"], data))
     assert code == 0, err
     assert os.path.isfile("runs/demo/report.html")
+
+
+def test_readme_face_pretraining_command_is_the_chosen_base_recipe():
+    """The README's face pre-training command builds the base the face benchmarks chose
+    (benchmarks/faces_model_distill100.yaml), field for field: a user following the README edits the same model."""
+    from gslora.cli import build_parser, pretrain_tree
+    from gslora.config import PretrainConfig, from_dict, load_yaml
+
+    (argv,) = [a for block in blocks("bash") for a in commands(block)
+               if a[0] == "pretrain" and "--teacher" in a and any("celeba_faces100" in x for x in a)]
+    tree = pretrain_tree(build_parser().parse_args(argv), {})
+    assert tree.pop("out") == "faces/base"
+    tree["model"] = {"num_classes": 100, "in_chans": 3, **tree["model"]}  # what the data fill in
+    recipe = load_yaml(ROOT / "benchmarks" / "faces_model_distill100.yaml")
+    assert from_dict(PretrainConfig, tree) == from_dict(PretrainConfig, recipe)

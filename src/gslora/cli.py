@@ -85,18 +85,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     tree = _load_config(args.config, ("model", "data", "train", "distill"))
     if (args.task or tree.get("task")) == "detection":
         return _pretrain_detection(args, tree)
-    tree.pop("task", None)
-    for dotted, value in (("data.dataset", args.data), ("model.family", args.family), ("model.name", args.name),
-                          ("model.depth", args.depth), ("model.width", args.width), ("model.heads", args.heads),
-                          ("model.patch_size", args.patch_size), ("model.image_size", args.image_size),
-                          ("model.pretrained", args.pretrained or None), ("model.weights", args.weights),
-                          ("model.replace_head", args.replace_head or None),
-                          ("train.epochs", args.epochs), ("train.lr", args.lr), ("train.batch_size", args.batch_size),
-                          ("train.augment", args.augment), ("train.device", args.device), ("out", args.out),
-                          ("distill.teacher", args.teacher), ("distill.weight", args.distill_weight),
-                          ("exclude_classes", _split_classes(args.exclude_classes) if args.exclude_classes else None)):
-        _set(tree, dotted, value)
-    _apply_sets(tree, args.set)
+    tree = pretrain_tree(args, tree)
     out = _pretrain_out(tree, args.overwrite)
     model = tree.get("model") if isinstance(tree.get("model"), dict) else {}
     dataset = load_dataset(for_model(from_dict(DataConfig, tree.get("data"), "data"), model))
@@ -118,6 +107,24 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
           f"in {info['seconds']:.0f}s")
     print(f"checkpoint: {out} (sha256 {digest[:16]})")
     return 0
+
+
+def pretrain_tree(args: argparse.Namespace, tree: dict[str, Any]) -> dict[str, Any]:
+    """The config file's tree with the command line's options and ``--set`` applied (what a classification
+    pre-training will be built from, before the data fill in the model's shape)."""
+    tree.pop("task", None)
+    for dotted, value in (("data.dataset", args.data), ("model.family", args.family), ("model.name", args.name),
+                          ("model.depth", args.depth), ("model.width", args.width), ("model.heads", args.heads),
+                          ("model.patch_size", args.patch_size), ("model.image_size", args.image_size),
+                          ("model.pretrained", args.pretrained or None), ("model.weights", args.weights),
+                          ("model.replace_head", args.replace_head or None),
+                          ("train.epochs", args.epochs), ("train.lr", args.lr), ("train.batch_size", args.batch_size),
+                          ("train.augment", args.augment), ("train.device", args.device), ("out", args.out),
+                          ("distill.teacher", args.teacher), ("distill.weight", args.distill_weight),
+                          ("exclude_classes", _split_classes(args.exclude_classes) if args.exclude_classes else None)):
+        _set(tree, dotted, value)
+    _apply_sets(tree, args.set)
+    return tree
 
 
 def _pretrain_out(tree: dict[str, Any], overwrite: bool) -> str:

@@ -142,6 +142,54 @@ def test_distillation_pulls_toward_the_model_the_request_started_from():
     assert method.diagnostics()["bnd"] == method.bnd
 
 
+def test_distillation_teacher_answers_as_the_starting_model_in_eval_mode(monkeypatch):
+    """The teacher of method.distill is the starting model as it answered before the request: eval mode, so no drop
+    path or dropout while the student trains with them; every module's own mode comes back after the step."""
+    import gslora.methods.gs_lora as gs_lora_module
+    from gslora.data import ImageSet
+    from gslora.engine.loop import train_mode
+
+    torch.manual_seed(0)
+    model = build_model(tiny_model_config(drop_path=0.5))
+    x = torch.randint(0, 255, (6, 1, 28, 28), dtype=torch.uint8)
+    y = torch.tensor([0, 0, 1, 2, 1, 2])
+    task = TaskContext(Request(0, (0,), (1, 2), ()), 3, 1, forget_data=ImageSet(x[:2], y[:2]),
+                       retain_data=ImageSet(x[2:], y[2:]))
+    with torch.no_grad():
+        model.eval()
+        expected = model.classify(model.embed(x[2:]))
+        model.train()
+        assert not torch.allclose(model.classify(model.embed(x[2:])), expected)  # drop path acts in train mode
+    method = GSLoRA(GSLoRAConfig(distill=1.0))
+    method.setup_task(model, task)
+    seen = []
+    monkeypatch.setattr(gs_lora_module, "kd_loss", lambda s, t, temperature: seen.append(t) or (s - t).pow(2).mean())
+    train_mode(method.model)
+    modes = {name: m.training for name, m in method.model.named_modules()}
+    for _ in range(3):
+        method.training_step((x[:2], y[:2]), (x[2:], y[2:]), epoch=0)
+    assert len(seen) == 3
+    for teacher in seen:
+        torch.testing.assert_close(teacher, expected)
+    assert {name: m.training for name, m in method.model.named_modules()} == modes
+
+
+def test_evaluating_puts_every_module_in_eval_mode_and_restores_each_ones_own_mode():
+    """A request's model trains with its frozen BatchNorm in eval mode; a block that evaluates it mid-request must
+    leave that BatchNorm in eval mode afterwards (``model.train(True)`` would not), also when the block raises."""
+    from gslora.models import evaluating
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2), torch.nn.Dropout(0.5))
+    model.train()
+    model[1].eval()
+    with evaluating(model):
+        assert not any(m.training for m in model.modules())
+    assert [m.training for m in model.modules()] == [True, True, False, True]
+    with pytest.raises(RuntimeError), evaluating(model):
+        raise RuntimeError("stop")
+    assert [m.training for m in model.modules()] == [True, True, False, True]
+
+
 def test_embedding_distillation_measures_drift_from_the_starting_model_and_enters_the_loss():
     """method.distill_embedding: 1 - cos(embedding, starting model's embedding) on the retained batch, 0 while the
     adapter is zero, the untouched model's embedding as the teacher, added to the loss at its weight, and its

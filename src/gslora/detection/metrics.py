@@ -7,6 +7,7 @@ import torch
 from gslora.detection.data import DetectionSet
 from gslora.detection.model import Detector
 from gslora.metrics import h_mean
+from gslora.models import evaluating
 
 
 @torch.no_grad()
@@ -14,21 +15,19 @@ def detect(model: Detector, split: DetectionSet, *, device: torch.device, batch_
            top_k: int = 100) -> list[dict[str, torch.Tensor]]:
     """Per image: the ``top_k`` (query, class) pairs by sigmoid score, as Deformable DETR's post-processing,
     with boxes (x0, y0, x1, y1) in pixels."""
-    was_training = model.training
-    model.eval()
     size = model.config.image_size
     out = []
-    for start in range(0, len(split), batch_size):
-        result = model(split.images[start:start + batch_size].to(device))
-        prob = result.logits.sigmoid()  # (B, Q, C)
-        b, q, c = prob.shape
-        scores, flat = prob.view(b, -1).topk(min(top_k, q * c), dim=1)
-        query, label = flat // c, flat % c
-        boxes = result.pred_boxes.gather(1, query.unsqueeze(-1).expand(-1, -1, 4))  # (B, K, 4) cx cy w h
-        xyxy = torch.cat([boxes[..., :2] - boxes[..., 2:] / 2, boxes[..., :2] + boxes[..., 2:] / 2], -1) * size
-        for i in range(b):
-            out.append({"boxes": xyxy[i].cpu(), "scores": scores[i].cpu(), "labels": label[i].cpu()})
-    model.train(was_training)
+    with evaluating(model):
+        for start in range(0, len(split), batch_size):
+            result = model(split.images[start:start + batch_size].to(device))
+            prob = result.logits.sigmoid()  # (B, Q, C)
+            b, q, c = prob.shape
+            scores, flat = prob.view(b, -1).topk(min(top_k, q * c), dim=1)
+            query, label = flat // c, flat % c
+            boxes = result.pred_boxes.gather(1, query.unsqueeze(-1).expand(-1, -1, 4))  # (B, K, 4) cx cy w h
+            xyxy = torch.cat([boxes[..., :2] - boxes[..., 2:] / 2, boxes[..., :2] + boxes[..., 2:] / 2], -1) * size
+            for i in range(b):
+                out.append({"boxes": xyxy[i].cpu(), "scores": scores[i].cpu(), "labels": label[i].cpu()})
     return out
 
 

@@ -8,7 +8,7 @@ import torch
 
 from gslora.data import ImageSet, load_batches, spans
 from gslora.data.datasets import Images
-from gslora.models import VisionClassifier
+from gslora.models import VisionClassifier, evaluating
 
 
 @dataclass(frozen=True)
@@ -31,19 +31,17 @@ class Predictions:
 def predict(model: VisionClassifier, data: ImageSet, *, device: torch.device, batch_size: int = 512,
             embeddings: bool = False) -> Predictions:
     """Run ``model`` over ``data`` in eval mode (the model's mode is restored after)."""
-    was_training = model.training
-    model.eval()
     top1, margin, feats = [], [], []
     order = spans(len(data), batch_size)
-    for span, images in zip(order, load_batches(data.images, order), strict=True):
-        logits, embedding = model.forward_features(images.to(device))
-        top1.append(logits.argmax(dim=1).cpu())
-        if model.has_margin:
-            labels = data.labels[span].to(device)
-            margin.append(model.classify(embedding, labels).argmax(dim=1).cpu())
-        if embeddings:
-            feats.append(embedding.float().cpu())
-    model.train(was_training)
+    with evaluating(model):
+        for span, images in zip(order, load_batches(data.images, order), strict=True):
+            logits, embedding = model.forward_features(images.to(device))
+            top1.append(logits.argmax(dim=1).cpu())
+            if model.has_margin:
+                labels = data.labels[span].to(device)
+                margin.append(model.classify(embedding, labels).argmax(dim=1).cpu())
+            if embeddings:
+                feats.append(embedding.float().cpu())
     empty = torch.empty(0, dtype=torch.long)
     return Predictions(torch.cat(top1) if top1 else empty, torch.cat(margin) if margin else None,
                        torch.cat(feats) if feats else None)
@@ -54,14 +52,12 @@ def predict(model: VisionClassifier, data: ImageSet, *, device: torch.device, ba
 def logits_and_embeddings(model: VisionClassifier, images: Images, *, device: torch.device,
                           batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
     """Plain logits (no margin applied) and embeddings of ``images`` in eval mode, on the CPU."""
-    was_training = model.training
-    model.eval()
     logits, feats = [], []
-    for batch in load_batches(images, spans(len(images), batch_size)):
-        embedding = model.embed(batch.to(device))
-        logits.append(model.classify(embedding).float().cpu())
-        feats.append(embedding.float().cpu())
-    model.train(was_training)
+    with evaluating(model):
+        for batch in load_batches(images, spans(len(images), batch_size)):
+            embedding = model.embed(batch.to(device))
+            logits.append(model.classify(embedding).float().cpu())
+            feats.append(embedding.float().cpu())
     if not logits:
         return torch.empty(0), torch.empty(0)
     return torch.cat(logits), torch.cat(feats)

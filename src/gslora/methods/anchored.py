@@ -24,7 +24,7 @@ from gslora.config import require
 from gslora.data import ImageSet
 from gslora.methods.base import METHODS, TaskContext
 from gslora.methods.finetune import FineTuneConfig, FineTuneMethod
-from gslora.models import VisionClassifier
+from gslora.models import VisionClassifier, evaluating
 
 IMPORTANCES: dict[str, Callable[[VisionClassifier, torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "fisher": lambda model, x, y: F.cross_entropy(model(x), y),
@@ -61,18 +61,16 @@ def estimate_importance(model: VisionClassifier, data: ImageSet, kind: str, *, b
     """
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     total = {n: torch.zeros_like(p) for n, p in params.items()}
-    was_training = model.training
-    model.eval()
     batches = 0
-    for start in range(0, len(data), batch_size):
-        x = data.images[start:start + batch_size].to(device)
-        y = data.labels[start:start + batch_size].to(device)
-        grads = torch.autograd.grad(IMPORTANCES[kind](model, x, y), list(params.values()), allow_unused=True)
-        for (n, _), g in zip(params.items(), grads):
-            if g is not None:
-                total[n] += g.pow(2) * len(x) if kind == "fisher" else g.abs()
-        batches += 1
-    model.train(was_training)
+    with evaluating(model):
+        for start in range(0, len(data), batch_size):
+            x = data.images[start:start + batch_size].to(device)
+            y = data.labels[start:start + batch_size].to(device)
+            grads = torch.autograd.grad(IMPORTANCES[kind](model, x, y), list(params.values()), allow_unused=True)
+            for (n, _), g in zip(params.items(), grads):
+                if g is not None:
+                    total[n] += g.pow(2) * len(x) if kind == "fisher" else g.abs()
+            batches += 1
     return {n: t / max(batches, 1) for n, t in total.items()}
 
 

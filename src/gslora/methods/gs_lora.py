@@ -30,7 +30,7 @@ from gslora.data import ImageSet
 from gslora.losses import bounded_forgetting_loss
 from gslora.methods.base import METHODS, Batch, Method, TaskContext
 from gslora.methods.finetune import kd_loss
-from gslora.models import VisionClassifier
+from gslora.models import VisionClassifier, evaluating
 
 
 @dataclass
@@ -50,8 +50,8 @@ class GSLoRAConfig:
         mask_missing: leave retained classes without training data (``--missing-classes``) out of the
             retain cross-entropy's softmax, so they are not trained as pure negatives [not in the reference].
         distill: weight of a distillation term on the retained batch toward the request's starting model (the
-            same network with the fresh LoRA switched off, so no copy is kept): T^2 KL of the softened logits
-            [0: not in the reference].
+            same network with the fresh LoRA switched off and in eval mode, so no copy is kept): T^2 KL of the
+            softened logits [0: not in the reference].
         distill_temperature: its temperature T [2].
         distill_embedding: weight of an embedding-level term on the retained batch toward the same starting model:
             the mean of 1 - cos(embedding, starting model's embedding). It holds what the head reads for every
@@ -118,7 +118,8 @@ class GSLoRA(Method):
         logits, embedding = self.classifier.forward_features(torch.cat([x_r, x_f]), torch.cat([y_r, y_f]))
         terms = self.loss_terms(logits, embedding, y_r, y_f, epoch=epoch)
         if self.config.distill > 0 or self.config.distill_embedding > 0:
-            with torch.no_grad(), self.peft_model.disable_adapter():  # the model as the request found it
+            # the model as the request found it, in eval mode as it answered before the request (no drop path)
+            with torch.no_grad(), self.peft_model.disable_adapter(), evaluating(self.classifier):
                 teacher = self.classifier.embed(x_r)
                 teacher_logits = self.classifier.classify(teacher)
             student = embedding[: len(y_r)]
@@ -170,13 +171,11 @@ class GSLoRA(Method):
 def wrong_class_ce(model: VisionClassifier, data: ImageSet, *, max_images: int = 512) -> float:
     """The mean cross-entropy ``model`` gives a wrong class (every class but the true one) on up to ``max_images``
     of ``data`` (a seeded draw), plain logits (no margin), in eval mode (the model's mode is restored)."""
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:max_images]
     x, y = data.images[idx].to(device), data.labels[idx].to(device)
-    logits = model.classify(model.embed(x)).float()
+    with evaluating(model):
+        logits = model.classify(model.embed(x)).float()
     ce = torch.logsumexp(logits, dim=1, keepdim=True) - logits
     wrong = torch.ones_like(ce, dtype=torch.bool).scatter_(1, y[:, None], False)
-    model.train(was_training)
     return float(ce[wrong].mean())

@@ -27,7 +27,7 @@ from gslora.losses import (
 )
 from gslora.methods.base import METHODS, TaskContext
 from gslora.methods.gs_lora import GSLoRA, GSLoRAConfig
-from gslora.models import VisionClassifier
+from gslora.models import VisionClassifier, evaluating
 
 SCATTER_SAMPLE = 2000  # retained embeddings that estimate the scatter margin (a 2000 x 2000 similarity matrix)
 log = logging.getLogger(__name__)
@@ -88,11 +88,9 @@ class GSLoRAPPConfig(GSLoRAConfig):
 def embed_all(model: VisionClassifier, images: torch.Tensor, *, device: torch.device,
               batch_size: int = 256) -> torch.Tensor:
     """Embeddings of ``images`` in eval mode (the model's mode is restored)."""
-    was_training = model.training
-    model.eval()
-    out = torch.cat([model.embed(images[i:i + batch_size].to(device)) for i in range(0, len(images), batch_size)])
-    model.train(was_training)
-    return out
+    with evaluating(model):
+        return torch.cat([model.embed(images[i:i + batch_size].to(device))
+                          for i in range(0, len(images), batch_size)])
 
 
 @METHODS.register("gs_lora_pp")

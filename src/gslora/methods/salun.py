@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from gslora.config import require
 from gslora.methods.base import METHODS, TaskContext
 from gslora.methods.finetune import FineTuneConfig, FineTuneMethod
-from gslora.models import VisionClassifier
+from gslora.models import VisionClassifier, evaluating
 
 
 @dataclass
@@ -41,15 +41,13 @@ def saliency_masks(model: VisionClassifier, images: torch.Tensor, labels: torch.
                    sparsity: float, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
     """Boolean masks of the top-``sparsity`` weights by |gradient of the summed forget CE| (one global threshold)."""
     grads = {n: torch.zeros_like(p) for n, p in params.items()}
-    was_training = model.training
-    model.eval()
-    for start in range(0, len(images), batch_size):
-        x, y = images[start:start + batch_size].to(device), labels[start:start + batch_size].to(device)
-        loss = F.cross_entropy(model(x, y), y, reduction="sum")
-        for n, g in zip(params, torch.autograd.grad(loss, list(params.values()), allow_unused=True)):
-            if g is not None:
-                grads[n] += g
-    model.train(was_training)
+    with evaluating(model):
+        for start in range(0, len(images), batch_size):
+            x, y = images[start:start + batch_size].to(device), labels[start:start + batch_size].to(device)
+            loss = F.cross_entropy(model(x, y), y, reduction="sum")
+            for n, g in zip(params, torch.autograd.grad(loss, list(params.values()), allow_unused=True)):
+                if g is not None:
+                    grads[n] += g
     flat = torch.cat([g.abs().flatten() for g in grads.values()])
     keep = max(1, round(sparsity * flat.numel()))
     threshold = torch.topk(flat, keep, sorted=True).values[-1]

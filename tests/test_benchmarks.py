@@ -421,25 +421,54 @@ def test_the_shipped_face_config_is_the_setting_the_face_rule_adopted():
     assert "Adopted: GS-LoRA++ bnd auto + scatter 1." in choice
 
 
-def test_the_shipped_fewshot_face_config_is_what_the_4shot_face_rule_chose():
-    """configs/faces_fewshot_forget.yaml carries the winner of faces_4shot_new_base_validation's rule, with that
-    benchmark's shared training values, and the test benchmark measured exactly that row."""
+def _setting_in_force(rounds: tuple[str, ...]) -> tuple[str, dict, dict]:
+    """The setting in force after rounds of run_methods.fewshot_choice, each on its benchmark's committed rows: the
+    round's winner, else its reference (its config's first row); every later round's reference must be that setting,
+    on the same sequence. Returns its label, its method entry and the benchmark's forget section."""
     import yaml
 
-    folder = ROOT / "benchmarks" / "faces_4shot_new_base_validation"
-    config = yaml.safe_load((folder / "config.yaml").read_text())
-    results = json.loads((folder / "results.json").read_text())
-    choice = _module(ROOT / "benchmarks" / "run_methods.py", "run_methods").fewshot_choice(results["methods"])
-    assert choice == results["targets"] and choice["winner"]
-    assert choice["reference"] == "gs_lora bnd auto"  # the rule's reference is the config's first row
-    spec = dict(config["methods"][choice["winner"]])
+    choose = _module(ROOT / "benchmarks" / "run_methods.py", "run_methods").fewshot_choice
+    spec = forget = None
+    for name in rounds:
+        folder = ROOT / "benchmarks" / name
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+        results = json.loads((folder / "results.json").read_text())
+        choice = choose(results["methods"])
+        assert choice == results["targets"], name
+        reference = next(iter(config["methods"]))
+        assert choice["reference"] == reference and set(results["methods"]) == set(config["methods"]), name
+        if spec is not None:
+            assert (config["methods"][reference], config["forget"]) == (spec, forget), name
+        label = choice["winner"] or reference
+        spec, forget = config["methods"][label], config["forget"]
+    return label, spec, forget
+
+
+@pytest.mark.parametrize(("rounds", "shipped_file", "tests"), [
+    (("faces_4shot_new_base_validation", "faces_4shot_new_base_validation_round2"), "faces_fewshot_forget.yaml",
+     ("faces_4shot_new_base",)),
+    (("fashion_mnist_4shot_levers_validation_round3",), "fewshot_forget.yaml",
+     ("fashion_mnist_baselines_4shot", "fashion_mnist_4shot_other_order"))])
+def test_a_shipped_fewshot_config_is_what_its_validation_rounds_chose(rounds, shipped_file, tests):
+    """configs/<shipped_file> carries the setting the validation rounds' rule left in force, with those benchmarks'
+    shared training values, and each test benchmark measured exactly that row."""
+    import yaml
+
+    label, spec, forget = _setting_in_force(rounds)
+    spec = dict(spec)
     train = spec.pop("train", {})
-    shipped = yaml.safe_load((ROOT / "configs" / "faces_fewshot_forget.yaml").read_text())
-    assert shipped["train"] == {**config["forget"]["train"], **train}
+    shipped = yaml.safe_load((ROOT / "configs" / shipped_file).read_text())
+    assert shipped["train"] == {**forget["train"], **train}
     assert shipped["method"] == spec
-    assert {k: v for k, v in config["forget"]["sequence"].items() if k != "order_seed"} == shipped["sequence"]
-    test = yaml.safe_load((ROOT / "benchmarks" / "faces_4shot_new_base" / "config.yaml").read_text())
-    assert test["methods"][choice["winner"]] == config["methods"][choice["winner"]]
+    assert {k: v for k, v in forget["sequence"].items() if k != "order_seed"} == shipped["sequence"]
+    for name in tests:
+        test = yaml.safe_load((ROOT / "benchmarks" / name / "config.yaml").read_text())
+        assert test["methods"][label] == {**spec, **({"train": train} if train else {})}, name
+
+
+def test_the_first_4shot_face_round_chose_over_bnd_auto():
+    results = json.loads((ROOT / "benchmarks" / "faces_4shot_new_base_validation" / "results.json").read_text())
+    assert results["targets"]["reference"] == "gs_lora bnd auto" and results["targets"]["winner"]
 
 
 def test_the_face_choice_file_waits_for_every_candidate_and_says_which_round_decides():

@@ -269,6 +269,27 @@ def test_cli_pretrains_a_detector_and_forgetting_drops_forget_map(tmp_path, caps
     assert "already forgotten" in capsys.readouterr().err
 
 
+def test_distill_teacher_is_the_starting_model_in_eval_mode_even_with_dropout():
+    """A hub detector has dropout: the distillation target is still the starting model as it answered before the
+    request (eval mode), so a fresh adapter in eval mode scores D = 0 while the model trains; modes come back."""
+    torch.manual_seed(0)
+    x = torch.randint(0, 255, (2, 1, 64, 64), dtype=torch.uint8)
+    context = TaskContext(Request(1, (1,), (0, 2), (3,)), epochs=1, steps_per_epoch=1)
+    method = DetectionGSLoRA(DetectionGSLoRAConfig(distill=2.0, alpha=0.0))
+    detector = build_detector(TINY)
+    layers = [m for m in detector.modules() if isinstance(getattr(m, "dropout", None), float)]
+    assert layers
+    for m in layers:  # what a hub checkpoint's config (dropout 0.1) gives
+        m.dropout = 0.5
+    method.setup_task(detector, context)
+    method.detector.eval()
+    with torch.no_grad():
+        out = method.detector(x)
+    method.detector.train()
+    assert method.distillation(x, out).item() == pytest.approx(0.0, abs=1e-6)
+    assert all(m.training for m in method.detector.modules())
+
+
 def test_distill_holds_retained_scores_and_boxes_to_the_starting_model_and_never_a_forgotten_class():
     torch.manual_seed(0)
     x = torch.randint(0, 255, (2, 1, 64, 64), dtype=torch.uint8)

@@ -49,6 +49,7 @@ from gslora.losses import binary_kl, bounded_forgetting_loss, prototype_push_los
 from gslora.methods.base import TaskContext, variant_of
 from gslora.methods.gs_lora import GSLoRA
 from gslora.methods.gs_lora_pp import GSLoRAPP
+from gslora.models import evaluating
 
 Batch = tuple[torch.Tensor, list[dict[str, torch.Tensor]]]
 
@@ -177,10 +178,10 @@ class DetectionGSLoRA(GSLoRA):
             images: the retain batch.
             out: the detector's output on it with the request's adapters (``logits`` (B, Q, C), ``pred_boxes``).
 
-        The starting model runs in the same mode as the student: the detectors gslora builds have no dropout, a hub
-        detector's dropout makes the target noisy (and D above 0 at the first step).
+        The starting model answers in eval mode, as it did before the request: a hub detector's dropout would
+        otherwise make the target noisy (the detectors gslora builds have none).
         """
-        with torch.no_grad(), self.peft_model.disable_adapter():  # the model as the request found it
+        with torch.no_grad(), self.peft_model.disable_adapter(), evaluating(self.detector):  # the request's start
             teacher = self.detector(images)
         target = teacher.logits[..., self.retained]
         kl = binary_kl(out.logits[..., self.retained], target)

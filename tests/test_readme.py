@@ -21,7 +21,7 @@ README = (ROOT / "README.md").read_text()
 
 #: appended to each kind of command: the same commands, smaller (later flags override earlier ones)
 SMALL = {
-    "pretrain": ["--depth", "1", "--width", "32", "--heads", "2", "--epochs", "1", "--set", "train.warmup_epochs=0"],
+    "pretrain": ["--depth", "1", "--width", "32", "--heads", "2", "--epochs", "1", "--set", "train.warmup_epochs=1"],
     "pretrain --task detection": ["--epochs", "1", "--set", "data.scenes_train=240", "--set", "data.scenes_test=60",
                                   "--set", "model.d_model=32", "--set", "model.ffn_dim=64", "--set", "model.heads=2",
                                   "--set", "model.num_queries=6", "--set", "model.feature_levels=1"],

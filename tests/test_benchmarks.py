@@ -525,3 +525,22 @@ def test_retrain_requests_reads_true_false_or_a_count():
     assert runner.retrain_requests({"retrain": 1}, 4) == 1 and runner.retrain_requests({"retrain": 9}, 4) == 4
     with pytest.raises(SystemExit, match="retrain must be true, false or a number"):
         runner.retrain_requests({"retrain": "yes"}, 4)
+
+
+def test_the_fashion_third_round_starts_from_the_setting_the_second_round_chose():
+    """fashion_mnist_4shot_levers_validation's rule (its config): the highest mean H among the rows with Acc_f and
+    Acc_o <= 2 on every request. Its winner, with the same entry and sequence, is the third round's reference."""
+    import yaml
+
+    below = _module(ROOT / "benchmarks" / "common.py", "common").below
+    second = ROOT / "benchmarks" / "fashion_mnist_4shot_levers_validation"
+    results = json.loads((second / "results.json").read_text())
+    passing = {name: sum(t["h_mean"] for t in row["tasks"]) / len(row["tasks"])
+               for name, row in results["methods"].items()
+               if all(not below(2.0, t["acc_f"]) and not below(2.0, t.get("acc_o") or 0.0) for t in row["tasks"])}
+    chosen = max(passing, key=passing.get)
+    config2 = yaml.safe_load((second / "config.yaml").read_text())
+    config3 = yaml.safe_load((ROOT / "benchmarks" / "fashion_mnist_4shot_levers_validation_round3" / "config.yaml")
+                             .read_text())
+    assert next(iter(config3["methods"])) == chosen
+    assert config3["methods"][chosen] == config2["methods"][chosen] and config3["forget"] == config2["forget"]

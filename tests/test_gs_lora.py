@@ -101,12 +101,13 @@ def test_a_request_changes_only_the_lora_tensors_and_the_adapter_reproduces_the_
     assert torch.equal(got.argmax(1), expected.argmax(1))
 
 
-def tiny_request():
-    """A tiny model, 6 images (2 of the forgotten class 0, then 4 retained of classes 1-2) and their request."""
+def tiny_request(**model_kw):
+    """A tiny model (``model_kw`` for its config), 6 images (2 of the forgotten class 0, then 4 retained of classes
+    1-2) and their request."""
     from gslora.data import ImageSet
 
     torch.manual_seed(0)
-    model = build_model(tiny_model_config())
+    model = build_model(tiny_model_config(**model_kw))
     x = torch.randint(0, 255, (6, 1, 28, 28), dtype=torch.uint8)
     y = torch.tensor([0, 0, 1, 2, 1, 2])
     task = TaskContext(Request(0, (0,), (1, 2), ()), 3, 1, forget_data=ImageSet(x[:2], y[:2]),
@@ -146,15 +147,9 @@ def test_distillation_teacher_answers_as_the_starting_model_in_eval_mode(monkeyp
     """The teacher of method.distill is the starting model as it answered before the request: eval mode, so no drop
     path or dropout while the student trains with them; every module's own mode comes back after the step."""
     import gslora.methods.gs_lora as gs_lora_module
-    from gslora.data import ImageSet
     from gslora.engine.loop import train_mode
 
-    torch.manual_seed(0)
-    model = build_model(tiny_model_config(drop_path=0.5))
-    x = torch.randint(0, 255, (6, 1, 28, 28), dtype=torch.uint8)
-    y = torch.tensor([0, 0, 1, 2, 1, 2])
-    task = TaskContext(Request(0, (0,), (1, 2), ()), 3, 1, forget_data=ImageSet(x[:2], y[:2]),
-                       retain_data=ImageSet(x[2:], y[2:]))
+    model, x, y, task = tiny_request(drop_path=0.5)
     with torch.no_grad():
         model.eval()
         expected = model.classify(model.embed(x[2:]))

@@ -10,10 +10,11 @@ import torch
 
 from gslora.adapters import attach_lora, find_ffn_groups, merge_adapter
 from gslora.cli import main
-from gslora.config import SequenceConfig
+from gslora.config import ForgetTrainConfig, SequenceConfig
 from gslora.data import Request
 from gslora.detection import (
     DetectionDataConfig,
+    DetectionForgetConfig,
     DetectionGSLoRA,
     DetectionGSLoRAConfig,
     DetectorConfig,
@@ -319,3 +320,8 @@ def test_distill_holds_retained_scores_and_boxes_to_the_starting_model_and_never
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for group in method.group_params for p in group)
     with pytest.raises(GSLoRAError, match="method.distill"):
         DetectionGSLoRAConfig(distill=-1.0)
+
+
+def test_detection_refuses_forget_batches_grouped_by_class():
+    with pytest.raises(GSLoRAError, match="train.forget_group=2: a detection image holds several classes"):
+        DetectionForgetConfig(train=ForgetTrainConfig(forget_group=2))

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gslora.config import DataConfig, ModelConfig, SequenceConfig
+from gslora.config import DataConfig, ForgetTrainConfig, ModelConfig, SequenceConfig
 from gslora.data import ImageSet, Request, build_requests, class_order, load_dataset, request_data
 from gslora.engine.evaluate import predict
+from gslora.engine.loop import grouped_index_batches, train_request
 from gslora.errors import GSLoRAError
 from gslora.losses import (
     absorb_loss,
@@ -170,6 +171,49 @@ def test_gs_lora_pp_scatter_margin_samples_across_classes_and_needs_two_of_them(
     assert method.impostor_similarity is None and "fewer than 2 classes" in caplog.text
     terms = method.training_step((forget.images, forget.labels), (one_class.images, one_class.labels), epoch=0)
     assert "scatter" not in terms  # no margin, no term
+
+
+def test_grouped_forget_batches_keep_runs_of_one_class_and_cover_every_image_once():
+    labels = torch.tensor([c for c in range(20) for _ in range(4)])  # a 4-shot request of 20 classes
+    generator = torch.Generator().manual_seed(0)
+    passes = [list(grouped_index_batches(labels, 4, 2, generator)) for _ in range(2)]
+    for batches in passes:
+        assert sorted(torch.cat(batches).tolist()) == list(range(80))  # one pass: each image once
+        for idx in batches:  # each batch: two runs of two images of one class (the two may share a class)
+            assert len(idx) == 4 and all(n % 2 == 0 for n in torch.bincount(labels[idx]).tolist())
+    assert not torch.equal(torch.cat(passes[0]), torch.cat(passes[1]))  # re-shuffled on each pass
+    counts = [3, 5, 2, 7, 1] * 4  # odd counts: each class ends in a shorter run
+    uneven = torch.tensor([c for c, n in enumerate(counts) for _ in range(n)])
+    order = torch.cat(list(grouped_index_batches(uneven, 4, 2, generator)))
+    assert sorted(order.tolist()) == list(range(len(uneven)))
+    segments = 1 + int((uneven[order][1:] != uneven[order][:-1]).sum())  # stretches of one class in the order
+    assert segments <= sum((n + 1) // 2 for n in counts)  # 44 runs (a shuffle of 72 images: about 70 stretches)
+    with pytest.raises(GSLoRAError, match="train.forget_group"):
+        ForgetTrainConfig(forget_group=0)
+
+
+@pytest.mark.parametrize("group", [1, 2])
+def test_train_request_cuts_forget_batches_by_train_forget_group(group):
+    """With ``forget_group: 2`` the scatter term sees a same-class pair at every step; with the plain shuffle of a
+    4-shot request of 20 classes only about one batch in five holds one."""
+    torch.manual_seed(0)
+    model = build_model(tiny_model_config(num_classes=24))
+    x = torch.randint(0, 255, (88, 1, 28, 28), dtype=torch.uint8)
+    forget = ImageSet(x[:80], torch.tensor([c for c in range(20) for _ in range(4)]))
+    retain = ImageSet(x[80:], torch.tensor([20, 21, 22, 23] * 2))
+    method = GSLoRAPP(GSLoRAPPConfig(w_f=0.5, bnd_pro=30.0, beta=0.2, alpha=0.0, w_scatter=1.0))
+    task = TaskContext(Request(0, tuple(range(20)), (20, 21, 22, 23), ()), epochs=10, steps_per_epoch=2,
+                       forget_data=forget, retain_data=retain)
+    method.setup_task(model, task)
+    seen = []
+    step = method.training_step
+    method.training_step = lambda f, r, *, epoch: seen.append(f[1].clone()) or step(f, r, epoch=epoch)
+    train_request(method, task, forget, retain, ForgetTrainConfig(epochs=10, min_steps=0, batch_size=4,
+                                                                   forget_group=group, device="cpu"),
+                  device=torch.device("cpu"))
+    with_pair = sum(int(torch.bincount(y).max()) >= 2 for y in seen)
+    assert len(seen) == 20
+    assert with_pair == 20 if group == 2 else with_pair < 10
 
 
 def test_missing_classes_get_no_training_images(tmp_path):

@@ -276,9 +276,15 @@ class ForgetTrainConfig(TrainConfig):
             request's forget training images is at or below this percentage: top-1 accuracy for a classifier,
             mAP@0.5 of the forget classes for a detector (None: off; ``epochs`` and ``min_steps`` are then upper
             bounds).
+        forget_group: forget batches are cut from runs of this many images of one class (1: a plain shuffle, the
+            reference). With 2, every forget batch of 4 holds two pairs of images of one class, so a term on such
+            pairs (GS-LoRA++'s ``w_scatter``) acts at every step; with a plain shuffle of 4-shot requests of 20
+            classes, about one batch in five holds a pair. A class whose image count is not a multiple of the group
+            ends in a shorter run, and runs may straddle batches. Classification only.
     """
 
     stop_when_forgotten: float | None = None
+    forget_group: int = 1
 
     @classmethod
     def of(cls, train: TrainConfig) -> ForgetTrainConfig:
@@ -289,6 +295,8 @@ class ForgetTrainConfig(TrainConfig):
         super().__post_init__()
         require(self.stop_when_forgotten is None or 0 <= self.stop_when_forgotten <= 100, "train.stop_when_forgotten",
                 self.stop_when_forgotten, "must be a percentage in [0, 100], or null (off)")
+        require(self.forget_group >= 1, "train.forget_group", self.forget_group,
+                "must be >= 1 (1: forget batches are a plain shuffle)")
 
 
 def default_patch_size(image_size: int) -> int:

@@ -148,6 +148,9 @@ class DetectionForgetConfig:
         self.train = ForgetTrainConfig.of(self.train)
         if self.sequence.missing_classes:
             raise GSLoRAError("sequence.missing_classes is not supported for detection; drop --missing-classes")
+        if self.train.forget_group != 1:
+            raise GSLoRAError(f"train.forget_group={self.train.forget_group}: a detection image holds several classes, "
+                              "so forget batches cannot be grouped by class; drop train.forget_group")
         if self.train.epochs < 1:
             raise GSLoRAError(f"train.epochs={self.train.epochs}: must be >= 1 for a forgetting request")
         build_method(self.method, self.task)

@@ -70,10 +70,23 @@ def index_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterat
         yield order[start:start + batch_size]
 
 
-def batches(data: ImageSet, batch_size: int, generator: torch.Generator, *, pin_memory: bool = False
-            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One shuffled pass over ``data`` in batches (a streamed set's next batches decode while this one is used)."""
-    order = list(index_batches(len(data), batch_size, generator))
+def grouped_index_batches(labels: torch.Tensor, batch_size: int, group: int, generator: torch.Generator
+                          ) -> Iterator[torch.Tensor]:
+    """Index tensors of one shuffled pass over samples with ``labels``, each class's samples cut into runs of
+    ``group`` (its last run shorter when its count is not a multiple) and the runs shuffled, so that a batch holds
+    ``batch_size / group`` runs of one class each (two runs may share a class; runs may straddle batches)."""
+    shuffled = torch.randperm(len(labels), generator=generator)
+    runs = [run for c in labels.unique() for run in shuffled[labels[shuffled] == c].split(group)]
+    order = torch.cat([runs[i] for i in torch.randperm(len(runs), generator=generator)])
+    yield from order.split(batch_size)
+
+
+def batches(data: ImageSet, batch_size: int, generator: torch.Generator, *, pin_memory: bool = False,
+            group: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One shuffled pass over ``data`` in batches (a streamed set's next batches decode while this one is used);
+    ``group`` > 1 keeps runs of that many images of one class together (``grouped_index_batches``)."""
+    order = list(index_batches(len(data), batch_size, generator) if group == 1
+                 else grouped_index_batches(data.labels, batch_size, group, generator))
     for idx, images in zip(order, load_batches(data.images, order, pin_memory=pin_memory), strict=True):
         yield images, data.labels[idx]
 
@@ -157,11 +170,11 @@ class Profile:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
-def cycle(data: ImageSet, batch_size: int, generator: torch.Generator, *, pin_memory: bool = False
+def cycle(data: ImageSet, batch_size: int, generator: torch.Generator, *, pin_memory: bool = False, group: int = 1
           ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless shuffled batches: the forget loader is re-created when exhausted, as in the reference."""
     while True:
-        yield from batches(data, batch_size, generator, pin_memory=pin_memory)
+        yield from batches(data, batch_size, generator, pin_memory=pin_memory, group=group)
 
 
 def augment(images: torch.Tensor, generator: torch.Generator, *, jitter: float = 0.0) -> torch.Tensor:
@@ -299,7 +312,7 @@ def train_request(method: Method, task: TaskContext, forget: ImageSet, retain: I
     config = ForgetTrainConfig.of(config)
     generator = torch.Generator().manual_seed(config.seed + task.request.index)
     pin = device.type == "cuda"
-    forget_batches = cycle(forget, config.batch_size, generator, pin_memory=pin)
+    forget_batches = cycle(forget, config.batch_size, generator, pin_memory=pin, group=config.forget_group)
 
     def epoch_batches() -> PairedBatches:
         for x_r, y_r in batches(retain, config.batch_size, generator, pin_memory=pin):

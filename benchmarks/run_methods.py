@@ -83,14 +83,15 @@ def check_targets(kind: str, methods: dict) -> dict:
         out = baseline_standing(methods)
     elif kind == "fewshot_choice":
         out = fewshot_choice(methods)
+    elif kind == "tar_choice":
+        out = tar_choice(methods)
     return out
 
 
-def fewshot_choice(methods: dict, *, guard: float = 2.0, keep: float = 0.9, margin: float = 1.0) -> dict:
-    """The few-shot choice rule of ``faces_4shot_new_base_validation`` (its config states it): among the rows with
-    Acc_f and Acc_o <= ``guard`` on every request and Acc_r after the last request >= ``keep`` x before the first, the
-    highest mean H; a row other than the first (the reference) wins only if its mean H beats the reference's by more
-    than ``margin``, whether or not the reference passes the guards."""
+def guarded_rows(methods: dict, *, guard: float = 2.0, keep: float = 0.9) -> dict:
+    """Per row: mean H over the requests, the worst Acc_f and Acc_o, Acc_r after the last request over before the
+    first, and whether it passes the few-shot guards (Acc_f and Acc_o <= ``guard`` on every request, that ratio >=
+    ``keep``)."""
     rows = {}
     for name, r in methods.items():
         tasks = r["tasks"]
@@ -101,9 +102,39 @@ def fewshot_choice(methods: dict, *, guard: float = 2.0, keep: float = 0.9, marg
         row["passes"] = (not below(guard, row["worst_acc_f"]) and not below(guard, row["worst_acc_o"])
                          and not below(row["acc_r_last_over_first"], keep))
         rows[name] = row
+    return rows
+
+
+def fewshot_choice(methods: dict, *, guard: float = 2.0, keep: float = 0.9, margin: float = 1.0) -> dict:
+    """The few-shot choice rule of ``faces_4shot_new_base_validation`` (its config states it): among the rows with
+    Acc_f and Acc_o <= ``guard`` on every request and Acc_r after the last request >= ``keep`` x before the first, the
+    highest mean H; a row other than the first (the reference) wins only if its mean H beats the reference's by more
+    than ``margin``, whether or not the reference passes the guards."""
+    rows = guarded_rows(methods, guard=guard, keep=keep)
     reference = next(iter(methods))
     best = max((n for n in rows if n != reference and rows[n]["passes"]), key=lambda n: rows[n]["mean_h"], default=None)
     clear = best is not None and below(rows[reference]["mean_h"] + margin, rows[best]["mean_h"])
+    return {"rows": rows, "reference": reference, "winner": best if clear else None}
+
+
+def tar_choice(methods: dict, *, guard: float = 2.0, keep: float = 0.9, h_margin: float = 1.0,
+               tar_margin: float = 3.0, tar_r_keep: float = 0.9) -> dict:
+    """The forgotten-TAR choice rule of ``faces_4shot_new_base_validation_round3`` (its config states it): among the
+    rows that pass ``fewshot_choice``'s guards, keep a mean H no more than ``h_margin`` below the reference's (the
+    first row) and a mean retained TAR at FAR 1% >= ``tar_r_keep`` x the reference's, the lowest mean forgotten TAR
+    at FAR 1%; it wins only if that is more than ``tar_margin`` points below the reference's."""
+    rows = guarded_rows(methods, guard=guard, keep=keep)
+    for name, r in methods.items():
+        tasks = r["tasks"]
+        rows[name]["mean_tar_f"] = sum(t["tar_f"]["far=0.01"] for t in tasks) / len(tasks)
+        rows[name]["mean_tar_r"] = sum(t["tar_r"]["far=0.01"] for t in tasks) / len(tasks)
+    reference = next(iter(methods))
+    ref = rows[reference]
+    eligible = [n for n in rows if n != reference and rows[n]["passes"]
+                and not below(rows[n]["mean_h"], ref["mean_h"] - h_margin)
+                and not below(rows[n]["mean_tar_r"], tar_r_keep * ref["mean_tar_r"])]
+    best = min(eligible, key=lambda n: rows[n]["mean_tar_f"], default=None)
+    clear = best is not None and below(rows[best]["mean_tar_f"] + tar_margin, ref["mean_tar_f"])
     return {"rows": rows, "reference": reference, "winner": best if clear else None}
 
 

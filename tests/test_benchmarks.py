@@ -201,6 +201,32 @@ def test_the_fewshot_face_rule_needs_guards_and_a_clear_lead_over_the_reference(
     assert choice({"ref": _fewshot_row([50] * 4, acc_o=5.0), "a": _fewshot_row([50.5] * 4)})["winner"] is None
 
 
+def _tar_row(h: float, tar_f: float, tar_r: float = 40.0, acc_f: float = 1.0) -> dict:
+    row = _fewshot_row([h] * 4, acc_f=acc_f)
+    for t in row["tasks"]:
+        t.update(tar_f={"far=0.01": tar_f}, tar_r={"far=0.01": tar_r})
+    return row
+
+
+def test_the_forgotten_tar_rule_needs_guards_kept_h_and_retained_tar_and_a_clear_drop():
+    choice = _module(ROOT / "benchmarks" / "run_methods.py", "run_methods").tar_choice
+    ref = _tar_row(50, 12.0)
+    # a drop of more than 3 points wins, the lowest passing row first
+    assert choice({"ref": ref, "a": _tar_row(50, 8.0), "b": _tar_row(50, 5.0)})["winner"] == "b"
+    # a drop of exactly 3 (or less) does not
+    assert choice({"ref": ref, "a": _tar_row(50, 9.0)})["winner"] is None
+    # mean H may fall by 1, not more; retained TAR may fall to 0.9x, not below
+    assert choice({"ref": ref, "a": _tar_row(49, 2.0)})["winner"] == "a"
+    assert choice({"ref": ref, "a": _tar_row(48.9, 2.0)})["winner"] is None
+    assert choice({"ref": ref, "a": _tar_row(50, 2.0, tar_r=36.0)})["winner"] == "a"
+    assert choice({"ref": ref, "a": _tar_row(50, 2.0, tar_r=35.9)})["winner"] is None
+    # the few-shot guards hold: a drop bought with Acc_f 2.5 does not count, and the best row that passes wins
+    assert choice({"ref": ref, "a": _tar_row(50, 0.0, acc_f=2.5)})["winner"] is None
+    assert choice({"ref": ref, "a": _tar_row(50, 0.0, acc_f=2.5), "b": _tar_row(50, 6.0)})["winner"] == "b"
+    rows = choice({"ref": ref, "a": _tar_row(50, 8.0)})["rows"]
+    assert rows["a"]["mean_tar_f"] == 8.0 and rows["ref"]["mean_tar_r"] == 40.0
+
+
 def test_config_overrides_merge_section_by_section_without_touching_the_base():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from common import merged
@@ -422,18 +448,20 @@ def test_the_shipped_face_config_is_the_setting_the_face_rule_adopted():
 
 
 def _setting_in_force(rounds: tuple[str, ...]) -> tuple[str, dict, dict]:
-    """The setting in force after rounds of run_methods.fewshot_choice, each on its benchmark's committed rows: the
-    round's winner, else its reference (its config's first row); every later round's reference must be that setting,
-    on the same sequence. Returns its label, its method entry and the benchmark's forget section."""
+    """The setting in force after validation rounds, each decided by the rule its config names (``targets``:
+    run_methods.fewshot_choice or tar_choice) on its benchmark's committed rows: the round's winner, else its
+    reference (its config's first row); every later round's reference must be that setting, on the same sequence.
+    Returns its label, its method entry and the benchmark's forget section."""
     import yaml
 
-    choose = _module(ROOT / "benchmarks" / "run_methods.py", "run_methods").fewshot_choice
+    rules = _module(ROOT / "benchmarks" / "run_methods.py", "run_methods")
     spec = forget = None
     for name in rounds:
         folder = ROOT / "benchmarks" / name
         config = yaml.safe_load((folder / "config.yaml").read_text())
         results = json.loads((folder / "results.json").read_text())
-        choice = choose(results["methods"])
+        assert config["targets"] in ("fewshot_choice", "tar_choice"), name
+        choice = getattr(rules, config["targets"])(results["methods"])
         assert choice == results["targets"], name
         reference = next(iter(config["methods"]))
         assert choice["reference"] == reference and set(results["methods"]) == set(config["methods"]), name

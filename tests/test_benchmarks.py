@@ -474,7 +474,8 @@ def _setting_in_force(rounds: tuple[str, ...]) -> tuple[str, dict, dict]:
 
 @pytest.mark.parametrize(("rounds", "shipped_file", "tests"), [
     (("faces_4shot_new_base_validation", "faces_4shot_new_base_validation_round2",
-      "faces_4shot_new_base_validation_round3"), "faces_fewshot_forget.yaml",
+      "faces_4shot_new_base_validation_round3", "faces_4shot_new_base_validation_round4"),
+     "faces_fewshot_forget.yaml",
      ("faces_4shot_new_base",)),
     (("fashion_mnist_4shot_levers_validation_round3",), "fewshot_forget.yaml",
      ("fashion_mnist_baselines_4shot", "fashion_mnist_4shot_other_order"))])

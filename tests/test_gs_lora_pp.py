@@ -7,8 +7,9 @@ import torch
 
 from gslora.config import DataConfig, ForgetTrainConfig, ModelConfig, SequenceConfig
 from gslora.data import ImageSet, Request, build_requests, class_order, load_dataset, request_data
+from gslora.engine.distributed import interleave
 from gslora.engine.evaluate import predict
-from gslora.engine.loop import grouped_index_batches, train_request
+from gslora.engine.loop import batches, grouped_index_batches, index_batches, train_request
 from gslora.errors import GSLoRAError
 from gslora.losses import (
     absorb_loss,
@@ -177,9 +178,9 @@ def test_grouped_forget_batches_keep_runs_of_one_class_and_cover_every_image_onc
     labels = torch.tensor([c for c in range(20) for _ in range(4)])  # a 4-shot request of 20 classes
     generator = torch.Generator().manual_seed(0)
     passes = [list(grouped_index_batches(labels, 4, 2, generator)) for _ in range(2)]
-    for batches in passes:
-        assert sorted(torch.cat(batches).tolist()) == list(range(80))  # one pass: each image once
-        for idx in batches:  # each batch: two runs of two images of one class (the two may share a class)
+    for one_pass in passes:
+        assert sorted(torch.cat(one_pass).tolist()) == list(range(80))  # one pass: each image once
+        for idx in one_pass:  # each batch: two runs of two images of one class (the two may share a class)
             assert len(idx) == 4 and all(n % 2 == 0 for n in torch.bincount(labels[idx]).tolist())
     assert not torch.equal(torch.cat(passes[0]), torch.cat(passes[1]))  # re-shuffled on each pass
     counts = [3, 5, 2, 7, 1] * 4  # odd counts: each class ends in a shorter run
@@ -188,8 +189,29 @@ def test_grouped_forget_batches_keep_runs_of_one_class_and_cover_every_image_onc
     assert sorted(order.tolist()) == list(range(len(uneven)))
     segments = 1 + int((uneven[order][1:] != uneven[order][:-1]).sum())  # stretches of one class in the order
     assert segments <= sum((n + 1) // 2 for n in counts)  # 44 runs (a shuffle of 72 images: about 70 stretches)
+    again = torch.cat(list(grouped_index_batches(uneven, 4, 2, torch.Generator().manual_seed(3))))
+    assert torch.equal(again, torch.cat(list(grouped_index_batches(uneven, 4, 2, torch.Generator().manual_seed(3)))))
     with pytest.raises(GSLoRAError, match="train.forget_group"):
         ForgetTrainConfig(forget_group=0)
+
+
+def test_grouped_forget_batches_give_each_process_whole_runs():
+    """distributed.shard hands rank r every n-th image of a batch; the grouped order is interleaved for it, so each of
+    2 processes still gets a pair of one class (without it, [a, a, b, b] would split into [a, b] and [a, b])."""
+    assert interleave(torch.arange(5), 2).tolist() == [0, 3, 1, 4, 2]  # rank 0 gets 0, 1, 2; rank 1 gets 3, 4
+    assert torch.equal(interleave(torch.arange(5), 1), torch.arange(5))
+    labels = torch.tensor([c for c in range(20) for _ in range(4)])
+    for idx in grouped_index_batches(labels, 4, 2, torch.Generator().manual_seed(0), shares=2):
+        for r in range(2):
+            share = labels[idx[r::2]]
+            assert share[0] == share[1], idx
+
+
+def test_ungrouped_forget_batches_are_the_plain_shuffle_of_before():
+    data = ImageSet(torch.zeros(10, 1, 2, 2, dtype=torch.uint8), torch.arange(10) % 3)
+    plain = [data.labels[idx] for idx in index_batches(10, 4, torch.Generator().manual_seed(5))]
+    now = [y for _, y in batches(data, 4, torch.Generator().manual_seed(5), group=1)]
+    assert all(torch.equal(a, b) for a, b in zip(plain, now, strict=True))
 
 
 @pytest.mark.parametrize("group", [1, 2])

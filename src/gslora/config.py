@@ -280,7 +280,8 @@ class ForgetTrainConfig(TrainConfig):
             reference). With 2, every forget batch of 4 holds two pairs of images of one class, so a term on such
             pairs (GS-LoRA++'s ``w_scatter``) acts at every step; with a plain shuffle of 4-shot requests of 20
             classes, about one batch in five holds a pair. A class whose image count is not a multiple of the group
-            ends in a shorter run, and runs may straddle batches. Classification only.
+            ends in a shorter run, which shifts later runs across batch boundaries. With several processes each gets
+            a contiguous piece of every batch, so the runs stay whole. Classification only.
     """
 
     stop_when_forgotten: float | None = None

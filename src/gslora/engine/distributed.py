@@ -94,6 +94,19 @@ def shard(batch: Any) -> Any:
     return split(batch)
 
 
+def interleave(items: torch.Tensor, n: int) -> torch.Tensor:
+    """``items`` reordered so that ``shard``'s every-``n``-th split hands rank r the r-th contiguous piece of ``items``
+    (pieces of ``shard``'s sizes); unchanged when ``n`` is 1 or ``shard`` would not split it."""
+    if n == 1 or len(items) < n:
+        return items
+    out, start = torch.empty_like(items), 0
+    for r in range(n):
+        size = len(range(r, len(items), n))
+        out[r::n] = items[start:start + size]
+        start += size
+    return out
+
+
 def average_gradients(params: list[torch.nn.Parameter]) -> None:
     """Average the gradients of ``params`` over the ranks (one flat all-reduce)."""
     if not active():

@@ -70,23 +70,34 @@ def index_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterat
         yield order[start:start + batch_size]
 
 
-def grouped_index_batches(labels: torch.Tensor, batch_size: int, group: int, generator: torch.Generator
-                          ) -> Iterator[torch.Tensor]:
-    """Index tensors of one shuffled pass over samples with ``labels``, each class's samples cut into runs of
-    ``group`` (its last run shorter when its count is not a multiple) and the runs shuffled, so that a batch holds
-    ``batch_size / group`` runs of one class each (two runs may share a class; runs may straddle batches)."""
+def grouped_index_batches(labels: torch.Tensor, batch_size: int, group: int, generator: torch.Generator, *,
+                          shares: int = 1) -> Iterator[torch.Tensor]:
+    """Index tensors of one shuffled pass over samples with ``labels``: each class's samples (in a shuffled order) cut
+    into runs of ``group``, its last run shorter when its count is not a multiple, the runs shuffled and the result cut
+    into batches. Runs of one class follow each other, so with counts that are multiples of ``group`` and a batch size
+    that is one too, each batch is whole runs (two may share a class); a shorter run shifts the later runs across batch
+    boundaries. With ``shares`` processes each batch is ordered for ``distributed.shard`` so that every process gets a
+    contiguous piece of it (runs stay together when the piece size is a multiple of ``group``)."""
     shuffled = torch.randperm(len(labels), generator=generator)
-    runs = [run for c in labels.unique() for run in shuffled[labels[shuffled] == c].split(group)]
-    order = torch.cat([runs[i] for i in torch.randperm(len(runs), generator=generator)])
-    yield from order.split(batch_size)
+    by_class = shuffled[labels[shuffled].argsort(stable=True)]  # class by class, each in the shuffled order
+    counts = labels.unique(return_counts=True)[1]
+    position = torch.arange(len(labels)) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+    runs = -(-counts // group)
+    run = torch.repeat_interleave(runs.cumsum(0) - runs, counts) + position // group  # each sample's run
+    place = torch.empty(int(runs.sum()), dtype=torch.long)
+    place[torch.randperm(len(place), generator=generator)] = torch.arange(len(place))  # the runs' shuffled places
+    order = by_class[place[run].argsort(stable=True)]
+    for idx in order.split(batch_size):
+        yield distributed.interleave(idx, shares)
 
 
 def batches(data: ImageSet, batch_size: int, generator: torch.Generator, *, pin_memory: bool = False,
             group: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One shuffled pass over ``data`` in batches (a streamed set's next batches decode while this one is used);
-    ``group`` > 1 keeps runs of that many images of one class together (``grouped_index_batches``)."""
-    order = list(index_batches(len(data), batch_size, generator) if group == 1
-                 else grouped_index_batches(data.labels, batch_size, group, generator))
+    ``group`` > 1 keeps runs of that many images of one class together (``grouped_index_batches``, ordered for this
+    run's processes)."""
+    order = list(index_batches(len(data), batch_size, generator) if group == 1 else
+                 grouped_index_batches(data.labels, batch_size, group, generator, shares=distributed.world_size()))
     for idx, images in zip(order, load_batches(data.images, order, pin_memory=pin_memory), strict=True):
         yield images, data.labels[idx]
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tests.conftest import requires_fashion
 
@@ -225,6 +226,18 @@ def test_the_forgotten_tar_rule_needs_guards_kept_h_and_retained_tar_and_a_clear
     assert choice({"ref": ref, "a": _tar_row(50, 0.0, acc_f=2.5), "b": _tar_row(50, 6.0)})["winner"] == "b"
     rows = choice({"ref": ref, "a": _tar_row(50, 8.0)})["rows"]
     assert rows["a"]["mean_tar_f"] == 8.0 and rows["ref"]["mean_tar_r"] == 40.0
+
+
+def test_paired_resamples_keep_each_position_in_its_class_and_count_hits_per_class():
+    paired = _module(ROOT / "benchmarks" / "paired.py", "paired")
+    labels = torch.tensor([0, 0, 1, 1, 1, 2])
+    draws = paired.stratified_draws(labels, 500, torch.Generator().manual_seed(0))
+    assert torch.equal(draws[0], torch.arange(6))  # the first row is the images themselves
+    assert torch.equal(labels[draws], labels.expand(501, 6))  # a position keeps its class
+    assert len(draws[1:, 2:5].unique()) == 3 and (draws[1:, 2] != 2).any()  # drawn with replacement within the class
+    correct = torch.tensor([True, False, True, True, False, True])
+    sums = paired.class_sums(correct, draws, labels, 3)
+    assert sums[0].tolist() == [1.0, 2.0, 1.0] and (sums[1:, 2] == 1.0).all() and (sums[1:, 0] <= 2).all()
 
 
 def test_config_overrides_merge_section_by_section_without_touching_the_base():

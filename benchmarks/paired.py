@@ -1,4 +1,4 @@
-"""How far apart two rows of a benchmark really are: a paired bootstrap of their H difference over the evaluation images.
+"""How far apart two rows of a benchmark are: a paired bootstrap of their H difference over the evaluation images.
 
 Usage: python benchmarks/paired.py benchmarks/<folder> "<label a>" "<label b>" [--resamples 2000] [--device cpu]
 
@@ -92,7 +92,8 @@ def main() -> int:
     results = json.loads((folder / "results.json").read_text())
     for label in (args.a, args.b):
         if label not in results["methods"]:
-            parser.error(f"{label!r} is not a row of {folder.name}/results.json; its rows: {', '.join(results['methods'])}")
+            parser.error(f"{label!r} is not a row of {folder.name}/results.json; "
+                         f"its rows: {', '.join(results['methods'])}")
         if not (CACHE / folder.name / "runs" / slug(label) / "manifest.json").exists():
             print(f"paired.py: no run directory for {label!r}; run python benchmarks/run.py benchmarks/{folder.name} "
                   f"--methods \"{label}\" first (it leaves the runs under .cache/benchmarks)", file=sys.stderr)

@@ -1,6 +1,7 @@
 """How far apart two rows of a benchmark are: a paired bootstrap of their H difference over the evaluation images.
 
-Usage: python benchmarks/paired.py benchmarks/<folder> "<label a>" "<label b>" [--resamples 2000] [--device cpu]
+Usage: python benchmarks/paired.py benchmarks/<folder> ["<label a>" "<label b>"] [--resamples 2000] [--device cpu]
+(without the labels it re-creates every pair already in the folder's paired.json: one command per file)
 
 Both rows were measured on the same evaluation images (the test split, or a validation split carved from the training
 data), so their difference is judged on the same resamples: each resample draws every class's evaluation images with
@@ -19,6 +20,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 from common import CACHE, load_config  # noqa: I001
@@ -80,54 +82,65 @@ def interval(values: torch.Tensor) -> list[float]:
     return [float(values.quantile(0.025)), float(values.quantile(0.975))]
 
 
+def refuse(reason: str) -> NoReturn:
+    """One line naming the problem and the fix, exit code 2."""
+    print(f"paired.py: {reason}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def compare_pair(folder: Path, results: dict, a: str, b: str, *, resamples: int, device: torch.device) -> dict:
+    """The pair's entry of paired.json (refused when a row's run is missing or is not the committed row)."""
+    for label in (a, b):
+        if label not in results["methods"]:
+            refuse(f"{label!r} is not a row of {folder.name}/results.json; its rows: {', '.join(results['methods'])}")
+        if not (CACHE / folder.name / "runs" / slug(label) / "manifest.json").exists():
+            refuse(f"no run directory for {label!r}; run python benchmarks/run.py benchmarks/{folder.name} "
+                   f"--methods \"{label}\" first (it leaves the runs under .cache/benchmarks)")
+    first = json.loads((CACHE / folder.name / "runs" / slug(a) / "manifest.json").read_text())
+    dataset = load_dataset(from_dict(DataConfig, first["config"]["data"]))
+    draws = stratified_draws(dataset.test.labels, resamples, torch.Generator().manual_seed(0))
+    h = {label: row_h(CACHE / folder.name / "runs" / slug(label), dataset.test, draws, dataset.num_classes, device)
+         for label in (a, b)}
+    for label, values in h.items():
+        committed = [t["h_mean"] for t in results["methods"][label]["tasks"]]
+        if not torch.allclose(values[0], torch.tensor(committed, dtype=torch.float64), atol=1e-4):
+            refuse(f"the cached run of {label!r} gives H {values[0].tolist()}, not the committed "
+                   f"{committed}; re-run python benchmarks/run.py benchmarks/{folder.name} --methods \"{label}\"")
+    difference = h[a] - h[b]  # (resamples + 1, requests)
+    mean = difference.mean(dim=1)
+    return {"a": a, "b": b, "resamples": resamples, "seed": 0, "evaluation_images": len(dataset.test.labels),
+            "mean_h": {a: float(h[a][0].mean()), b: float(h[b][0].mean())},
+            "mean_h_difference": float(mean[0]), "ci95": interval(mean[1:]),
+            "share_a_ahead": float((mean[1:] > 0).double().mean()),
+            "per_request": [{"difference": float(difference[0, i]), "ci95": interval(difference[1:, i]),
+                             "share_a_ahead": float((difference[1:, i] > 0).double().mean())}
+                            for i in range(difference.shape[1])],
+            **stamp()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder")
-    parser.add_argument("a")
-    parser.add_argument("b")
+    parser.add_argument("a", nargs="?", help="a row label (without a and b: every pair already in paired.json)")
+    parser.add_argument("b", nargs="?")
     parser.add_argument("--resamples", type=int, default=2000)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     folder = Path(args.folder).resolve()
-    results = json.loads((folder / "results.json").read_text())
-    for label in (args.a, args.b):
-        if label not in results["methods"]:
-            parser.error(f"{label!r} is not a row of {folder.name}/results.json; "
-                         f"its rows: {', '.join(results['methods'])}")
-        if not (CACHE / folder.name / "runs" / slug(label) / "manifest.json").exists():
-            print(f"paired.py: no run directory for {label!r}; run python benchmarks/run.py benchmarks/{folder.name} "
-                  f"--methods \"{label}\" first (it leaves the runs under .cache/benchmarks)", file=sys.stderr)
-            return 2
     load_config(folder)  # the folder is a benchmark
-    first = json.loads((CACHE / folder.name / "runs" / slug(args.a) / "manifest.json").read_text())
-    dataset = load_dataset(from_dict(DataConfig, first["config"]["data"]))
-    draws = stratified_draws(dataset.test.labels, args.resamples, torch.Generator().manual_seed(0))
-    device = torch.device(args.device)
-    h = {label: row_h(CACHE / folder.name / "runs" / slug(label), dataset.test, draws, dataset.num_classes, device)
-         for label in (args.a, args.b)}
-    for label, values in h.items():
-        committed = [t["h_mean"] for t in results["methods"][label]["tasks"]]
-        if not torch.allclose(values[0], torch.tensor(committed, dtype=torch.float64), atol=1e-4):
-            print(f"paired.py: the cached run of {label!r} gives H {values[0].tolist()}, not the committed "
-                  f"{committed}; re-run python benchmarks/run.py benchmarks/{folder.name} --methods \"{label}\"",
-                  file=sys.stderr)
-            return 2
-    difference = h[args.a] - h[args.b]  # (resamples + 1, requests)
-    mean = difference.mean(dim=1)
-    entry = {"a": args.a, "b": args.b, "resamples": args.resamples, "seed": 0,
-             "evaluation_images": len(dataset.test.labels),
-             "mean_h": {args.a: float(h[args.a][0].mean()), args.b: float(h[args.b][0].mean())},
-             "mean_h_difference": float(mean[0]), "ci95": interval(mean[1:]),
-             "share_a_ahead": float((mean[1:] > 0).double().mean()),
-             "per_request": [{"difference": float(difference[0, i]), "ci95": interval(difference[1:, i]),
-                              "share_a_ahead": float((difference[1:, i] > 0).double().mean())}
-                             for i in range(difference.shape[1])],
-             **stamp()}
+    results = json.loads((folder / "results.json").read_text())
     path = folder / "paired.json"
     paired = json.loads(path.read_text()) if path.exists() else {"pairs": {}}
-    paired["pairs"][f"{args.a} | {args.b}"] = entry
+    if (args.a is None) != (args.b is None):
+        parser.error("give two row labels, or none to re-create every pair in paired.json")
+    pairs = [(args.a, args.b)] if args.a else [(p["a"], p["b"]) for p in paired["pairs"].values()]
+    if not pairs:
+        parser.error(f"{folder.name} has no paired.json yet: give two row labels")
+    for a, b in pairs:
+        entry = compare_pair(folder, results, a, b, resamples=args.resamples, device=torch.device(args.device))
+        paired["pairs"][f"{a} | {b}"] = entry
+        print(json.dumps(entry, indent=2))
     atomic_write_text(path, json.dumps(paired, indent=2) + "\n")
-    print(json.dumps(entry, indent=2))
     return 0
 
 

@@ -240,6 +240,20 @@ def test_paired_resamples_keep_each_position_in_its_class_and_count_hits_per_cla
     assert sums[0].tolist() == [1.0, 2.0, 1.0] and (sums[1:, 2] == 1.0).all() and (sums[1:, 0] <= 2).all()
 
 
+def test_a_committed_paired_comparison_starts_from_the_committed_rows():
+    """Each pair in a benchmark's paired.json (benchmarks/paired.py) scores, before resampling, the mean H the
+    committed results.json gives its two rows, and its interval holds its own difference."""
+    found = sorted((ROOT / "benchmarks").glob("*/paired.json"))
+    assert found
+    for path in found:
+        methods = json.loads((path.parent / "results.json").read_text())["methods"]
+        for name, pair in json.loads(path.read_text())["pairs"].items():
+            for label in (pair["a"], pair["b"]):
+                tasks = methods[label]["tasks"]
+                assert pair["mean_h"][label] == pytest.approx(sum(t["h_mean"] for t in tasks) / len(tasks), abs=1e-4)
+            assert pair["ci95"][0] <= pair["mean_h_difference"] <= pair["ci95"][1], (path.parent.name, name)
+
+
 def test_config_overrides_merge_section_by_section_without_touching_the_base():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from common import merged

@@ -23,16 +23,18 @@ from pathlib import Path
 from typing import NoReturn
 
 import torch
-from common import CACHE, load_config  # noqa: I001
+from common import CACHE  # noqa: I001
 
 from gslora.config import DataConfig, from_dict
-from gslora.data import load_dataset
+from gslora.data import for_model, load_dataset
 from gslora.engine.compare import slug
 from gslora.engine.evaluate import predict
 from gslora.engine.provenance import stamp
+from gslora.errors import GSLoRAError
 from gslora.io import atomic_write_text
 from gslora.metrics import h_mean
-from gslora.models import load_checkpoint
+from gslora.models import load_checkpoint, read_checkpoint_meta
+from gslora.tasks.classification import labels_digest
 
 
 def class_sums(correct: torch.Tensor, draws: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -52,8 +54,10 @@ def stratified_draws(labels: torch.Tensor, resamples: int, generator: torch.Gene
     return draws
 
 
-def row_h(run_dir: Path, test, draws: torch.Tensor, num_classes: int, device: torch.device) -> torch.Tensor:
-    """(resamples + 1, requests) H of each request of one row on each resample."""
+def row_h(run_dir: Path, test, draws: torch.Tensor, num_classes: int, device: torch.device
+          ) -> tuple[torch.Tensor, list[dict[str, float]]]:
+    """(resamples + 1, requests) H of each request of one row on each resample, and each request's accuracies without
+    resampling (``acc_f``, ``acc_r``, ``acc_f_before``, ``acc_r_before``: what results.json holds)."""
     manifest = json.loads((run_dir / "manifest.json").read_text())
     labels = test.labels
     counts = torch.bincount(labels, minlength=num_classes).double()
@@ -67,15 +71,18 @@ def row_h(run_dir: Path, test, draws: torch.Tensor, num_classes: int, device: to
         return 100.0 * per_class[:, classes].sum(1) / counts[classes].sum()
 
     before = sums(manifest["base"]["checkpoint"])
-    columns = []
+    columns, figures = [], []
     for request in manifest["requests"]:
         after = sums(run_dir / request["checkpoint"])
         forget, retain = request["forget_classes"], request["retain_classes"]
-        drop, acc_r = accuracy(before, forget) - accuracy(after, forget), accuracy(after, retain)
-        columns.append(torch.tensor([h_mean(d, r) for d, r in zip(drop.tolist(), acc_r.tolist(), strict=True)],
+        acc = {"acc_f": accuracy(after, forget), "acc_r": accuracy(after, retain),
+               "acc_f_before": accuracy(before, forget), "acc_r_before": accuracy(before, retain)}
+        drop = acc["acc_f_before"] - acc["acc_f"]
+        columns.append(torch.tensor([h_mean(d, r) for d, r in zip(drop.tolist(), acc["acc_r"].tolist(), strict=True)],
                                     dtype=torch.float64))
+        figures.append({"h_mean": float(columns[-1][0]), **{k: float(v[0]) for k, v in acc.items()}})
         before = after
-    return torch.stack(columns, dim=1)
+    return torch.stack(columns, dim=1), figures
 
 
 def interval(values: torch.Tensor) -> list[float]:
@@ -88,24 +95,50 @@ def refuse(reason: str) -> NoReturn:
     raise SystemExit(2)
 
 
+def evaluation_images(manifests: dict[str, dict]):
+    """The evaluation split the rows were measured on, decoded for their base model as the run decoded it; refused
+    when the rows' data differ or the split's labels are not the ones their runs recorded."""
+    configs = {json.dumps(m["config"]["data"], sort_keys=True) for m in manifests.values()}
+    if len(configs) > 1:
+        refuse(f"the rows {', '.join(map(repr, manifests))} were measured on different data; compare rows of one "
+               "benchmark")
+    manifest = next(iter(manifests.values()))
+    try:
+        model = read_checkpoint_meta(manifest["base"]["checkpoint"])[1].get("model")
+        dataset = load_dataset(for_model(from_dict(DataConfig, manifest["config"]["data"]), model))
+    except (GSLoRAError, OSError) as error:
+        refuse(f"cannot load the rows' base model or data ({error}); re-run the benchmark with benchmarks/run.py")
+    for label, m in manifests.items():
+        if m["dataset"]["test_labels_sha256"] != labels_digest(dataset.test.labels):
+            refuse(f"the evaluation labels differ from those {label!r} was measured on; "
+                   "re-run it with benchmarks/run.py")
+    return dataset
+
+
 def compare_pair(folder: Path, results: dict, a: str, b: str, *, resamples: int, device: torch.device) -> dict:
     """The pair's entry of paired.json (refused when a row's run is missing or is not the committed row)."""
+    manifests = {}
     for label in (a, b):
-        if label not in results["methods"]:
-            refuse(f"{label!r} is not a row of {folder.name}/results.json; its rows: {', '.join(results['methods'])}")
-        if not (CACHE / folder.name / "runs" / slug(label) / "manifest.json").exists():
+        if not results["methods"].get(label, {}).get("tasks"):
+            refuse(f"{label!r} is not a measured row of {folder.name}/results.json; its rows: "
+                   f"{', '.join(k for k, r in results['methods'].items() if r.get('tasks'))}")
+        path = CACHE / folder.name / "runs" / slug(label) / "manifest.json"
+        if not path.exists():
             refuse(f"no run directory for {label!r}; run python benchmarks/run.py benchmarks/{folder.name} "
                    f"--methods \"{label}\" first (it leaves the runs under .cache/benchmarks)")
-    first = json.loads((CACHE / folder.name / "runs" / slug(a) / "manifest.json").read_text())
-    dataset = load_dataset(from_dict(DataConfig, first["config"]["data"]))
+        manifests[label] = json.loads(path.read_text())
+    dataset = evaluation_images(manifests)
     draws = stratified_draws(dataset.test.labels, resamples, torch.Generator().manual_seed(0))
-    h = {label: row_h(CACHE / folder.name / "runs" / slug(label), dataset.test, draws, dataset.num_classes, device)
-         for label in (a, b)}
-    for label, values in h.items():
-        committed = [t["h_mean"] for t in results["methods"][label]["tasks"]]
-        if not torch.allclose(values[0], torch.tensor(committed, dtype=torch.float64), atol=1e-4):
-            refuse(f"the cached run of {label!r} gives H {values[0].tolist()}, not the committed "
-                   f"{committed}; re-run python benchmarks/run.py benchmarks/{folder.name} --methods \"{label}\"")
+    h = {}
+    for label in (a, b):
+        h[label], figures = row_h(CACHE / folder.name / "runs" / slug(label), dataset.test, draws,
+                                  dataset.num_classes, device)
+        committed = [{k: t[k] for k in figures[0]} for t in results["methods"][label]["tasks"]]
+        same = len(figures) == len(committed) and all(
+            abs(x[k] - y[k]) <= 1e-4 for x, y in zip(figures, committed, strict=False) for k in x)
+        if not same:
+            refuse(f"the cached run of {label!r} is not the committed row (per request {figures}, committed "
+                   f"{committed}); re-run python benchmarks/run.py benchmarks/{folder.name} --methods \"{label}\"")
     difference = h[a] - h[b]  # (resamples + 1, requests)
     mean = difference.mean(dim=1)
     return {"a": a, "b": b, "resamples": resamples, "seed": 0, "evaluation_images": len(dataset.test.labels),
@@ -127,13 +160,15 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     folder = Path(args.folder).resolve()
-    load_config(folder)  # the folder is a benchmark
+    if not (folder / "config.yaml").exists() or not (folder / "results.json").exists():
+        refuse(f"{args.folder} is not a benchmark folder with results (config.yaml and results.json); "
+               "run python benchmarks/run.py on it first")
     results = json.loads((folder / "results.json").read_text())
     path = folder / "paired.json"
     paired = json.loads(path.read_text()) if path.exists() else {"pairs": {}}
     if (args.a is None) != (args.b is None):
         parser.error("give two row labels, or none to re-create every pair in paired.json")
-    pairs = [(args.a, args.b)] if args.a else [(p["a"], p["b"]) for p in paired["pairs"].values()]
+    pairs = [(args.a, args.b)] if args.a is not None else [(p["a"], p["b"]) for p in paired["pairs"].values()]
     if not pairs:
         parser.error(f"{folder.name} has no paired.json yet: give two row labels")
     for a, b in pairs:

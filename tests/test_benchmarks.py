@@ -234,15 +234,27 @@ def test_paired_resamples_keep_each_position_in_its_class_and_count_hits_per_cla
     draws = paired.stratified_draws(labels, 500, torch.Generator().manual_seed(0))
     assert torch.equal(draws[0], torch.arange(6))  # the first row is the images themselves
     assert torch.equal(labels[draws], labels.expand(501, 6))  # a position keeps its class
-    assert len(draws[1:, 2:5].unique()) == 3 and (draws[1:, 2] != 2).any()  # drawn with replacement within the class
+    assert len(draws[1:, 2:5].unique()) == 3 and (draws[1:, 2] != 2).any()  # drawn within the class ...
+    assert any(len(row.unique()) < 3 for row in draws[1:, 2:5])  # ... with replacement: a draw repeats an image
     correct = torch.tensor([True, False, True, True, False, True])
     sums = paired.class_sums(correct, draws, labels, 3)
     assert sums[0].tolist() == [1.0, 2.0, 1.0] and (sums[1:, 2] == 1.0).all() and (sums[1:, 0] <= 2).all()
+    assert len(sums[1:, 1].unique()) > 1  # class 1's hits vary between draws (a shuffle would keep them at 2)
+
+
+def test_paired_refuses_what_it_cannot_compare_in_one_line(tmp_path):
+    def run(*args):
+        return subprocess.run([sys.executable, "benchmarks/paired.py", *args], cwd=ROOT, capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+
+    for result in (run(str(tmp_path), "a", "b"), run("benchmarks/faces_4shot_new_base", "no such row", "lwf")):
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert "Traceback" not in result.stderr and result.stderr.startswith("paired.py: ")
 
 
 def test_a_committed_paired_comparison_starts_from_the_committed_rows():
     """Each pair in a benchmark's paired.json (benchmarks/paired.py) scores, before resampling, the mean H the
-    committed results.json gives its two rows, and its interval holds its own difference."""
+    committed results.json gives its two rows, and its difference is theirs."""
     found = sorted((ROOT / "benchmarks").glob("*/paired.json"))
     assert found
     for path in found:
@@ -251,7 +263,9 @@ def test_a_committed_paired_comparison_starts_from_the_committed_rows():
             for label in (pair["a"], pair["b"]):
                 tasks = methods[label]["tasks"]
                 assert pair["mean_h"][label] == pytest.approx(sum(t["h_mean"] for t in tasks) / len(tasks), abs=1e-4)
-            assert pair["ci95"][0] <= pair["mean_h_difference"] <= pair["ci95"][1], (path.parent.name, name)
+            difference = pair["mean_h"][pair["a"]] - pair["mean_h"][pair["b"]]
+            assert pair["mean_h_difference"] == pytest.approx(difference, abs=1e-9), (path.parent.name, name)
+            assert pair["ci95"][0] < pair["ci95"][1] and 0 <= pair["share_a_ahead"] <= 1, (path.parent.name, name)
 
 
 def test_config_overrides_merge_section_by_section_without_touching_the_base():

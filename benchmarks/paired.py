@@ -117,6 +117,8 @@ def evaluation_images(manifests: dict[str, dict]):
 
 def compare_pair(folder: Path, results: dict, a: str, b: str, *, resamples: int, device: torch.device) -> dict:
     """The pair's entry of paired.json (refused when a row's run is missing or is not the committed row)."""
+    if a == b:
+        refuse(f"{a!r} against itself: give two different rows")
     manifests = {}
     for label in (a, b):
         if not results["methods"].get(label, {}).get("tasks"):

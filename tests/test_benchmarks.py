@@ -247,7 +247,8 @@ def test_paired_refuses_what_it_cannot_compare_in_one_line(tmp_path):
         return subprocess.run([sys.executable, "benchmarks/paired.py", *args], cwd=ROOT, capture_output=True, text=True,
                               env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
 
-    for result in (run(str(tmp_path), "a", "b"), run("benchmarks/faces_4shot_new_base", "no such row", "lwf")):
+    for result in (run(str(tmp_path), "a", "b"), run("benchmarks/faces_4shot_new_base", "no such row", "lwf"),
+                   run("benchmarks/faces_4shot_new_base", "lwf", "lwf")):
         assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert "Traceback" not in result.stderr and result.stderr.startswith("paired.py: ")
 

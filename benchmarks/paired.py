@@ -1,7 +1,8 @@
 """How far apart two rows of a benchmark are: a paired bootstrap of their H difference over the evaluation images.
 
-Usage: python benchmarks/paired.py benchmarks/<folder> ["<label a>" "<label b>"] [--resamples 2000] [--device cpu]
-(without the labels it re-creates every pair already in the folder's paired.json: one command per file)
+Usage: python benchmarks/paired.py benchmarks/<folder> ["<label a>" "<label b>" ...] [--resamples 2000] [--device cpu]
+(labels in pairs, the other pairs of paired.json kept; without labels it re-creates every pair already in the folder's
+paired.json: one command per file)
 
 Both rows were measured on the same evaluation images (the test split, or a validation split carved from the training
 data), so their difference is judged on the same resamples: each resample draws every class's evaluation images with
@@ -156,8 +157,8 @@ def compare_pair(folder: Path, results: dict, a: str, b: str, *, resamples: int,
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder")
-    parser.add_argument("a", nargs="?", help="a row label (without a and b: every pair already in paired.json)")
-    parser.add_argument("b", nargs="?")
+    parser.add_argument("labels", nargs="*", help="row labels in pairs: a b [a b ...] (none: every pair already in "
+                        "paired.json)")
     parser.add_argument("--resamples", type=int, default=2000)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
@@ -168,9 +169,10 @@ def main() -> int:
     results = json.loads((folder / "results.json").read_text())
     path = folder / "paired.json"
     paired = json.loads(path.read_text()) if path.exists() else {"pairs": {}}
-    if (args.a is None) != (args.b is None):
-        parser.error("give two row labels, or none to re-create every pair in paired.json")
-    pairs = [(args.a, args.b)] if args.a is not None else [(p["a"], p["b"]) for p in paired["pairs"].values()]
+    if len(args.labels) % 2:
+        parser.error("give row labels in pairs (a b [a b ...]), or none to re-create every pair in paired.json")
+    pairs = (list(zip(args.labels[::2], args.labels[1::2], strict=True)) if args.labels
+             else [(p["a"], p["b"]) for p in paired["pairs"].values()])
     if not pairs:
         parser.error(f"{folder.name} has no paired.json yet: give two row labels")
     for a, b in pairs:

@@ -267,6 +267,7 @@ def test_a_committed_paired_comparison_starts_from_the_committed_rows():
             difference = pair["mean_h"][pair["a"]] - pair["mean_h"][pair["b"]]
             assert pair["mean_h_difference"] == pytest.approx(difference, abs=1e-9), (path.parent.name, name)
             assert pair["ci95"][0] < pair["ci95"][1] and 0 <= pair["share_a_ahead"] <= 1, (path.parent.name, name)
+            assert not pair["commit"].endswith(".dirty"), (path.parent.name, name)  # made from a clean checkout
 
 
 def test_config_overrides_merge_section_by_section_without_touching_the_base():

@@ -55,18 +55,21 @@ def stratified_draws(labels: torch.Tensor, resamples: int, generator: torch.Gene
     return draws
 
 
-def row_h(run_dir: Path, test, draws: torch.Tensor, num_classes: int, device: torch.device
-          ) -> tuple[torch.Tensor, list[dict[str, float]]]:
+def row_h(manifest: dict, run_dir: Path, test, draws: torch.Tensor, num_classes: int, device: torch.device,
+          scored: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[dict[str, float]]]:
     """(resamples + 1, requests) H of each request of one row on each resample, and each request's accuracies without
-    resampling (``acc_f``, ``acc_r``, ``acc_f_before``, ``acc_r_before``: what results.json holds)."""
-    manifest = json.loads((run_dir / "manifest.json").read_text())
+    resampling (``acc_f``, ``acc_r``, ``acc_f_before``, ``acc_r_before``: what results.json holds). ``scored`` keeps
+    each checkpoint's per-class hits, so a model the rows share (the original) is predicted once."""
     labels = test.labels
     counts = torch.bincount(labels, minlength=num_classes).double()
 
     def sums(checkpoint: str | Path) -> torch.Tensor:
-        model, _ = load_checkpoint(checkpoint)
-        correct = predict(model.to(device), test, device=device).top1 == labels
-        return class_sums(correct, draws, labels, num_classes)
+        key = str(Path(checkpoint).resolve())
+        if key not in scored:
+            model, _ = load_checkpoint(checkpoint)
+            correct = predict(model.to(device), test, device=device).top1 == labels
+            scored[key] = class_sums(correct, draws, labels, num_classes)
+        return scored[key]
 
     def accuracy(per_class: torch.Tensor, classes: list[int]) -> torch.Tensor:
         return 100.0 * per_class[:, classes].sum(1) / counts[classes].sum()
@@ -116,12 +119,12 @@ def evaluation_images(manifests: dict[str, dict]):
     return dataset
 
 
-def compare_pair(folder: Path, results: dict, a: str, b: str, *, resamples: int, device: torch.device) -> dict:
-    """The pair's entry of paired.json (refused when a row's run is missing or is not the committed row)."""
-    if a == b:
-        refuse(f"{a!r} against itself: give two different rows")
+def scored_rows(folder: Path, results: dict, labels: list[str], *, resamples: int, device: torch.device
+                ) -> tuple[dict[str, torch.Tensor], int]:
+    """Each row's (resamples + 1, requests) H on the same draws, every model predicted once, and the number of
+    evaluation images; refused when a row's run is missing or is not the committed row."""
     manifests = {}
-    for label in (a, b):
+    for label in labels:
         if not results["methods"].get(label, {}).get("tasks"):
             refuse(f"{label!r} is not a measured row of {folder.name}/results.json; its rows: "
                    f"{', '.join(k for k, r in results['methods'].items() if r.get('tasks'))}")
@@ -132,19 +135,24 @@ def compare_pair(folder: Path, results: dict, a: str, b: str, *, resamples: int,
         manifests[label] = json.loads(path.read_text())
     dataset = evaluation_images(manifests)
     draws = stratified_draws(dataset.test.labels, resamples, torch.Generator().manual_seed(0))
-    h = {}
-    for label in (a, b):
-        h[label], figures = row_h(CACHE / folder.name / "runs" / slug(label), dataset.test, draws,
-                                  dataset.num_classes, device)
+    h, scored = {}, {}
+    for label, manifest in manifests.items():
+        h[label], figures = row_h(manifest, CACHE / folder.name / "runs" / slug(label), dataset.test, draws,
+                                  dataset.num_classes, device, scored)
         committed = [{k: t[k] for k in figures[0]} for t in results["methods"][label]["tasks"]]
         same = len(figures) == len(committed) and all(
             abs(x[k] - y[k]) <= 1e-4 for x, y in zip(figures, committed, strict=False) for k in x)
         if not same:
             refuse(f"the cached run of {label!r} is not the committed row (per request {figures}, committed "
                    f"{committed}); re-run python benchmarks/run.py benchmarks/{folder.name} --methods \"{label}\"")
+    return h, len(dataset.test.labels)
+
+
+def pair_entry(h: dict[str, torch.Tensor], a: str, b: str, *, resamples: int, images: int) -> dict:
+    """The pair's entry of paired.json, from both rows' H on the same draws."""
     difference = h[a] - h[b]  # (resamples + 1, requests)
     mean = difference.mean(dim=1)
-    return {"a": a, "b": b, "resamples": resamples, "seed": 0, "evaluation_images": len(dataset.test.labels),
+    return {"a": a, "b": b, "resamples": resamples, "seed": 0, "evaluation_images": images,
             "mean_h": {a: float(h[a][0].mean()), b: float(h[b][0].mean())},
             "mean_h_difference": float(mean[0]), "ci95": interval(mean[1:]),
             "share_a_ahead": float((mean[1:] > 0).double().mean()),
@@ -176,7 +184,12 @@ def main() -> int:
     if not pairs:
         parser.error(f"{folder.name} has no paired.json yet: give two row labels")
     for a, b in pairs:
-        entry = compare_pair(folder, results, a, b, resamples=args.resamples, device=torch.device(args.device))
+        if a == b:
+            refuse(f"{a!r} against itself: give two different rows")
+    labels = list(dict.fromkeys(label for pair in pairs for label in pair))
+    h, images = scored_rows(folder, results, labels, resamples=args.resamples, device=torch.device(args.device))
+    for a, b in pairs:
+        entry = pair_entry(h, a, b, resamples=args.resamples, images=images)
         paired["pairs"][f"{a} | {b}"] = entry
         print(json.dumps(entry, indent=2))
     atomic_write_text(path, json.dumps(paired, indent=2) + "\n")

@@ -22,9 +22,11 @@ import sys
 from pathlib import Path
 
 from common import CACHE, below, cached_base, load_config, resolve_paths, setup_logging, write_results  # noqa: I001
+from paired import committed_pairs, write_pairs
 
 from gslora.config import from_dict, load_yaml
 from gslora.engine import CompareConfig, compare
+from gslora.metrics.paired import against_first, has_hits
 from gslora.report import comparison_markdown, plot_comparison
 
 HERE = Path(__file__).resolve().parent
@@ -85,6 +87,8 @@ def check_targets(kind: str, methods: dict) -> dict:
         out = fewshot_choice(methods)
     elif kind == "tar_choice":
         out = tar_choice(methods)
+    elif kind == "paired_choice":
+        out = paired_choice(methods)
     return out
 
 
@@ -138,6 +142,26 @@ def tar_choice(methods: dict, *, guard: float = 2.0, keep: float = 0.9, h_margin
     return {"rows": rows, "reference": reference, "winner": best if clear else None}
 
 
+def paired_choice(methods: dict, *, guard: float = 2.0, keep: float = 0.9, resamples: int = 2000) -> dict:
+    """The paired choice rule (``fewshot_choice``'s guards, the 1-point margin replaced by the sampling noise): a row
+    other than the first (the reference) wins only if it passes the guards and the 95% interval of its mean-H
+    difference from the reference, over paired resamples of the evaluation images (``gslora.metrics.paired``), lies
+    above 0; among several such rows, the highest mean H. The rows must keep their per-image hits."""
+    lacking = [n for n, r in methods.items() if not has_hits(r)]
+    if lacking:
+        raise ValueError(f"rows {lacking} keep no per-image hits (measured before rows kept them): re-run them")
+    rows = guarded_rows(methods, guard=guard, keep=keep)
+    reference = next(iter(methods))
+    pairs = against_first({reference: methods[reference], **{n: r for n, r in methods.items() if rows[n]["passes"]}},
+                          resamples=resamples)
+    for name, pair in pairs.items():
+        rows[name].update(mean_h_difference=pair["mean_h_difference"], ci95=pair["ci95"],
+                          share_ahead=pair["share_a_ahead"])
+    clear = [n for n in pairs if below(0.0, pairs[n]["ci95"][0])]
+    best = max(clear, key=lambda n: rows[n]["mean_h"], default=None)
+    return {"rows": rows, "reference": reference, "resamples": resamples, "winner": best}
+
+
 def baseline_standing(methods: dict) -> dict:
     """Where GS-LoRA stands per request: its H rank, the methods with a higher H, and time ratios."""
     ours = methods["gs_lora"]
@@ -188,6 +212,10 @@ def main() -> int:
         results["targets"] = check_targets(config["targets"], comparison["methods"])
     write_results(folder, results, {**config, "base": pre_info["config"], "base_file": config["base"]})
     saved = json.loads((folder / "results.json").read_text())
+    kept = [(a, b) for a, b in committed_pairs(source) if has_hits(saved["methods"].get(a, {}))
+            and has_hits(saved["methods"].get(b, {}))]
+    if kept:  # the pairs of paired.json follow their rows
+        write_pairs(folder, saved, kept)
     (folder / "report.md").write_text(report(source, saved))
     plot_comparison(saved, folder / "comparison.png")
     print((folder / "report.md").read_text())

@@ -228,18 +228,34 @@ def test_the_forgotten_tar_rule_needs_guards_kept_h_and_retained_tar_and_a_clear
     assert rows["a"]["mean_tar_f"] == 8.0 and rows["ref"]["mean_tar_r"] == 40.0
 
 
-def test_paired_resamples_keep_each_position_in_its_class_and_count_hits_per_class():
-    paired = _module(ROOT / "benchmarks" / "paired.py", "paired")
-    labels = torch.tensor([0, 0, 1, 1, 1, 2])
-    draws = paired.stratified_draws(labels, 500, torch.Generator().manual_seed(0))
-    assert torch.equal(draws[0], torch.arange(6))  # the first row is the images themselves
-    assert torch.equal(labels[draws], labels.expand(501, 6))  # a position keeps its class
-    assert len(draws[1:, 2:5].unique()) == 3 and (draws[1:, 2] != 2).any()  # drawn within the class ...
-    assert any(len(row.unique()) < 3 for row in draws[1:, 2:5])  # ... with replacement: a draw repeats an image
-    correct = torch.tensor([True, False, True, True, False, True])
-    sums = paired.class_sums(correct, draws, labels, 3)
-    assert sums[0].tolist() == [1.0, 2.0, 1.0] and (sums[1:, 2] == 1.0).all() and (sums[1:, 0] <= 2).all()
-    assert len(sums[1:, 1].unique()) > 1  # class 1's hits vary between draws (a shuffle would keep them at 2)
+def _paired_row(labels: torch.Tensor, right: torch.Tensor, *, acc_f: float = 0.0) -> dict:
+    """A one-request row with its hits (``right`` after the request, class 1 forgotten; before it, right on every
+    forgotten image and on 75% of the retained ones) and the figures fewshot_choice's guards read."""
+    from gslora.metrics.paired import hits_h, hits_record
+
+    before = (torch.arange(len(labels)) % 4 != 0) | (labels == 1)
+    hits = hits_record(torch.where(before, labels, labels + 10), torch.where(right, labels, labels + 10), labels, 3,
+                       [1], [0, 2])
+    figures = hits_h([hits], resamples=0)[1][0]
+    return {"tasks": [{**figures, "acc_f": acc_f, "acc_o": None, "hits": hits}]}
+
+
+def test_the_paired_choice_adopts_a_row_only_when_its_interval_clears_the_reference():
+    choice = _module(ROOT / "benchmarks" / "run_methods.py", "run_methods").paired_choice
+    labels = torch.arange(3).repeat_interleave(50)
+    right = (torch.arange(150) % 4 != 0) & (labels != 1)  # 75% of the retained images, none of the forgotten
+    one_more = right.clone()
+    one_more[torch.nonzero(~right & (labels != 1))[0]] = True  # one more image right: higher H, inside the noise
+    many_more = right | (labels != 1)  # every retained image right: clear of the noise
+    ref = _paired_row(labels, right)
+    out = choice({"ref": ref, "a": _paired_row(labels, one_more), "b": _paired_row(labels, many_more)}, resamples=400)
+    assert out["rows"]["a"]["mean_h"] > out["rows"]["ref"]["mean_h"] and out["rows"]["a"]["ci95"][0] <= 0
+    assert out["winner"] == "b" and out["rows"]["b"]["ci95"][0] > 0 and out["reference"] == "ref"
+    assert choice({"ref": ref, "a": _paired_row(labels, one_more)}, resamples=400)["winner"] is None
+    # the few-shot guards hold: a clear lead bought with Acc_f 2.5 does not count
+    assert choice({"ref": ref, "b": _paired_row(labels, many_more, acc_f=2.5)}, resamples=400)["winner"] is None
+    with pytest.raises(ValueError, match="no per-image hits"):
+        choice({"ref": ref, "old": {"tasks": [{k: v for k, v in ref["tasks"][0].items() if k != "hits"}]}})
 
 
 def test_paired_refuses_what_it_cannot_compare_in_one_line(tmp_path):
@@ -248,7 +264,8 @@ def test_paired_refuses_what_it_cannot_compare_in_one_line(tmp_path):
                               env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
 
     for result in (run(str(tmp_path), "a", "b"), run("benchmarks/faces_4shot_new_base", "no such row", "lwf"),
-                   run("benchmarks/faces_4shot_new_base", "lwf", "lwf")):
+                   run("benchmarks/faces_4shot_new_base", "lwf", "lwf"),
+                   run("benchmarks/faces_4shot_new_base", "lwf", "retrain")):  # measured before rows kept hits
         assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert "Traceback" not in result.stderr and result.stderr.startswith("paired.py: ")
 

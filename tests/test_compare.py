@@ -198,3 +198,27 @@ def test_a_request_of_many_classes_keeps_its_column_header_short(comparison):
             task["forget_classes"] = many
     header = comparison_markdown(result).splitlines()[6]
     assert "| person_0 + person_1 + person_2 + 17 more (0) |" in header and "person_3" not in header
+
+
+def test_each_request_keeps_its_hits_and_the_table_says_how_far_each_method_is_from_the_first(comparison):
+    """The per-image hits a row keeps give its request figures back, and comparison.md states each method's mean-H
+    difference from the first with its paired interval (what benchmarks/paired.py and the paired choice rule read)."""
+    from gslora.metrics.paired import against_first, hits_h
+
+    out, _ = comparison
+    methods = json.loads((out / "comparison.json").read_text())["methods"]
+    for label in ("GS-LoRA", "RL*", "ssd"):
+        [task] = methods[label]["tasks"]
+        assert sum(task["hits"]["class_counts"]) == 2000 and task["hits"]["forget"] == [8, 7]
+        [figures] = hits_h([task["hits"]], resamples=0)[1]
+        for key, value in figures.items():
+            assert value == pytest.approx(task[key], abs=1e-4), (label, key)
+    pairs = against_first(methods)
+    assert list(pairs) == ["RL*", "ssd"]  # "broken" failed: no row
+    difference = methods["RL*"]["tasks"][0]["h_mean"] - methods["GS-LoRA"]["tasks"][0]["h_mean"]
+    assert pairs["RL*"]["mean_h_difference"] == pytest.approx(difference)
+    low, high = pairs["RL*"]["ci95"]
+    assert low < high
+    table = (out / "comparison.md").read_text()
+    assert "| method | mean H | minus GS-LoRA | 95% interval | resamples ahead |" in table
+    assert f"| RL* | {methods['RL*']['tasks'][0]['h_mean']:.2f} | {difference:+.2f} | {low:+.2f} .. {high:+.2f} |" in table

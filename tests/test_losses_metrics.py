@@ -42,3 +42,62 @@ def test_request_metrics_h_variants():
     assert m["h_mean_original"] == pytest.approx(2 * 88 * 70 / 158)
     assert m["h_exact"] == pytest.approx(2 * 80 * 72 / 152)
     assert parameter_ratio(245_760, 19_157_504) == pytest.approx(0.01283, abs=1e-5)
+
+
+def _hits(labels: torch.Tensor, right: torch.Tensor, *, forget=(1,), retain=(0, 2)) -> dict:
+    """A request's hits record with the original model right on every image and ``right`` after it."""
+    from gslora.metrics.paired import hits_record
+
+    return hits_record(labels.clone(), torch.where(right, labels, labels + 10), labels, 3, forget, retain)
+
+
+def test_hits_are_kept_per_image_in_class_order_and_give_the_request_figures_back():
+    from gslora.metrics.paired import hits_h, read_hits
+
+    labels = torch.tensor([2, 0, 1, 0, 1, 2, 1, 0, 0])
+    right = torch.tensor([True, False, False, True, True, True, False, True, True])
+    record = _hits(labels, right)
+    before, after, counts = read_hits(record)
+    assert counts == [4, 3, 2] and before.all()
+    assert after.tolist() == [False, True, True, True, False, True, False, True, True]  # class 0, then 1, then 2
+    h, [figures] = hits_h([record], resamples=10)
+    expected = request_metrics(acc_f=100 / 3, acc_r=500 / 6, acc_o=None, acc_f_before=100.0, acc_r_before=100.0,
+                               acc_f_original=100.0)
+    for key in ("h_mean", "acc_f", "acc_r", "acc_f_before", "acc_r_before"):
+        assert figures[key] == pytest.approx(expected[key])
+    assert h.shape == (11, 1) and h[0, 0] == pytest.approx(expected["h_mean"])
+
+
+def test_resamples_redraw_each_class_with_replacement_and_the_same_for_every_vector():
+    from gslora.metrics.paired import resampled_class_sums
+
+    counts = [2, 3, 1]
+    correct = torch.tensor([True, False, True, True, False, True])
+    sums = resampled_class_sums(correct, counts, 500, torch.Generator().manual_seed(0))
+    assert sums[0].tolist() == [1.0, 2.0, 1.0]  # the first row is the images themselves
+    assert (sums[1:, 2] == 1.0).all() and ((sums[1:, 0] >= 0) & (sums[1:, 0] <= 2)).all()
+    assert len(sums[1:, 1].unique()) > 1  # class 1's hits vary between draws (a shuffle would keep them at 2)
+    assert (sums[1:, 1] == 3).any()  # ... with replacement: one image drawn three times
+    again = resampled_class_sums(correct, counts, 500, torch.Generator().manual_seed(0))
+    flipped = resampled_class_sums(~correct, counts, 500, torch.Generator().manual_seed(0))
+    assert torch.equal(sums, again)  # the same seed and counts draw the same images ...
+    assert torch.equal(sums + flipped, torch.tensor(counts, dtype=torch.float64).expand(501, 3))  # ... for any vector
+
+
+def test_a_paired_difference_is_zero_for_one_row_and_clear_for_a_row_right_on_more_images():
+    from gslora.metrics.paired import against_first
+
+    labels = torch.arange(3).repeat_interleave(40)
+    g = torch.Generator().manual_seed(1)
+    right = torch.rand(120, generator=g) < 0.7
+    right[labels == 1] = False  # forgotten
+    better = right | (labels != 1)  # every retained image right
+
+    def row(hits_after: torch.Tensor) -> dict:
+        return {"tasks": [{"hits": _hits(labels, hits_after)}]}
+
+    pairs = against_first({"ref": row(right), "same": row(right), "better": row(better)}, resamples=300)
+    assert pairs["same"]["mean_h_difference"] == 0 and pairs["same"]["ci95"] == [0.0, 0.0]
+    assert pairs["better"]["mean_h_difference"] > 0 and pairs["better"]["ci95"][0] > 0
+    assert pairs["better"]["share_a_ahead"] == 1.0 and pairs["better"]["reference"] == "ref"
+    assert against_first({"ref": row(right), "other": {"tasks": [{"acc_f": 0.0}]}}) == {}  # no hits, no pairs

@@ -111,7 +111,7 @@ def summarize(manifest: dict[str, Any]) -> dict[str, Any]:
         task = {"task": r["index"], "forget_classes": r["forget_class_names"],
                 **{k: m[k] for k in TASK_KEYS if m.get(k) is not None}, "seconds": r["seconds"],
                 "trainable_ratio": r.get("trainable_ratio"), "ratio_meaning": r.get("ratio_meaning", "trainable")}
-        for key in ("tar_f", "tar_r", "tar_f_before", "tar_r_before", "margin"):
+        for key in ("tar_f", "tar_r", "tar_f_before", "tar_r_before", "margin", "hits"):
             if key in m:
                 task[key] = m[key]
         if r.get("delta_norms"):

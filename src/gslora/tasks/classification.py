@@ -16,6 +16,7 @@ from gslora.engine.loop import Profile, ProgressFactory, train_request
 from gslora.errors import GSLoRAError
 from gslora.methods import Method, TaskContext
 from gslora.metrics import accuracy, request_metrics, verification
+from gslora.metrics.paired import hits_record
 from gslora.models import VisionClassifier, load_checkpoint, read_checkpoint_meta, save_checkpoint
 from gslora.tasks.base import Subsets, Task, register_task
 
@@ -93,7 +94,8 @@ class Classification(Task):
 
     def measure(self, dataset: Dataset, request: Request, before: Predictions, after: Predictions,
                 base: dict[str, torch.Tensor], config: Any) -> dict[str, Any]:
-        """Accuracies and H (plain, and margin-penalised for margin heads), per-class accuracy, verification."""
+        """Accuracies and H (plain, and margin-penalised for margin heads), per-class accuracy, each evaluation
+        image's top-1 hit before and after (``hits``: what a paired comparison of two methods needs), verification."""
         labels = dataset.test.labels
 
         def readings(key: str) -> dict[str, float | None]:
@@ -113,6 +115,8 @@ class Classification(Task):
                                 "after": [accuracy(after.top1, labels, [c]) for c in range(dataset.num_classes)]}
         if after.margin_top1 is not None and "margin_top1" in base:
             metrics["margin"] = readings("margin_top1")
+        metrics["hits"] = hits_record(before.top1, after.top1, labels, dataset.num_classes, request.forget,
+                                      request.retain)
         if after.embeddings is not None and before.embeddings is not None:
             keep = torch.arange(len(labels))
             if len(labels) > config.verification_images:

@@ -25,7 +25,7 @@ import torch
 
 from gslora.engine.provenance import stamp
 from gslora.io import atomic_write_text
-from gslora.metrics.paired import has_hits, hits_h, paired_difference
+from gslora.metrics.paired import has_hits, pair, rows_h
 
 
 def refuse(reason: str) -> NoReturn:
@@ -35,8 +35,8 @@ def refuse(reason: str) -> NoReturn:
 
 
 def row_hits(folder: Path, results: dict, labels: list[str]) -> dict[str, list[dict]]:
-    """Each row's per-request hits, as results.json keeps them; refused for a row that is not measured or was
-    measured before rows kept their hits."""
+    """Each row's per-request hits, as results.json keeps them; refused for a row that is not measured or keeps no
+    hits."""
     hits = {}
     for label in labels:
         row = results["methods"].get(label, {})
@@ -44,8 +44,8 @@ def row_hits(folder: Path, results: dict, labels: list[str]) -> dict[str, list[d
             refuse(f"{label!r} is not a measured row of {folder.name}/results.json; its rows: "
                    f"{', '.join(k for k, r in results['methods'].items() if r.get('tasks'))}")
         if not has_hits(row):
-            refuse(f"{label!r} keeps no per-image hits (it was measured before rows kept them); re-create the "
-                   f"folder with python benchmarks/run.py benchmarks/{folder.name}")
+            refuse(f"{label!r} keeps no per-image hits (measured before rows kept them, or not a classification "
+                   f"row); re-create the folder with python benchmarks/run.py {folder.name}")
         hits[label] = [t["hits"] for t in row["tasks"]]
     return hits
 
@@ -55,26 +55,23 @@ def scored_rows(folder: Path, results: dict, labels: list[str], *, resamples: in
     """Each row's (resamples + 1, requests) H on the same resamples, and the number of evaluation images; refused
     when the rows were measured on different images or a row's hits do not give its committed figures."""
     hits = row_hits(folder, results, labels)
-    counts = {json.dumps(records[0]["class_counts"]) for records in hits.values()}
-    if len(counts) > 1:
-        refuse(f"the rows {', '.join(map(repr, hits))} were measured on different evaluation images; compare rows "
-               "of one benchmark")
-    h = {}
-    for label, records in hits.items():
-        h[label], figures = hits_h(records, resamples)
+    try:
+        scored = rows_h(hits, resamples=resamples)
+    except ValueError as error:
+        refuse(f"{error}; compare rows of one benchmark")
+    for label, (_, figures) in scored.items():
         committed = [{k: t[k] for k in figures[0]} for t in results["methods"][label]["tasks"]]
         same = len(figures) == len(committed) and all(
             abs(x[k] - y[k]) <= 1e-4 for x, y in zip(figures, committed, strict=False) for k in x)
         if not same:
             refuse(f"the hits of {label!r} do not give the committed row (per request {figures}, committed "
-                   f"{committed}); re-run python benchmarks/run.py benchmarks/{folder.name} --methods \"{label}\"")
-    return h, sum(json.loads(next(iter(counts))))
+                   f"{committed}); re-run python benchmarks/run.py {folder.name} --methods \"{label}\"")
+    return {label: h for label, (h, _) in scored.items()}, sum(next(iter(hits.values()))[0]["class_counts"])
 
 
 def pair_entry(h: dict[str, torch.Tensor], a: str, b: str, *, resamples: int, images: int) -> dict:
     """The pair's entry of paired.json, from both rows' H on the same resamples."""
-    return {"a": a, "b": b, "resamples": resamples, "seed": 0, "evaluation_images": images,
-            "mean_h": {a: float(h[a][0].mean()), b: float(h[b][0].mean())}, **paired_difference(h[a], h[b]),
+    return {"a": a, "b": b, "resamples": resamples, "seed": 0, "evaluation_images": images, **pair(h, a, b),
             **stamp()}
 
 

@@ -144,22 +144,26 @@ def tar_choice(methods: dict, *, guard: float = 2.0, keep: float = 0.9, h_margin
 
 def paired_choice(methods: dict, *, guard: float = 2.0, keep: float = 0.9, resamples: int = 2000) -> dict:
     """The paired choice rule (``fewshot_choice``'s guards, the 1-point margin replaced by the sampling noise): a row
-    other than the first (the reference) wins only if it passes the guards and the 95% interval of its mean-H
-    difference from the reference, over paired resamples of the evaluation images (``gslora.metrics.paired``), lies
-    above 0; among several such rows, the highest mean H. The rows must keep their per-image hits."""
-    lacking = [n for n, r in methods.items() if not has_hits(r)]
+    other than the first (the reference, which need not pass the guards) wins only if it passes the guards and the
+    interval of its mean-H difference from the reference, over paired resamples of the evaluation images
+    (``gslora.metrics.paired``), lies above 0; among several such rows, the highest mean H. With k candidates the
+    interval's level is 1 - 0.05 / k (Bonferroni), so that a candidate no better than the reference wins with a chance
+    of at most 2.5%. A failed row (no requests) does not pass; the measured rows must keep their per-image hits."""
+    measured = {n: r for n, r in methods.items() if r.get("tasks")}
+    lacking = [n for n, r in measured.items() if not has_hits(r)]
     if lacking:
-        raise ValueError(f"rows {lacking} keep no per-image hits (measured before rows kept them): re-run them")
-    rows = guarded_rows(methods, guard=guard, keep=keep)
+        raise ValueError(f"rows {lacking} keep no per-image hits: re-run them with this gslora")
+    rows = guarded_rows(measured, guard=guard, keep=keep)
     reference = next(iter(methods))
-    pairs = against_first({reference: methods[reference], **{n: r for n, r in methods.items() if rows[n]["passes"]}},
-                          resamples=resamples)
-    for name, pair in pairs.items():
-        rows[name].update(mean_h_difference=pair["mean_h_difference"], ci95=pair["ci95"],
-                          share_ahead=pair["share_a_ahead"])
-    clear = [n for n in pairs if below(0.0, pairs[n]["ci95"][0])]
+    level = 1 - 0.05 / max(len(methods) - 1, 1)
+    passing = {n: r for n, r in measured.items() if n == reference or rows[n]["passes"]}
+    pairs = against_first(passing, resamples=resamples, level=level) if reference in measured else {}
+    for name, entry in pairs.items():
+        rows[name].update(mean_h_difference=entry["mean_h_difference"], ci95=entry["ci95"],
+                          ci=entry.get("ci", entry["ci95"]), share_ahead=entry["share_a_ahead"])
+    clear = [n for n in pairs if below(0.0, rows[n]["ci"][0])]
     best = max(clear, key=lambda n: rows[n]["mean_h"], default=None)
-    return {"rows": rows, "reference": reference, "resamples": resamples, "winner": best}
+    return {"rows": rows, "reference": reference, "resamples": resamples, "level": level, "winner": best}
 
 
 def baseline_standing(methods: dict) -> dict:
@@ -212,12 +216,15 @@ def main() -> int:
         results["targets"] = check_targets(config["targets"], comparison["methods"])
     write_results(folder, results, {**config, "base": pre_info["config"], "base_file": config["base"]})
     saved = json.loads((folder / "results.json").read_text())
-    kept = [(a, b) for a, b in committed_pairs(source) if has_hits(saved["methods"].get(a, {}))
-            and has_hits(saved["methods"].get(b, {}))]
-    if kept:  # the pairs of paired.json follow their rows
-        write_pairs(folder, saved, kept)
     (folder / "report.md").write_text(report(source, saved))
     plot_comparison(saved, folder / "comparison.png")
+    pairs = committed_pairs(source)
+    kept = [(a, b) for a, b in pairs if has_hits(saved["methods"].get(a, {})) and has_hits(saved["methods"].get(b, {}))]
+    if kept:  # the pairs of paired.json follow their rows
+        write_pairs(folder, saved, kept)
+    for a, b in sorted(set(pairs) - set(kept)):
+        print(f"paired.json: {a!r} | {b!r} kept as it was (a row keeps no per-image hits); re-run both rows to "
+              "re-create it", file=sys.stderr)
     print((folder / "report.md").read_text())
     if "targets" in results:
         print(json.dumps(results["targets"], indent=2))

@@ -234,9 +234,9 @@ def _paired_row(labels: torch.Tensor, right: torch.Tensor, *, acc_f: float = 0.0
     from gslora.metrics.paired import hits_h, hits_record
 
     before = (torch.arange(len(labels)) % 4 != 0) | (labels == 1)
-    hits = hits_record(torch.where(before, labels, labels + 10), torch.where(right, labels, labels + 10), labels, 3,
-                       [1], [0, 2])
-    figures = hits_h([hits], resamples=0)[1][0]
+    hits = hits_record(torch.where(before, labels, labels + 10), torch.where(right, labels, labels + 10),
+                       labels=labels, num_classes=3, forget=[1], retain=[0, 2])
+    figures = hits_h([hits], resamples=1)[1][0]
     return {"tasks": [{**figures, "acc_f": acc_f, "acc_o": None, "hits": hits}]}
 
 
@@ -249,8 +249,12 @@ def test_the_paired_choice_adopts_a_row_only_when_its_interval_clears_the_refere
     many_more = right | (labels != 1)  # every retained image right: clear of the noise
     ref = _paired_row(labels, right)
     out = choice({"ref": ref, "a": _paired_row(labels, one_more), "b": _paired_row(labels, many_more)}, resamples=400)
-    assert out["rows"]["a"]["mean_h"] > out["rows"]["ref"]["mean_h"] and out["rows"]["a"]["ci95"][0] <= 0
-    assert out["winner"] == "b" and out["rows"]["b"]["ci95"][0] > 0 and out["reference"] == "ref"
+    assert out["rows"]["a"]["mean_h"] > out["rows"]["ref"]["mean_h"] and out["rows"]["a"]["ci"][0] <= 0
+    assert out["winner"] == "b" and out["rows"]["b"]["ci"][0] > 0 and out["reference"] == "ref"
+    assert out["level"] == 0.975 and out["rows"]["b"]["ci"][0] <= out["rows"]["b"]["ci95"][0]  # two candidates
+    # a failed row does not pass, and does not stop the rule
+    assert choice({"ref": ref, "b": _paired_row(labels, many_more), "x": {"error": "non-finite", "tasks": []}},
+                  resamples=400)["winner"] == "b"
     assert choice({"ref": ref, "a": _paired_row(labels, one_more)}, resamples=400)["winner"] is None
     # the few-shot guards hold: a clear lead bought with Acc_f 2.5 does not count
     assert choice({"ref": ref, "b": _paired_row(labels, many_more, acc_f=2.5)}, resamples=400)["winner"] is None
@@ -258,16 +262,34 @@ def test_the_paired_choice_adopts_a_row_only_when_its_interval_clears_the_refere
         choice({"ref": ref, "old": {"tasks": [{k: v for k, v in ref["tasks"][0].items() if k != "hits"}]}})
 
 
-def test_paired_refuses_what_it_cannot_compare_in_one_line(tmp_path):
-    def run(*args):
-        return subprocess.run([sys.executable, "benchmarks/paired.py", *args], cwd=ROOT, capture_output=True, text=True,
-                              env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+def test_paired_writes_a_pair_from_the_rows_hits_and_refuses_what_it_cannot_compare_in_one_line(tmp_path):
+    labels = torch.arange(3).repeat_interleave(50)
+    right = (torch.arange(150) % 4 != 0) & (labels != 1)
+    rows = {"ref": _paired_row(labels, right), "better": _paired_row(labels, right | (labels != 1)),
+            "old": {"tasks": [{k: v for k, v in _paired_row(labels, right)["tasks"][0].items() if k != "hits"}]}}
+    wrong = _paired_row(labels, right)
+    wrong["tasks"][0]["h_mean"] += 1.0  # hits that do not give the row's figures
+    rows["wrong"] = wrong
+    folder = tmp_path / "bench"
+    folder.mkdir()
+    (folder / "config.yaml").write_text("methods: {}\n")
+    (folder / "results.json").write_text(json.dumps({"methods": rows}))
 
-    for result in (run(str(tmp_path), "a", "b"), run("benchmarks/faces_4shot_new_base", "no such row", "lwf"),
-                   run("benchmarks/faces_4shot_new_base", "lwf", "lwf"),
-                   run("benchmarks/faces_4shot_new_base", "lwf", "retrain")):  # measured before rows kept hits
+    def run(*args):
+        return subprocess.run([sys.executable, "benchmarks/paired.py", *args, "--resamples", "200"], cwd=ROOT,
+                              capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+
+    written = run(str(folder), "better", "ref")
+    assert written.returncode == 0, written.stderr
+    entry = json.loads((folder / "paired.json").read_text())["pairs"]["better | ref"]
+    means = {k: r["tasks"][0]["h_mean"] for k, r in rows.items()}
+    assert entry["mean_h_difference"] == pytest.approx(means["better"] - means["ref"]) and entry["ci95"][0] > 0
+    assert entry["resamples"] == 200 and entry["evaluation_images"] == 150 and "commit" in entry
+    for result in (run(str(tmp_path), "a", "b"), run(str(folder), "no such row", "ref"), run(str(folder), "ref", "ref"),
+                   run(str(folder), "old", "ref"), run(str(folder), "wrong", "ref")):
         assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert "Traceback" not in result.stderr and result.stderr.startswith("paired.py: ")
+    assert list(json.loads((folder / "paired.json").read_text())["pairs"]) == ["better | ref"]  # nothing lost
 
 
 def test_a_committed_paired_comparison_starts_from_the_committed_rows():

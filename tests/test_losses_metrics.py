@@ -44,11 +44,12 @@ def test_request_metrics_h_variants():
     assert parameter_ratio(245_760, 19_157_504) == pytest.approx(0.01283, abs=1e-5)
 
 
-def _hits(labels: torch.Tensor, right: torch.Tensor, *, forget=(1,), retain=(0, 2)) -> dict:
+def _hits(labels: torch.Tensor, right: torch.Tensor, *, forget=(1,), retain=(0, 2), num_classes: int = 3) -> dict:
     """A request's hits record with the original model right on every image and ``right`` after it."""
     from gslora.metrics.paired import hits_record
 
-    return hits_record(labels.clone(), torch.where(right, labels, labels + 10), labels, 3, forget, retain)
+    return hits_record(labels.clone(), torch.where(right, labels, labels + 10), labels=labels,
+                       num_classes=num_classes, forget=forget, retain=retain)
 
 
 def test_hits_are_kept_per_image_in_class_order_and_give_the_request_figures_back():
@@ -57,8 +58,8 @@ def test_hits_are_kept_per_image_in_class_order_and_give_the_request_figures_bac
     labels = torch.tensor([2, 0, 1, 0, 1, 2, 1, 0, 0])
     right = torch.tensor([True, False, False, True, True, True, False, True, True])
     record = _hits(labels, right)
-    before, after, counts = read_hits(record)
-    assert counts == [4, 3, 2] and before.all()
+    before, after = read_hits(record)
+    assert record["class_counts"] == [4, 3, 2] and before.all()
     assert after.tolist() == [False, True, True, True, False, True, False, True, True]  # class 0, then 1, then 2
     h, [figures] = hits_h([record], resamples=10)
     expected = request_metrics(acc_f=100 / 3, acc_r=500 / 6, acc_o=None, acc_f_before=100.0, acc_r_before=100.0,
@@ -71,17 +72,41 @@ def test_hits_are_kept_per_image_in_class_order_and_give_the_request_figures_bac
 def test_resamples_redraw_each_class_with_replacement_and_the_same_for_every_vector():
     from gslora.metrics.paired import resampled_class_sums
 
-    counts = [2, 3, 1]
+    counts = [2, 3, 0, 1]
     correct = torch.tensor([True, False, True, True, False, True])
-    sums = resampled_class_sums(correct, counts, 500, torch.Generator().manual_seed(0))
-    assert sums[0].tolist() == [1.0, 2.0, 1.0]  # the first row is the images themselves
-    assert (sums[1:, 2] == 1.0).all() and ((sums[1:, 0] >= 0) & (sums[1:, 0] <= 2)).all()
+    sums = resampled_class_sums(correct, counts, resamples=500, generator=torch.Generator().manual_seed(0))
+    assert sums[0].tolist() == [1.0, 2.0, 0.0, 1.0]  # the first row is the images themselves
+    assert (sums[1:, 3] == 1.0).all() and (sums[1:, 2] == 0).all() and ((sums[1:, 0] >= 0) & (sums[1:, 0] <= 2)).all()
     assert len(sums[1:, 1].unique()) > 1  # class 1's hits vary between draws (a shuffle would keep them at 2)
     assert (sums[1:, 1] == 3).any()  # ... with replacement: one image drawn three times
-    again = resampled_class_sums(correct, counts, 500, torch.Generator().manual_seed(0))
-    flipped = resampled_class_sums(~correct, counts, 500, torch.Generator().manual_seed(0))
-    assert torch.equal(sums, again)  # the same seed and counts draw the same images ...
-    assert torch.equal(sums + flipped, torch.tensor(counts, dtype=torch.float64).expand(501, 3))  # ... for any vector
+    # the draws: class by class, randint(count, (resamples, count)) from the generator (what the paired.json files of
+    # 2026-12-05 were drawn with); the same for every vector of a call
+    generator, expected, start = torch.Generator().manual_seed(0), torch.zeros(500, 4, dtype=torch.float64), 0
+    for c, count in enumerate(counts):
+        if count:
+            expected[:, c] = correct[start + torch.randint(count, (500, count), generator=generator)].double().sum(1)
+        start += count
+    assert torch.equal(sums[1:], expected)
+    both = resampled_class_sums(torch.stack([correct, ~correct]), counts, resamples=500,
+                                generator=torch.Generator().manual_seed(0))
+    assert torch.equal(both[0], sums)
+    assert torch.equal(both[0] + both[1], torch.tensor(counts, dtype=torch.float64).expand(501, 4))
+
+
+def test_hits_of_other_images_are_not_paired_and_an_empty_class_set_has_no_h():
+    from gslora.metrics.paired import against_first, hits_h, rows_h
+
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    right = torch.tensor([True, False, True, True, False, False])
+    shuffled = labels[[1, 0, 2, 3, 4, 5]]  # the same class counts, other images at the positions
+    other = _hits(shuffled, right)
+    with pytest.raises(ValueError, match="different evaluation images"):
+        rows_h({"a": [_hits(labels, right)], "b": [other]}, resamples=10)
+    rows = {"a": {"tasks": [{"hits": _hits(labels, right)}]}, "b": {"tasks": [{"hits": other}]},
+            "c": {"tasks": [{"hits": _hits(labels, ~right)}]}}
+    assert list(against_first(rows, resamples=10)) == ["c"]  # b left out, not paired position by position
+    with pytest.raises(ValueError, match="no evaluation images"):
+        hits_h([_hits(labels, right, forget=(3,), retain=(0, 1, 2), num_classes=4)], resamples=10)
 
 
 def test_a_paired_difference_is_zero_for_one_row_and_clear_for_a_row_right_on_more_images():

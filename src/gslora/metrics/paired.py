@@ -11,6 +11,7 @@ candidates.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from collections.abc import Sequence
 
@@ -18,6 +19,11 @@ import numpy as np
 import torch
 
 from gslora.metrics import h_mean
+
+
+def labels_digest(labels: torch.Tensor) -> str:
+    """SHA-256 of the evaluation labels in their order: two measurements on the same images share it."""
+    return hashlib.sha256(labels.to(torch.int64).numpy().tobytes()).hexdigest()
 
 
 def class_order(labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, list[int]]:
@@ -36,45 +42,54 @@ def unpack(text: str, count: int) -> torch.Tensor:
     return torch.from_numpy(bits.astype(bool))
 
 
-def hits_record(before: torch.Tensor, after: torch.Tensor, labels: torch.Tensor, num_classes: int,
+def hits_record(before: torch.Tensor, after: torch.Tensor, *, labels: torch.Tensor, num_classes: int,
                 forget: Sequence[int], retain: Sequence[int]) -> dict:
     """A request's ``hits``: top-1 correctness of the model before and after it on each evaluation image (class
-    order, packed), the class counts and the request's forget and retain classes: all its H needs."""
+    order, packed), the class counts, the labels' digest and the request's forget and retain classes: all its H
+    needs."""
     order, counts = class_order(labels, num_classes)
-    return {"class_counts": counts, "forget": list(forget), "retain": list(retain),
-            "before": pack((before == labels)[order]), "after": pack((after == labels)[order])}
+    return {"class_counts": counts, "labels_sha256": labels_digest(labels), "forget": list(forget),
+            "retain": list(retain), "before": pack((before == labels)[order]), "after": pack((after == labels)[order])}
 
 
-def read_hits(record: dict) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """(before, after, class counts) of a ``hits_record``."""
+def read_hits(record: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(before, after) of a ``hits_record``, one bool per image in class order."""
     count = sum(record["class_counts"])
-    return unpack(record["before"], count), unpack(record["after"], count), record["class_counts"]
+    return unpack(record["before"], count), unpack(record["after"], count)
 
 
-def resampled_class_sums(correct: torch.Tensor, class_counts: Sequence[int], resamples: int,
+def resampled_class_sums(correct: torch.Tensor, class_counts: Sequence[int], *, resamples: int,
                          generator: torch.Generator) -> torch.Tensor:
-    """(resamples + 1, classes): correct images per class, first on the images themselves, then on resamples that
-    redraw each class's images with replacement (``correct``: one bool per image, in class order). The same
-    generator state and class counts draw the same resamples for every vector."""
-    sums = torch.zeros(resamples + 1, len(class_counts), dtype=torch.float64)
+    """(vectors, resamples + 1, classes): correct images per class of each hits vector (``correct``: (vectors,
+    images) bools in class order; one vector gives (resamples + 1, classes)), first on the images themselves, then on
+    resamples that redraw each class's images with replacement, the same draws for every vector: class by class,
+    ``randint(count, (resamples, count))`` from ``generator``."""
+    vectors = torch.atleast_2d(correct).double()
+    sums = torch.zeros(len(vectors), resamples + 1, len(class_counts), dtype=torch.float64)
     start = 0
     for c, count in enumerate(class_counts):
         if count:
-            block = correct[start:start + count].double()
-            sums[0, c] = block.sum()
-            sums[1:, c] = block[torch.randint(count, (resamples, count), generator=generator)].sum(1)
+            block = vectors[:, start:start + count]
+            picks = torch.randint(count, (resamples, count), generator=generator)
+            times = torch.zeros(resamples, count, dtype=torch.float64).scatter_add_(
+                1, picks, torch.ones(resamples, count, dtype=torch.float64))  # how often each image is drawn
+            sums[:, 0, c] = block.sum(1)
+            sums[:, 1:, c] = block @ times.T
         start += count
-    return sums
+    return sums if correct.dim() > 1 else sums[0]
 
 
-def request_h(before: torch.Tensor, after: torch.Tensor, class_counts: Sequence[int], forget: Sequence[int],
+def request_h(before: torch.Tensor, after: torch.Tensor, *, class_counts: Sequence[int], forget: Sequence[int],
               retain: Sequence[int]) -> tuple[torch.Tensor, dict[str, float]]:
     """One request's H on each resample (from ``resampled_class_sums`` before and after it), and its figures
     without resampling (``h_mean``, ``acc_f``, ``acc_r``, ``acc_f_before``, ``acc_r_before``)."""
     counts = torch.tensor(class_counts, dtype=torch.float64)
 
     def accuracy(per_class: torch.Tensor, classes: Sequence[int]) -> torch.Tensor:
-        return 100.0 * per_class[:, list(classes)].sum(1) / counts[list(classes)].sum()
+        images = counts[list(classes)].sum()
+        if images == 0:
+            raise ValueError(f"classes {list(classes)} have no evaluation images: no accuracy, no H")
+        return 100.0 * per_class[:, list(classes)].sum(1) / images
 
     acc = {"acc_f": accuracy(after, forget), "acc_r": accuracy(after, retain),
            "acc_f_before": accuracy(before, forget), "acc_r_before": accuracy(before, retain)}
@@ -83,22 +98,33 @@ def request_h(before: torch.Tensor, after: torch.Tensor, class_counts: Sequence[
     return h, {"h_mean": float(h[0]), **{k: float(v[0]) for k, v in acc.items()}}
 
 
-def hits_h(hits: Sequence[dict], resamples: int, seed: int = 0) -> tuple[torch.Tensor, list[dict[str, float]]]:
-    """(resamples + 1, requests) H of one method's requests (their ``hits_record``s) on the resamples that ``seed``
-    draws, and each request's figures without resampling. The same seed and class counts give every method, and
-    every request, the same resamples."""
-    counts = hits[0]["class_counts"]
-    columns, figures = [], []
-    for record in hits:
-        if record["class_counts"] != counts:
-            raise ValueError("the requests were measured on different evaluation images")
-        before, after, _ = read_hits(record)
-        sums = [resampled_class_sums(v, counts, resamples, torch.Generator().manual_seed(seed))
-                for v in (before, after)]
-        h, figure = request_h(*sums, counts, record["forget"], record["retain"])
-        columns.append(h)
-        figures.append(figure)
-    return torch.stack(columns, dim=1), figures
+def same_images(records: Sequence[dict]) -> bool:
+    """Whether hits records were measured on the same evaluation images (labels in the same order)."""
+    return len({(json.dumps(r["class_counts"]), r.get("labels_sha256")) for r in records}) <= 1
+
+
+def rows_h(rows: dict[str, Sequence[dict]], *, resamples: int, seed: int = 0
+           ) -> dict[str, tuple[torch.Tensor, list[dict[str, float]]]]:
+    """Per row (label -> its requests' ``hits_record``s): (resamples + 1, requests) H on the resamples that ``seed``
+    draws, the same for every row and request, and each request's figures without resampling."""
+    records = [record for hits in rows.values() for record in hits]
+    if not same_images(records):
+        raise ValueError(f"the rows {', '.join(map(repr, rows))} were measured on different evaluation images")
+    counts = records[0]["class_counts"]
+    vectors = torch.stack([v for record in records for v in read_hits(record)])
+    sums = iter(resampled_class_sums(vectors, counts, resamples=resamples,
+                                     generator=torch.Generator().manual_seed(seed)))
+    out = {}
+    for label, hits in rows.items():
+        scored = [request_h(next(sums), next(sums), class_counts=counts, forget=record["forget"],
+                            retain=record["retain"]) for record in hits]
+        out[label] = (torch.stack([h for h, _ in scored], dim=1), [figures for _, figures in scored])
+    return out
+
+
+def hits_h(hits: Sequence[dict], *, resamples: int, seed: int = 0) -> tuple[torch.Tensor, list[dict[str, float]]]:
+    """``rows_h`` of one row."""
+    return rows_h({"": hits}, resamples=resamples, seed=seed)[""]
 
 
 def interval(values: torch.Tensor, level: float = 0.95) -> list[float]:
@@ -107,12 +133,14 @@ def interval(values: torch.Tensor, level: float = 0.95) -> list[float]:
     return [float(values.quantile(tail)), float(values.quantile(1.0 - tail))]
 
 
-def paired_difference(h_a: torch.Tensor, h_b: torch.Tensor) -> dict:
-    """Mean-H difference a - b over the requests (row 0 of both: the data itself, then resamples), its 95% interval,
-    the share of resamples with a ahead, and the same per request."""
-    difference = h_a - h_b
+def pair(h: dict[str, torch.Tensor], a: str, b: str, *, level: float = 0.95) -> dict:
+    """Rows a and b (their ``rows_h`` H, row 0 the data itself, then resamples): both mean H over the requests, the
+    mean-H difference a - b, its 95% interval (``ci95``; with another ``level`` also ``ci`` at that level), the share
+    of resamples with a strictly ahead, and the same per request (95%)."""
+    difference = h[a] - h[b]
     mean = difference.mean(dim=1)
-    return {"mean_h_difference": float(mean[0]), "ci95": interval(mean[1:]),
+    return {"mean_h": {a: float(h[a][0].mean()), b: float(h[b][0].mean())}, "mean_h_difference": float(mean[0]),
+            "ci95": interval(mean[1:]), **({} if level == 0.95 else {"level": level, "ci": interval(mean[1:], level)}),
             "share_a_ahead": float((mean[1:] > 0).double().mean()),
             "per_request": [{"difference": float(difference[0, i]), "ci95": interval(difference[1:, i]),
                              "share_a_ahead": float((difference[1:, i] > 0).double().mean())}
@@ -124,16 +152,22 @@ def has_hits(row: dict) -> bool:
     return bool(row.get("tasks")) and all("hits" in t for t in row["tasks"])
 
 
-def against_first(methods: dict[str, dict], resamples: int = 2000, seed: int = 0) -> dict[str, dict]:
-    """Each row that keeps its hits against the first such row (the reference): ``paired_difference`` of their
-    mean H, plus both rows' mean H. Empty when fewer than two rows keep hits or their evaluation images differ."""
+def against_first(methods: dict[str, dict], *, resamples: int = 2000, seed: int = 0, level: float = 0.95
+                  ) -> dict[str, dict]:
+    """Each row against the first row that keeps its hits (the reference; named in each entry): ``pair``. Rows
+    without hits, with another number of requests or measured on other images than the reference are left out;
+    empty when no row is left beside the reference."""
     rows = {label: row for label, row in methods.items() if has_hits(row)}
-    if len(rows) < 2 or len({json.dumps(r["tasks"][0]["hits"]["class_counts"]) for r in rows.values()}) > 1:
+    if not rows:
         return {}
-    if len({len(r["tasks"]) for r in rows.values()}) > 1:
+    reference = next(iter(rows))
+    first = rows[reference]["tasks"]
+    rows = {label: row for label, row in rows.items() if len(row["tasks"]) == len(first)
+            and same_images([first[0]["hits"], row["tasks"][0]["hits"]])}
+    if len(rows) < 2:
         return {}
-    h = {label: hits_h([t["hits"] for t in row["tasks"]], resamples, seed)[0] for label, row in rows.items()}
-    reference, *others = rows
-    return {label: {"reference": reference, "resamples": resamples, "seed": seed,
-                    "mean_h": {label: float(h[label][0].mean()), reference: float(h[reference][0].mean())},
-                    **paired_difference(h[label], h[reference])} for label in others}
+    h = {label: scored[0] for label, scored in rows_h({k: [t["hits"] for t in r["tasks"]] for k, r in rows.items()},
+                                                        resamples=resamples, seed=seed).items()}
+    return {label: {"reference": reference, "resamples": resamples, "seed": seed, **pair(h, label, reference,
+                                                                                         level=level)}
+            for label in rows if label != reference}

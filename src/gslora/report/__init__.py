@@ -79,7 +79,7 @@ def paired_lines(methods: dict[str, Any]) -> list[str]:
     lines = ["", f"Mean H over the requests against {reference}, on the same evaluation images: the difference and "
              f"its 95% interval over {resamples} paired resamples (each class's images redrawn with replacement; "
              "the interval leaves out the spread between training seeds). An interval that holds 0 does not tell "
-             "the two apart.", "", f"| method | mean H | minus {reference} | 95% interval | resamples ahead |",
+             "the two apart.", "", f"| method | mean H | minus {reference} | 95% interval | resamples strictly ahead |",
              "|---|---|---|---|---|"]
     for label, pair in pairs.items():
         low, high = pair["ci95"]

@@ -3,7 +3,6 @@ margin-penalised accuracy and face verification."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +15,9 @@ from gslora.engine.loop import Profile, ProgressFactory, train_request
 from gslora.errors import GSLoRAError
 from gslora.methods import Method, TaskContext
 from gslora.metrics import accuracy, request_metrics, verification
-from gslora.metrics.paired import hits_record
+from gslora.metrics.paired import hits_record, labels_digest
 from gslora.models import VisionClassifier, load_checkpoint, read_checkpoint_meta, save_checkpoint
 from gslora.tasks.base import Subsets, Task, register_task
-
-
-def labels_digest(labels: torch.Tensor) -> str:
-    return hashlib.sha256(labels.to(torch.int64).numpy().tobytes()).hexdigest()
 
 
 class Classification(Task):
@@ -115,8 +110,8 @@ class Classification(Task):
                                 "after": [accuracy(after.top1, labels, [c]) for c in range(dataset.num_classes)]}
         if after.margin_top1 is not None and "margin_top1" in base:
             metrics["margin"] = readings("margin_top1")
-        metrics["hits"] = hits_record(before.top1, after.top1, labels, dataset.num_classes, request.forget,
-                                      request.retain)
+        metrics["hits"] = hits_record(before.top1, after.top1, labels=labels, num_classes=dataset.num_classes,
+                                      forget=request.forget, retain=request.retain)
         if after.embeddings is not None and before.embeddings is not None:
             keep = torch.arange(len(labels))
             if len(labels) > config.verification_images:

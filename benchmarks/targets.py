@@ -17,6 +17,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from gslora.metrics.paired import has_hits, pair, rows_h
+
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "targets.md"
 
@@ -215,6 +217,7 @@ def fewshot_table(lines: list[str], results: dict, caption: str) -> None:
     methods = {k: r for k, r in results["methods"].items() if r.get("tasks")}
     n = min(len(r["tasks"]) for r in methods.values())
     best = [max(r["tasks"][i]["h_mean"] for r in methods.values()) for i in range(n)]
+    noise = best_gap_intervals(methods, n) if all(has_hits(r) for r in methods.values()) else None
     rows = []
     for key in ("gs_lora", "gs_lora_pp", "gs_lora bnd auto", "gs_lora_pp bnd auto augment wd 0.5",
                 "gs_lora_pp bnd auto scatter 1", "gs_lora bnd auto rank 32 augment",
@@ -226,10 +229,35 @@ def fewshot_table(lines: list[str], results: dict, caption: str) -> None:
         rows.append([label(key), verdict([best[i] - tasks[i]["h_mean"] for i in range(n)], lambda v: v <= 1),
                      " / ".join(map(str, ranks)) + f" of {len(methods)}",
                      verdict([tasks[-1]["acc_r"] / tasks[0]["acc_r_before"]], lambda v: v >= 0.9, first=n - 1),
-                     " / ".join(fmt(t.get("acc_o")) for t in tasks[1:])])
+                     " / ".join(fmt(t.get("acc_o")) for t in tasks[1:])] + ([noise[key]] if noise else []))
     lines += [caption.format(rows=len(methods)), ""]
-    lines += table(["method", "best H - H <= 1", "rank by H", "Acc_r last / first >= 0.90", "Acc_o (requests 1-3)"],
-                   rows) + [""]
+    lines += table(["method", "best H - H <= 1", "rank by H", "Acc_r last / first >= 0.90", "Acc_o (requests 1-3)"]
+                   + (["best H - H, 95% paired interval"] if noise else []), rows) + [""]
+    if noise:
+        lines += ["The paired interval (`gslora.metrics.paired`: each class's test images redrawn with replacement, "
+                  "2000 times, the same draws for both rows) says whether a gap to the request's best row is clear of "
+                  "the sampling noise (lower end above 0) or inside it.", ""]
+
+
+def best_gap_intervals(methods: dict, n: int) -> dict[str, str]:
+    """Per row: for each request, the 95% paired interval of the best row's H minus the row's (``best`` for the best
+    row itself), and the requests where the gap is clear of the sampling noise."""
+    scored = rows_h({k: [t["hits"] for t in r["tasks"][:n]] for k, r in methods.items()}, resamples=2000)
+    h = {k: v[0] for k, v in scored.items()}
+    leaders = [max(methods, key=lambda k: methods[k]["tasks"][i]["h_mean"]) for i in range(n)]
+    out = {}
+    for key in methods:
+        cells, clear = [], []
+        for i, leader in enumerate(leaders):
+            if leader == key:
+                cells.append("best")
+                continue
+            low, high = pair(h, leader, key)["per_request"][i]["ci95"]
+            cells.append(f"{low:.2f}..{high:.2f}")
+            if low > 0:
+                clear.append(str(i))
+        out[key] = " / ".join(cells) + (f": clear on {', '.join(clear)}" if clear else ": inside the noise")
+    return out
 
 
 def missing_section(lines: list[str]) -> None:

@@ -656,3 +656,28 @@ def test_the_fashion_third_round_starts_from_the_setting_the_second_round_chose(
                              .read_text())
     assert next(iter(config3["methods"])) == chosen
     assert config3["methods"][chosen] == config2["methods"][chosen] and config3["forget"] == config2["forget"]
+
+
+def test_the_fashion_probe_round_adopts_only_a_guarded_candidate_clearly_closer_to_retrain():
+    rule = _module(ROOT / "benchmarks" / "verification_validation" / "run.py", "verification_validation_run")
+
+    def row(probe: list[float], mia: float = 0.0, acc_f: float = 0.0, acc_r: float = 90.0) -> dict:
+        versus = [{str(k): {"probe_accuracy": {"difference": p}, "mia_auc": {"difference": mia}}
+                   for k, p in enumerate(probe[:i + 1])} for i in range(2)]
+        tasks = [{"task": i, "acc_f": acc_f, "acc_r": acc_r, "acc_r_before": 90.0, "h_mean": 90.0, "h_exact": 90.0}
+                 for i in range(2)]
+        return {"tasks": tasks, "per_request": [{"versus_retrain": v} for v in versus]}
+
+    def winner(**candidates) -> str | None:
+        rows = {"GS-LoRA++": row([10.0, 10.0]), "GS-LoRA++ absorb 5": row([9.0, 9.0]), **candidates}
+        return rule.choose({"methods": rows})["winner"]
+
+    assert rule.probe_score(row([10.0, -4.0])) == pytest.approx((10 + 10 + 4) / 3)  # every request so far, absolute
+    auto, one, three = rule.CANDIDATES
+    assert winner(**{one: row([5.0, 5.0])}) == one  # 3.5 below absorb 5's 9
+    assert winner(**{one: row([6.5, 6.5])}) is None  # 2.5 below: not enough
+    assert winner(**{one: row([-1.0, 1.0]), three: row([0.5, 0.5])}) == three  # the lowest score
+    assert winner(**{one: row([1.0, 1.0], mia=0.06)}) is None  # MIA off Retrain's by more than 0.05
+    assert winner(**{one: row([1.0, 1.0], acc_f=1.5)}) is None  # the full-data targets guard
+    assert winner(**{one: row([1.0, 1.0], acc_r=87.0)}) is None  # Acc_r 0.967x before
+    assert winner(**{"GS-LoRA": row([0.0, 0.0])}) is None  # only the round's candidates compete

@@ -247,16 +247,17 @@ def best_gap_intervals(methods: dict, n: int) -> dict[str, str]:
     leaders = [max(methods, key=lambda k: methods[k]["tasks"][i]["h_mean"]) for i in range(n)]
     out = {}
     for key in methods:
-        cells, clear = [], []
+        cells, clear, noise = [], [], []
         for i, leader in enumerate(leaders):
             if leader == key:
                 cells.append("best")
                 continue
             low, high = pair(h, leader, key)["per_request"][i]["ci95"]
             cells.append(f"{low:.2f}..{high:.2f}")
-            if low > 0:
-                clear.append(str(i))
-        out[key] = " / ".join(cells) + (f": clear on {', '.join(clear)}" if clear else ": inside the noise")
+            (clear if low > 0 else noise).append(str(i))
+        verdicts = [f"{what} on {', '.join(where)}" for what, where in (("clear", clear), ("inside the noise", noise))
+                    if where]
+        out[key] = " / ".join(cells) + ": " + ("; ".join(verdicts) or "the best on every request")
     return out
 
 

@@ -542,7 +542,7 @@ def _setting_in_force(rounds: tuple[str, ...]) -> tuple[str, dict, dict]:
         folder = ROOT / "benchmarks" / name
         config = yaml.safe_load((folder / "config.yaml").read_text())
         results = json.loads((folder / "results.json").read_text())
-        assert config["targets"] in ("fewshot_choice", "tar_choice"), name
+        assert config["targets"] in ("fewshot_choice", "tar_choice", "paired_choice"), name
         choice = getattr(rules, config["targets"])(results["methods"])
         assert choice == results["targets"], name
         reference = next(iter(config["methods"]))
@@ -559,7 +559,8 @@ def _setting_in_force(rounds: tuple[str, ...]) -> tuple[str, dict, dict]:
       "faces_4shot_new_base_validation_round3", "faces_4shot_new_base_validation_round4"),
      "faces_fewshot_forget.yaml",
      ("faces_4shot_new_base",)),
-    (("fashion_mnist_4shot_levers_validation_round3",), "fewshot_forget.yaml",
+    (("fashion_mnist_4shot_levers_validation_round3", "fashion_mnist_4shot_levers_validation_round4"),
+     "fewshot_forget.yaml",
      ("fashion_mnist_baselines_4shot", "fashion_mnist_4shot_other_order"))])
 def test_a_shipped_fewshot_config_is_what_its_validation_rounds_chose(rounds, shipped_file, tests):
     """configs/<shipped_file> carries the setting the validation rounds' rule left in force, with those benchmarks'

@@ -70,7 +70,7 @@ def test_hits_are_kept_per_image_in_class_order_and_give_the_request_figures_bac
 
 
 def test_resamples_redraw_each_class_with_replacement_and_the_same_for_every_vector():
-    from gslora.metrics.paired import resampled_class_sums
+    from gslora.metrics.paired import resampled_class_sums, resampled_sums
 
     counts = [2, 3, 0, 1]
     correct = torch.tensor([True, False, True, True, False, True])
@@ -87,10 +87,14 @@ def test_resamples_redraw_each_class_with_replacement_and_the_same_for_every_vec
             expected[:, c] = correct[start + torch.randint(count, (500, count), generator=generator)].double().sum(1)
         start += count
     assert torch.equal(sums[1:], expected)
-    both = resampled_class_sums(torch.stack([correct, ~correct]), counts, resamples=500,
-                                generator=torch.Generator().manual_seed(0))
-    assert torch.equal(both[0], sums)
-    assert torch.equal(both[0] + both[1], torch.tensor(counts, dtype=torch.float64).expand(501, 4))
+    # two vectors, one summed over classes {0, 1}, the other per class: the same draws for both
+    groups = torch.zeros(2, 4, 4)
+    groups[0, [0, 1], 0] = 1
+    groups[1] = torch.eye(4)
+    both = resampled_sums(torch.stack([correct, ~correct]), counts, groups, resamples=500,
+                          generator=torch.Generator().manual_seed(0))
+    assert torch.equal(both[0, :, 0], sums[:, 0] + sums[:, 1]) and (both[0, :, 1:] == 0).all()
+    assert torch.equal(sums + both[1], torch.tensor(counts, dtype=torch.float64).expand(501, 4))
 
 
 def test_hits_of_other_images_are_not_paired_and_an_empty_class_set_has_no_h():

@@ -15,7 +15,6 @@ import hashlib
 import json
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 
 from gslora.metrics import h_mean
@@ -32,14 +31,20 @@ def class_order(labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, l
     return torch.argsort(labels, stable=True), torch.bincount(labels, minlength=num_classes).tolist()
 
 
+_BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
+
+
 def pack(correct: torch.Tensor) -> str:
-    """One bit per image, base64 (the JSON form of a hits vector)."""
-    return base64.b64encode(np.packbits(correct.cpu().numpy().astype(np.uint8)).tobytes()).decode("ascii")
+    """One bit per image, the first image in the highest bit of the first byte, base64 (the JSON form of a hits
+    vector)."""
+    bits = torch.zeros(-(-len(correct) // 8) * 8, dtype=torch.uint8)
+    bits[:len(correct)] = correct.cpu().to(torch.uint8)
+    return base64.b64encode(bytes((bits.view(-1, 8) * _BITS).sum(1, dtype=torch.uint8).tolist())).decode("ascii")
 
 
 def unpack(text: str, count: int) -> torch.Tensor:
-    bits = np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8))[:count]
-    return torch.from_numpy(bits.astype(bool))
+    data = torch.tensor(list(base64.b64decode(text)), dtype=torch.uint8)
+    return ((data[:, None] & _BITS) > 0).flatten()[:count]
 
 
 def hits_record(before: torch.Tensor, after: torch.Tensor, *, labels: torch.Tensor, num_classes: int,
@@ -58,14 +63,15 @@ def read_hits(record: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return unpack(record["before"], count), unpack(record["after"], count)
 
 
-def resampled_class_sums(correct: torch.Tensor, class_counts: Sequence[int], *, resamples: int,
-                         generator: torch.Generator) -> torch.Tensor:
-    """(vectors, resamples + 1, classes): correct images per class of each hits vector (``correct``: (vectors,
-    images) bools in class order; one vector gives (resamples + 1, classes)), first on the images themselves, then on
-    resamples that redraw each class's images with replacement, the same draws for every vector: class by class,
-    ``randint(count, (resamples, count))`` from ``generator``."""
-    vectors = torch.atleast_2d(correct).double()
-    sums = torch.zeros(len(vectors), resamples + 1, len(class_counts), dtype=torch.float64)
+def resampled_sums(correct: torch.Tensor, class_counts: Sequence[int], groups: torch.Tensor, *, resamples: int,
+                   generator: torch.Generator) -> torch.Tensor:
+    """(vectors, resamples + 1, sets): correct images in each class set of each hits vector (``correct``: (vectors,
+    images) bools in class order; ``groups``: (vectors, classes, sets), 1 where a class belongs to a vector's set),
+    first on the images themselves, then on resamples that redraw each class's images with replacement, the same
+    draws for every vector: class by class, ``randint(count, (resamples, count))`` from ``generator``. Memory grows
+    with the sets, not the classes."""
+    vectors = correct.double()
+    sums = torch.zeros(len(vectors), resamples + 1, groups.shape[2], dtype=torch.float64)
     start = 0
     for c, count in enumerate(class_counts):
         if count:
@@ -73,26 +79,28 @@ def resampled_class_sums(correct: torch.Tensor, class_counts: Sequence[int], *, 
             picks = torch.randint(count, (resamples, count), generator=generator)
             times = torch.zeros(resamples, count, dtype=torch.float64).scatter_add_(
                 1, picks, torch.ones(resamples, count, dtype=torch.float64))  # how often each image is drawn
-            sums[:, 0, c] = block.sum(1)
-            sums[:, 1:, c] = block @ times.T
+            per_class = torch.cat([block.sum(1, keepdim=True), block @ times.T], dim=1)  # (vectors, resamples + 1)
+            sums += per_class[:, :, None] * groups[:, c, None, :].double()
         start += count
-    return sums if correct.dim() > 1 else sums[0]
+    return sums
 
 
-def request_h(before: torch.Tensor, after: torch.Tensor, *, class_counts: Sequence[int], forget: Sequence[int],
-              retain: Sequence[int]) -> tuple[torch.Tensor, dict[str, float]]:
-    """One request's H on each resample (from ``resampled_class_sums`` before and after it), and its figures
-    without resampling (``h_mean``, ``acc_f``, ``acc_r``, ``acc_f_before``, ``acc_r_before``)."""
-    counts = torch.tensor(class_counts, dtype=torch.float64)
+def resampled_class_sums(correct: torch.Tensor, class_counts: Sequence[int], *, resamples: int,
+                         generator: torch.Generator) -> torch.Tensor:
+    """(resamples + 1, classes): ``resampled_sums`` of one hits vector with one set per class."""
+    eye = torch.eye(len(class_counts))[None]
+    return resampled_sums(correct[None], class_counts, eye, resamples=resamples, generator=generator)[0]
 
-    def accuracy(per_class: torch.Tensor, classes: Sequence[int]) -> torch.Tensor:
-        images = counts[list(classes)].sum()
-        if images == 0:
-            raise ValueError(f"classes {list(classes)} have no evaluation images: no accuracy, no H")
-        return 100.0 * per_class[:, list(classes)].sum(1) / images
 
-    acc = {"acc_f": accuracy(after, forget), "acc_r": accuracy(after, retain),
-           "acc_f_before": accuracy(before, forget), "acc_r_before": accuracy(before, retain)}
+def request_h(before: torch.Tensor, after: torch.Tensor, *, images: tuple[int, int]
+              ) -> tuple[torch.Tensor, dict[str, float]]:
+    """One request's H on each resample from the correct images of its forget and retain classes before and after
+    it ((resamples + 1, 2) each; ``images``: how many of each set there are), and its figures without resampling
+    (``h_mean``, ``acc_f``, ``acc_r``, ``acc_f_before``, ``acc_r_before``)."""
+    if 0 in images:
+        raise ValueError("a request's forget or retain classes have no evaluation images: no accuracy, no H")
+    acc = {"acc_f": 100.0 * after[:, 0] / images[0], "acc_r": 100.0 * after[:, 1] / images[1],
+           "acc_f_before": 100.0 * before[:, 0] / images[0], "acc_r_before": 100.0 * before[:, 1] / images[1]}
     drop = (acc["acc_f_before"] - acc["acc_f"]).tolist()
     h = torch.tensor([h_mean(d, r) for d, r in zip(drop, acc["acc_r"].tolist(), strict=True)], dtype=torch.float64)
     return h, {"h_mean": float(h[0]), **{k: float(v[0]) for k, v in acc.items()}}
@@ -111,13 +119,20 @@ def rows_h(rows: dict[str, Sequence[dict]], *, resamples: int, seed: int = 0
     if not same_images(records):
         raise ValueError(f"the rows {', '.join(map(repr, rows))} were measured on different evaluation images")
     counts = records[0]["class_counts"]
+    sets = torch.zeros(len(records), len(counts), 2)
+    for i, record in enumerate(records):
+        sets[i, record["forget"], 0] = 1
+        sets[i, record["retain"], 1] = 1
     vectors = torch.stack([v for record in records for v in read_hits(record)])
-    sums = iter(resampled_class_sums(vectors, counts, resamples=resamples,
-                                     generator=torch.Generator().manual_seed(seed)))
-    out = {}
+    sums = iter(resampled_sums(vectors, counts, sets.repeat_interleave(2, dim=0), resamples=resamples,
+                               generator=torch.Generator().manual_seed(seed)))
+    images = (sets * torch.tensor(counts, dtype=torch.float32)[None, :, None]).sum(1).int().tolist()
+    out, position = {}, 0
     for label, hits in rows.items():
-        scored = [request_h(next(sums), next(sums), class_counts=counts, forget=record["forget"],
-                            retain=record["retain"]) for record in hits]
+        scored = []
+        for _ in hits:
+            scored.append(request_h(next(sums), next(sums), images=tuple(images[position])))
+            position += 1
         out[label] = (torch.stack([h for h, _ in scored], dim=1), [figures for _, figures in scored])
     return out
 

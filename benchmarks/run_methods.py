@@ -146,9 +146,10 @@ def paired_choice(methods: dict, *, guard: float = 2.0, keep: float = 0.9, resam
     """The paired choice rule (``fewshot_choice``'s guards, the 1-point margin replaced by the sampling noise): a row
     other than the first (the reference, which need not pass the guards) wins only if it passes the guards and the
     interval of its mean-H difference from the reference, over paired resamples of the evaluation images
-    (``gslora.metrics.paired``), lies above 0; among several such rows, the highest mean H. With k candidates the
-    interval's level is 1 - 0.05 / k (Bonferroni), so that a candidate no better than the reference wins with a chance
-    of at most 2.5%. A failed row (no requests) does not pass; the measured rows must keep their per-image hits."""
+    (``gslora.metrics.paired``), lies above 0; among several such rows, the highest mean H. With k candidates (the
+    config's rows other than the reference, failed ones included) the interval's level is 1 - 0.05 / k (Bonferroni),
+    so that a candidate no better than the reference wins with a chance of at most 2.5%. A failed row (no requests)
+    does not pass; the measured rows must keep their per-image hits."""
     measured = {n: r for n, r in methods.items() if r.get("tasks")}
     lacking = [n for n, r in measured.items() if not has_hits(r)]
     if lacking:

@@ -56,6 +56,8 @@ def choose(setting: dict) -> dict:
     table = {label: {"probe_score": probe_score(row), "probe_gaps": gaps(row, "probe_accuracy"),
                      "mia_gaps": gaps(row, "mia_auc"),
                      "misses": guard_misses(row)} for label, row in rows.items()}
+    if any(label not in table for label in REFERENCES):
+        return {"rows": table, "bar": None, "winner": None, "measured": []}  # no bar without both references
     bar = min(table[label]["probe_score"] for label in REFERENCES) - GAIN
     eligible = [label for label in CANDIDATES if label in table and not table[label]["misses"]
                 and all(not below(MIA_TOLERANCE, abs(g)) for g in table[label]["mia_gaps"])
@@ -65,9 +67,10 @@ def choose(setting: dict) -> dict:
 
 
 def choice_md(choice: dict) -> str:
+    bar = "-" if choice["bar"] is None else f"{choice['bar']:.2f}"
     lines = ["# Round 2: the scatter term against the probe gap (rule in config.yaml)", "",
              f"A candidate wins if it meets the full-data targets on every request, keeps MIA AUC within "
-             f"{MIA_TOLERANCE} of Retrain's, and its mean probe gap to Retrain is below {choice['bar']:.2f} "
+             f"{MIA_TOLERANCE} of Retrain's, and its mean probe gap to Retrain is below {bar} "
              f"(the better of {' and '.join(REFERENCES)}, minus {GAIN:g}).", "",
              "| row | mean \\|probe - Retrain\\| | probe - Retrain | MIA AUC - Retrain | guard misses |",
              "|---|---|---|---|---|"]

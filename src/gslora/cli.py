@@ -255,7 +255,6 @@ def cmd_forget(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from gslora.config import from_dict
     from gslora.engine import CompareConfig, compare
-    from gslora.report import comparison_markdown
 
     tree = _load_config(args.config, ("data", "sequence", "train", "methods"))
     for dotted, value in (("checkpoint", args.checkpoint), ("data.dataset", args.data),
@@ -276,9 +275,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     only = _split_classes(args.only) if args.only else None
     from gslora.engine import distributed
 
-    comparison = compare(config, distributed.writable_path(args.out), only=only,
-                         progress=_progress_factory(not args.quiet))
-    print(comparison_markdown(comparison))
+    out = distributed.writable_path(args.out)
+    compare(config, out, only=only, progress=_progress_factory(not args.quiet))
+    print((Path(out) / "comparison.md").read_text())  # as written, paired intervals included (not scored twice)
     print(f"comparison written to {Path(args.out) / 'comparison.md'} (.json, .png; runs/ holds each method's run)")
     return 0
 

@@ -13,8 +13,9 @@ from gslora.version import __version__, code_version
 
 
 def hardware() -> str:
-    """CPU model and core count, GPU if any, torch version and its intra-op thread count (on a CPU the same code,
-    config and seed give bit-identical weights only at the same thread count: the float sums run in another order)."""
+    """CPU model and core count with the vector instructions torch's kernels use (AVX2, AVX512: the same model name
+    may have either, and they sum floats differently), GPU if any, torch version and its intra-op thread count (on a
+    CPU the same code, config and seed give bit-identical weights only on the same instructions and thread count)."""
     cpu = platform.processor() or platform.machine()
     try:
         names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -23,7 +24,8 @@ def hardware() -> str:
     except OSError:
         pass
     gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return f"{cpu}{gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return (f"{cpu} ({torch.backends.cpu.get_cpu_capability()}){gpu}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads")
 
 
 def stamp() -> dict[str, Any]:

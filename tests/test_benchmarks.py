@@ -262,7 +262,8 @@ def test_the_paired_choice_adopts_a_row_only_when_its_interval_clears_the_refere
         choice({"ref": ref, "old": {"tasks": [{k: v for k, v in ref["tasks"][0].items() if k != "hits"}]}})
 
 
-def test_paired_writes_a_pair_from_the_rows_hits_and_refuses_what_it_cannot_compare_in_one_line(tmp_path):
+def test_paired_writes_a_pair_from_the_rows_hits_and_refuses_what_it_cannot_compare_in_one_line(tmp_path, capsys,
+                                                                                                  monkeypatch):
     labels = torch.arange(3).repeat_interleave(50)
     right = (torch.arange(150) % 4 != 0) & (labels != 1)
     rows = {"ref": _paired_row(labels, right), "better": _paired_row(labels, right | (labels != 1)),
@@ -275,20 +276,25 @@ def test_paired_writes_a_pair_from_the_rows_hits_and_refuses_what_it_cannot_comp
     (folder / "config.yaml").write_text("methods: {}\n")
     (folder / "results.json").write_text(json.dumps({"methods": rows}))
 
-    def run(*args):
-        return subprocess.run([sys.executable, "benchmarks/paired.py", *args, "--resamples", "200"], cwd=ROOT,
-                              capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    paired = _module(ROOT / "benchmarks" / "paired.py", "paired")
 
-    written = run(str(folder), "better", "ref")
-    assert written.returncode == 0, written.stderr
+    def run(*args) -> tuple[int, str]:  # the script's main in this process (an uncaught error fails the test)
+        monkeypatch.setattr(sys, "argv", ["paired.py", *args, "--resamples", "200"])
+        try:
+            code = paired.main()
+        except SystemExit as done:
+            code = done.code
+        return code, capsys.readouterr().err
+
+    code, err = run(str(folder), "better", "ref")
+    assert code == 0, err
     entry = json.loads((folder / "paired.json").read_text())["pairs"]["better | ref"]
     means = {k: r["tasks"][0]["h_mean"] for k, r in rows.items()}
     assert entry["mean_h_difference"] == pytest.approx(means["better"] - means["ref"]) and entry["ci95"][0] > 0
     assert entry["resamples"] == 200 and entry["evaluation_images"] == 150 and "commit" in entry
-    for result in (run(str(tmp_path), "a", "b"), run(str(folder), "no such row", "ref"), run(str(folder), "ref", "ref"),
-                   run(str(folder), "old", "ref"), run(str(folder), "wrong", "ref")):
-        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
-        assert "Traceback" not in result.stderr and result.stderr.startswith("paired.py: ")
+    for code, err in (run(str(tmp_path), "a", "b"), run(str(folder), "no such row", "ref"),
+                      run(str(folder), "ref", "ref"), run(str(folder), "old", "ref"), run(str(folder), "wrong", "ref")):
+        assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("paired.py: "), err
     assert list(json.loads((folder / "paired.json").read_text())["pairs"]) == ["better | ref"]  # nothing lost
 
 

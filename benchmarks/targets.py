@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from gslora.metrics.paired import has_hits, pair, rows_h
+from gslora.metrics.paired import has_hits, interval, rows_h
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "targets.md"
@@ -252,7 +252,7 @@ def best_gap_intervals(methods: dict, n: int) -> dict[str, str]:
             if leader == key:
                 cells.append("best")
                 continue
-            low, high = pair(h, leader, key)["per_request"][i]["ci95"]
+            low, high = interval(h[leader][1:, i] - h[key][1:, i])
             cells.append(f"{low:.2f}..{high:.2f}")
             (clear if low > 0 else noise).append(str(i))
         verdicts = [f"{what} on {', '.join(where)}" for what, where in (("clear", clear), ("inside the noise", noise))

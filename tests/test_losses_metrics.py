@@ -70,11 +70,12 @@ def test_hits_are_kept_per_image_in_class_order_and_give_the_request_figures_bac
 
 
 def test_resamples_redraw_each_class_with_replacement_and_the_same_for_every_vector():
-    from gslora.metrics.paired import resampled_class_sums, resampled_sums
+    from gslora.metrics.paired import resampled_sums
 
     counts = [2, 3, 0, 1]
     correct = torch.tensor([True, False, True, True, False, True])
-    sums = resampled_class_sums(correct, counts, resamples=500, generator=torch.Generator().manual_seed(0))
+    sums = resampled_sums(correct[None], counts, torch.eye(4)[None], resamples=500,
+                          generator=torch.Generator().manual_seed(0))[0]  # one vector, one set per class
     assert sums[0].tolist() == [1.0, 2.0, 0.0, 1.0]  # the first row is the images themselves
     assert (sums[1:, 3] == 1.0).all() and (sums[1:, 2] == 0).all() and ((sums[1:, 0] >= 0) & (sums[1:, 0] <= 2)).all()
     assert len(sums[1:, 1].unique()) > 1  # class 1's hits vary between draws (a shuffle would keep them at 2)

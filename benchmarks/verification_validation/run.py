@@ -74,8 +74,7 @@ def choice_md(choice: dict) -> str:
              f"(the better of {' and '.join(REFERENCES)}, minus {GAIN:g}).", "",
              "| row | mean \\|probe - Retrain\\| | probe - Retrain | MIA AUC - Retrain | guard misses |",
              "|---|---|---|---|---|"]
-    setting_rows = choice["rows"]
-    for label, row in setting_rows.items():
+    for label, row in choice["rows"].items():
         lines.append(f"| {label} | {row['probe_score']:.2f} | {' / '.join(f'{g:+.1f}' for g in row['probe_gaps'])} | "
                      f"{' / '.join(f'{g:+.3f}' for g in row['mia_gaps'])} | {'; '.join(row['misses']) or 'none'} |")
     if not choice["measured"]:

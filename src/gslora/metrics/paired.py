@@ -25,12 +25,6 @@ def labels_digest(labels: torch.Tensor) -> str:
     return hashlib.sha256(labels.to(torch.int64).numpy().tobytes()).hexdigest()
 
 
-def class_order(labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, list[int]]:
-    """The evaluation images' positions sorted by class (stable: in their order within a class), and each class's
-    image count."""
-    return torch.argsort(labels, stable=True), torch.bincount(labels, minlength=num_classes).tolist()
-
-
 _BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
 
 
@@ -52,7 +46,8 @@ def hits_record(before: torch.Tensor, after: torch.Tensor, *, labels: torch.Tens
     """A request's ``hits``: top-1 correctness of the model before and after it on each evaluation image (class
     order, packed), the class counts, the labels' digest and the request's forget and retain classes: all its H
     needs."""
-    order, counts = class_order(labels, num_classes)
+    order = torch.argsort(labels, stable=True)  # class by class, in their order within a class
+    counts = torch.bincount(labels, minlength=num_classes).tolist()
     return {"class_counts": counts, "labels_sha256": labels_digest(labels), "forget": list(forget),
             "retain": list(retain), "before": pack((before == labels)[order]), "after": pack((after == labels)[order])}
 
@@ -83,13 +78,6 @@ def resampled_sums(correct: torch.Tensor, class_counts: Sequence[int], groups: t
             sums += per_class[:, :, None] * groups[:, c, None, :].double()
         start += count
     return sums
-
-
-def resampled_class_sums(correct: torch.Tensor, class_counts: Sequence[int], *, resamples: int,
-                         generator: torch.Generator) -> torch.Tensor:
-    """(resamples + 1, classes): ``resampled_sums`` of one hits vector with one set per class."""
-    eye = torch.eye(len(class_counts))[None]
-    return resampled_sums(correct[None], class_counts, eye, resamples=resamples, generator=generator)[0]
 
 
 def request_h(before: torch.Tensor, after: torch.Tensor, *, images: tuple[int, int]

@@ -4,11 +4,15 @@
 
 from __future__ import annotations
 
+import os
 import runpy
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+#: the CPU kernels' instruction set, pinned as the Makefile does (before torch loads) so that a results file
+#: re-creates bit for bit on AVX2 and AVX-512 machines alike; a value already in the environment wins
+PORTABLE_CPU = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
 def main() -> int:
@@ -18,6 +22,8 @@ def main() -> int:
         print(f"usage: python benchmarks/run.py NAME [options]; NAME is one of: {', '.join(names)}", file=sys.stderr)
         return 2
     name, extra = sys.argv[1], sys.argv[2:]
+    for key, value in PORTABLE_CPU.items():
+        os.environ.setdefault(key, value)
     folder = HERE / name
     sys.path.insert(0, str(HERE))
     if (folder / "run.py").is_file():

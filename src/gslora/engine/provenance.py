@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,8 @@ from gslora.version import __version__, code_version
 def hardware() -> str:
     """CPU model and core count with the vector instructions torch's kernels use (AVX2, AVX512: the same model name
     may have either, and they sum floats differently), GPU if any, torch version and its intra-op thread count (on a
-    CPU the same code, config and seed give bit-identical weights only on the same instructions and thread count)."""
+    CPU the same code, config and seed give bit-identical weights only on the same instructions and thread count; the
+    Makefile and benchmarks/run.py pin them to AVX2, and the MKL and oneDNN pins in force are named too)."""
     cpu = platform.processor() or platform.machine()
     try:
         names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -24,7 +26,8 @@ def hardware() -> str:
     except OSError:
         pass
     gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return (f"{cpu} ({torch.backends.cpu.get_cpu_capability()}){gpu}, torch {torch.__version__}, "
+    pins = "".join(f", {key}={os.environ[key]}" for key in ("MKL_CBWR", "ONEDNN_MAX_CPU_ISA") if os.environ.get(key))
+    return (f"{cpu} ({torch.backends.cpu.get_cpu_capability()}{pins}){gpu}, torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads")
 
 

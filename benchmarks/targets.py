@@ -146,11 +146,13 @@ def full_data_section(lines: list[str]) -> None:
     labels = {"fashion_full": "Fashion-MNIST (`verification`)", "faces_full": "faces (`verification`)"}
     for setting, label in labels.items():
         methods = settings.get(setting, {}).get("methods", {})
-        for name in ("GS-LoRA", "GS-LoRA++"):
+        for name, shown in (("GS-LoRA", "GS-LoRA (recipe)"), ("GS-LoRA++", "GS-LoRA++ (recipe)"),
+                            ("GS-LoRA++ bnd auto + scatter 1", "GS-LoRA++ `bnd: auto`, `w_scatter: 1` (chosen on "
+                             "validation, `verification_validation` round 2)")):
             if name not in methods:
                 continue
             row = methods[name]
-            rows.append([label, f"{name} (recipe)", *full_data_cells(row["tasks"]),
+            rows.append([label, shown, *full_data_cells(row["tasks"]),
                          verdict(versus_retrain(row, "probe_accuracy"), within("probe_accuracy")),
                          verdict(versus_retrain(row, "mia_auc"), within("mia_auc"))])
     new_base = settings.get(NEW_BASE, {}).get("methods", {})

@@ -7,13 +7,15 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEPS_STAMP := $(VENV)/.deps-$(shell sha256sum pyproject.toml | cut -c1-16)
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 DEMO_MODEL := .cache/demo/base/config.json
-# Pin the CPU kernels' instruction set (ATen, MKL's conditional numerical reproducibility, oneDNN) to AVX2, which
-# every x86-64 server since 2013 has: the same command then gives bit-identical numbers on AVX2 and AVX-512 machines
-# of the CI and this project (their kernels sum floats in other orders), so committed results re-create exactly.
+# On a CPU with AVX2, pin the kernels' instruction set (ATen, MKL's conditional numerical reproducibility, oneDNN) to
+# it: the same command then gives bit-identical numbers on the AVX2 and AVX-512 machines of the CI and this project
+# (their kernels sum floats in other orders), so committed results re-create exactly. Other CPUs are left alone.
 # Override on the command line (make test ATEN_CPU_CAPABILITY=avx512) to trade that for speed.
+ifneq ($(shell grep -m1 -ow avx2 /proc/cpuinfo 2>/dev/null),)
 export ATEN_CPU_CAPABILITY ?= avx2
 export MKL_CBWR ?= AVX2
 export ONEDNN_MAX_CPU_ISA ?= AVX2
+endif
 
 .PHONY: demo test test-slow bench bench-all lint venv system clean
 BENCHMARKS := fashion_mnist_continual fashion_mnist_4shot_validation fashion_mnist_4shot_levers_validation \

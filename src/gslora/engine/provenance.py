@@ -17,7 +17,8 @@ def hardware() -> str:
     """CPU model and core count with the vector instructions torch's kernels use (AVX2, AVX512: the same model name
     may have either, and they sum floats differently), GPU if any, torch version and its intra-op thread count (on a
     CPU the same code, config and seed give bit-identical weights only on the same instructions and thread count; the
-    Makefile and benchmarks/run.py pin them to AVX2, and the MKL and oneDNN pins in force are named too)."""
+    Makefile and benchmarks/run.py pin them to AVX2 on a CPU that has it). The MKL and oneDNN pins are named as the
+    environment sets them, not as read back from those libraries."""
     cpu = platform.processor() or platform.machine()
     try:
         names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()

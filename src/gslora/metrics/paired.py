@@ -65,7 +65,7 @@ def resampled_sums(correct: torch.Tensor, class_counts: Sequence[int], groups: t
     first on the images themselves, then on resamples that redraw each class's images with replacement, the same
     draws for every vector: class by class, ``randint(count, (resamples, count))`` from ``generator``. Memory grows
     with the sets, not the classes."""
-    vectors = correct.double()
+    vectors, groups = correct.double(), groups.double()
     sums = torch.zeros(len(vectors), resamples + 1, groups.shape[2], dtype=torch.float64)
     start = 0
     for c, count in enumerate(class_counts):
@@ -75,7 +75,7 @@ def resampled_sums(correct: torch.Tensor, class_counts: Sequence[int], groups: t
             times = torch.zeros(resamples, count, dtype=torch.float64).scatter_add_(
                 1, picks, torch.ones(resamples, count, dtype=torch.float64))  # how often each image is drawn
             per_class = torch.cat([block.sum(1, keepdim=True), block @ times.T], dim=1)  # (vectors, resamples + 1)
-            sums += per_class[:, :, None] * groups[:, c, None, :].double()
+            sums += per_class[:, :, None] * groups[:, c, None, :]
         start += count
     return sums
 
@@ -114,13 +114,10 @@ def rows_h(rows: dict[str, Sequence[dict]], *, resamples: int, seed: int = 0
     vectors = torch.stack([v for record in records for v in read_hits(record)])
     sums = iter(resampled_sums(vectors, counts, sets.repeat_interleave(2, dim=0), resamples=resamples,
                                generator=torch.Generator().manual_seed(seed)))
-    images = (sets * torch.tensor(counts, dtype=torch.float32)[None, :, None]).sum(1).int().tolist()
-    out, position = {}, 0
+    images = iter((sets * torch.tensor(counts, dtype=torch.float32)[None, :, None]).sum(1).int().tolist())
+    out = {}
     for label, hits in rows.items():
-        scored = []
-        for _ in hits:
-            scored.append(request_h(next(sums), next(sums), images=tuple(images[position])))
-            position += 1
+        scored = [request_h(next(sums), next(sums), images=tuple(next(images))) for _ in hits]
         out[label] = (torch.stack([h for h, _ in scored], dim=1), [figures for _, figures in scored])
     return out
 

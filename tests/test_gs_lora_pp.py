@@ -280,3 +280,55 @@ def test_tar_at_far_on_hand_made_scores_and_embeddings():
     labels = torch.tensor([0, 0, 1, 1, 2, 3])
     out = verification(e, labels, {"a": [0], "b": [1], "c": [2]}, fars=[0.1])
     assert out["a"]["far=0.1"] == 100.0 and out["b"]["far=0.1"] == 100.0 and out["c"]["far=0.1"] is None
+
+
+def test_hold_old_bounds_and_scatters_the_held_classes_apart_from_the_request():
+    """hold_old: the forget term and GS-LoRA++'s push stay on the request's classes; the held classes (forgotten
+    earlier) get their own bounded term and scatter term, each weighted by hold_old; the loop appends a batch of
+    them to every forget batch, and without held images (or with the weight 0) nothing changes."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = build_model(tiny_model_config())
+    x = torch.randint(0, 255, (14, 1, 28, 28), dtype=torch.uint8)
+    forget = ImageSet(x[:4], torch.tensor([0, 0, 3, 3]))
+    old = ImageSet(x[[4, 4, 6, 6]], torch.tensor([4, 4, 5, 5]))  # pairs of one image: alike above the margin
+    retain = ImageSet(x[8:], torch.tensor([1, 1, 2, 2, 6, 6]))
+    request = Request(1, (0, 3), (1, 2, 6), (4, 5))
+    config = dict(w_f=0.5, bnd_pro=30.0, beta=0.2, alpha=0.0, w_scatter=2.0, bnd=50.0)
+    method = GSLoRAPP(GSLoRAPPConfig(**config, hold_old=3.0))
+    method.setup_task(model, TaskContext(request, 1, 1, forget_data=forget, retain_data=retain, old_data=old))
+    assert method.held_data() is old
+    both = ImageSet.join(forget, old)
+    terms = method.training_step((both.images, both.labels), (retain.images, retain.labels), epoch=0)
+    logits, z = model.eval().forward_features(both.images, both.labels)
+    assert terms["forget_ce"].item() == pytest.approx(F.cross_entropy(logits[:4], forget.labels).item(), rel=1e-4)
+    assert terms["hold_old"].item() == pytest.approx(50.0 - F.cross_entropy(logits[4:], old.labels).item(),
+                                                     rel=1e-4)
+    margin = method.impostor_similarity
+    assert terms["scatter"].item() == pytest.approx(scatter_loss(z[:4], forget.labels, margin).item(), abs=1e-5)
+    assert terms["hold_old_scatter"].item() == pytest.approx(scatter_loss(z[4:], old.labels, margin).item(),
+                                                             abs=1e-5)
+    assert terms["hold_old_scatter"].item() > 0  # the check above compares something
+    expected = (terms["retain"] + 0.2 * terms["forget"] + 0.5 * terms["proto_push"] + 2.0 * terms["scatter"]
+                + 0.2 * 3.0 * terms["hold_old"] + 2.0 * 3.0 * terms["hold_old_scatter"])
+    assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    off = GSLoRAPP(GSLoRAPPConfig(**config))
+    off.setup_task(model, TaskContext(request, 1, 1, forget_data=forget, retain_data=retain, old_data=old))
+    assert off.held_data() is None
+    seen = []
+
+    def record(forget_batch, retain_batch, *, epoch):
+        seen.append(forget_batch[1].tolist())
+        return GSLoRAPP.training_step(method, forget_batch, retain_batch, epoch=epoch)
+
+    method.training_step = record
+    context = TaskContext(request, 1, 2, forget_data=forget, retain_data=retain, old_data=old)
+    train_request(method, context, forget, retain, ForgetTrainConfig(epochs=1, min_steps=0, batch_size=3, lr=1e-3),
+                  device=torch.device("cpu"))
+    assert len(seen) == 2  # one step per retain batch; each forget batch: the request's images, then held ones
+    for labels in seen:
+        current = sum(label in (0, 3) for label in labels)
+        assert 0 < current < len(labels) and set(labels[current:]) <= {4, 5}
+    with pytest.raises(GSLoRAError, match="method.hold_old"):
+        GSLoRAPPConfig(hold_old=-1.0)

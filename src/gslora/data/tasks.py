@@ -130,6 +130,7 @@ class RequestData:
 
     forget_indices: torch.Tensor
     retain_indices: torch.Tensor
+    old_indices: torch.Tensor
 
 
 def request_data(dataset: Dataset, request: Request, config: SequenceConfig) -> RequestData:
@@ -143,6 +144,7 @@ def request_data(dataset: Dataset, request: Request, config: SequenceConfig) -> 
     forget = sample_per_class(dataset.train.labels, request.forget, seed=seed, **kwargs)
     with_data = [c for c in request.retain if c not in request.missing]
     retain = sample_per_class(dataset.train.labels, with_data, seed=seed + 1, **kwargs)
+    old = sample_per_class(dataset.train.labels, request.old, seed=seed + 2, **kwargs)
     names = ", ".join(dataset.classes[c] for c in request.forget)
     if len(forget) == 0:
         raise GSLoRAError(f"request {request.index}: the forget classes ({names}) have no training images; "
@@ -155,4 +157,4 @@ def request_data(dataset: Dataset, request: Request, config: SequenceConfig) -> 
     if untested:
         raise GSLoRAError(f"request {request.index}: class(es) {', '.join(untested[:5])} have no test images, so "
                           "forgetting and retention cannot be measured; add test images of every class")
-    return RequestData(forget, retain)
+    return RequestData(forget, retain, old)

@@ -274,7 +274,8 @@ def _apply_request(run: RunDirectory, state: _State, config: Any, request: Reque
         with run.attempt(request_id) as stage:
             adapters = getattr(config, "adapters", None)
             context = TaskContext(request, train.epochs, steps_per_epoch, forget_data=subsets.forget,
-                                  retain_data=subsets.retain, original_model=state.original, device=device,
+                                  retain_data=subsets.retain, old_data=subsets.old, original_model=state.original,
+                                  device=device,
                                   allow_non_transformer=bool(adapters and adapters.allow_non_transformer))
             torch.manual_seed(config.train.seed + request.index)
             started, start = now(), time.perf_counter()

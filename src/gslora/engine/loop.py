@@ -314,9 +314,10 @@ def train_request(method: Method, task: TaskContext, forget: ImageSet, retain: I
                   profile: Profile | None = None, done: Callable[[], bool] | None = None) -> list[dict[str, float]]:
     """Optimise ``method`` on one request; returns the mean of every loss term per epoch.
 
-    One epoch is one pass over the retain subset; each step pairs a retain batch with the next batch
-    of the cycled forget subset (the reference's schedule). A training-free method takes no step. ``done()``,
-    asked after each epoch, ends the request early (``Task.stop_check``: ``train.stop_when_forgotten``).
+    One epoch is one pass over the retain subset; each step pairs a retain batch with the next batch of the cycled
+    forget subset (the reference's schedule), followed by a batch of the method's ``held_data`` when it has any. A
+    training-free method takes no step. ``done()``, asked after each epoch, ends the request early
+    (``Task.stop_check``: ``train.stop_when_forgotten``).
     """
     if method.training_free:
         return []
@@ -324,10 +325,17 @@ def train_request(method: Method, task: TaskContext, forget: ImageSet, retain: I
     generator = torch.Generator().manual_seed(config.seed + task.request.index)
     pin = device.type == "cuda"
     forget_batches = cycle(forget, config.batch_size, generator, pin_memory=pin, group=config.forget_group)
+    held = method.held_data()
+    # their own generator, so that a run without held images draws the same batches as before
+    held_batches = cycle(held, config.batch_size, torch.Generator().manual_seed(config.seed + task.request.index + 1),
+                         pin_memory=pin) if held is not None and len(held) else None
 
     def epoch_batches() -> PairedBatches:
         for x_r, y_r in batches(retain, config.batch_size, generator, pin_memory=pin):
             x_f, y_f = next(forget_batches)
+            if held_batches is not None:
+                x_h, y_h = next(held_batches)
+                x_f, y_f = torch.cat([x_f, x_h]), torch.cat([y_f, y_h])
             if config.augment:
                 x_r = augment(x_r, generator, jitter=config.jitter)
                 x_f = augment(x_f, generator, jitter=config.jitter)

@@ -32,6 +32,8 @@ class TaskContext:
         steps_per_epoch: optimisation steps per epoch.
         forget_data, retain_data: the request's training subsets (an ``ImageSet`` for classification, a
             ``DetectionSet`` for detection).
+        old_data: training images of the classes forgotten by earlier requests (classification; an empty set on the
+            first request), drawn as the forget subset is; a method reads them through ``held_data``.
         original_model: returns the run's original (pre-trained) model, loaded on first use.
         device: where training runs.
         allow_non_transformer: adapters may go on MLP blocks without attention (``adapters.allow_non_transformer``).
@@ -42,6 +44,7 @@ class TaskContext:
     steps_per_epoch: int
     forget_data: Any = None
     retain_data: Any = None
+    old_data: Any = None
     original_model: Callable[[], VisionClassifier] | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     allow_non_transformer: bool = False
@@ -92,6 +95,11 @@ class Method(ABC):
     def trainable_parameters(self) -> list[nn.Parameter]:
         assert self.model is not None, "setup_task first"
         return [p for p in self.model.parameters() if p.requires_grad]
+
+    def held_data(self) -> Any:
+        """Images the training loop appends to every forget batch, as a batch of their own (GS-LoRA's ``hold_old``:
+        classes forgotten by earlier requests); None by default."""
+        return None
 
     def after_step(self) -> None:
         """Called after each optimiser step (masking, running averages); nothing by default."""

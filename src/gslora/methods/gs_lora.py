@@ -58,6 +58,11 @@ class GSLoRAConfig:
             class, those without data included, where the logit term only holds the classes a retained image
             already scores high; on faces it also held the identities being forgotten, so it was not chosen (README,
             "Missing classes") [0: not in the reference].
+        hold_old: weight (times beta) of the same bounded loss on training images of the classes forgotten by earlier
+            requests (``TaskContext.old_data``: a batch of them joins every forget batch), so that a later request
+            cannot bring them back; GS-LoRA++ applies its scatter term to them with this weight too. It reads those
+            classes' training images again: off where they were deleted (none in the data) [0: not in the reference;
+            the detection variant's ``hold_old`` is the same term on objects].
     """
 
     rank: int = 8
@@ -70,6 +75,7 @@ class GSLoRAConfig:
     distill: float = 0.0
     distill_temperature: float = 2.0
     distill_embedding: float = 0.0
+    hold_old: float = 0.0
 
     def __post_init__(self) -> None:
         require(self.rank >= 1, "method.rank", self.rank, "must be >= 1")
@@ -89,6 +95,7 @@ class GSLoRAConfig:
         require(self.distill >= 0, "method.distill", self.distill, "must be >= 0")
         require(self.distill_temperature > 0, "method.distill_temperature", self.distill_temperature, "must be > 0")
         require(self.distill_embedding >= 0, "method.distill_embedding", self.distill_embedding, "must be >= 0")
+        require(self.hold_old >= 0, "method.hold_old", self.hold_old, "must be >= 0 (0 disables it)")
 
     def beta_for(self, request_index: int) -> float:
         betas = self.beta if isinstance(self.beta, list) else [self.beta]
@@ -111,6 +118,17 @@ class GSLoRA(Method):
         self.missing = list(task.request.missing) if self.config.mask_missing else []
         self.bnd = wrong_class_ce(self.classifier, task.retain_data) if self.config.bnd == "auto" \
             else float(self.config.bnd)
+        self.held = task.old_data if self.config.hold_old > 0 and task.old_data is not None and len(task.old_data) \
+            else None
+        self.old_classes = torch.tensor(task.request.old, dtype=torch.long)
+
+    def held_data(self) -> ImageSet | None:
+        return self.held
+
+    def split_held(self, y_f: torch.Tensor) -> torch.Tensor:
+        """Which images of a forget batch are held ones (``hold_old``: classes forgotten by earlier requests)."""
+        return torch.isin(y_f, self.old_classes.to(y_f.device)) if self.held is not None \
+            else torch.zeros_like(y_f, dtype=torch.bool)
 
     def training_step(self, forget_batch: Batch, retain_batch: Batch, *, epoch: int) -> dict[str, torch.Tensor]:
         (x_f, y_f), (x_r, y_r) = forget_batch, retain_batch
@@ -139,12 +157,17 @@ class GSLoRA(Method):
         if self.missing:  # classes without data never appear as targets: keep them out of the softmax
             retain_logits = retain_logits.index_fill(1, torch.tensor(self.missing, device=logits.device), -1e4)
         retain = F.cross_entropy(retain_logits, y_r)
-        forget_ce = F.cross_entropy(logits[len(y_r):], y_f)
+        forget_logits, held = logits[len(y_r):], self.split_held(y_f)
+        forget_ce = F.cross_entropy(forget_logits[~held], y_f[~held])
         forget = bounded_forgetting_loss(forget_ce, self.bnd)
         lasso = group_lasso(self.group_params)
         alpha = 0.0 if epoch < self.config.alpha_warmup_epochs else self.config.alpha
         loss = retain + self.beta * forget + alpha * lasso
-        return {"loss": loss, "retain": retain, "forget": forget, "forget_ce": forget_ce, "group_lasso": lasso}
+        terms = {"loss": loss, "retain": retain, "forget": forget, "forget_ce": forget_ce, "group_lasso": lasso}
+        if held.any():
+            hold = bounded_forgetting_loss(F.cross_entropy(forget_logits[held], y_f[held]), self.bnd)
+            terms = {**terms, "loss": loss + self.beta * self.config.hold_old * hold, "hold_old": hold}
+        return terms
 
     def end_task(self, task: TaskContext) -> VisionClassifier:
         self.final_norms = group_norms(self.group_params).detach().tolist()
@@ -164,6 +187,7 @@ class GSLoRA(Method):
             "trainable_parameters": trainable,
             "base_parameters": self.base_parameters,
             "trainable_ratio": trainable / self.base_parameters,
+            "held_images": len(self.held) if self.held is not None else 0,
         }
 
 

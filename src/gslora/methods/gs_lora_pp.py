@@ -124,6 +124,8 @@ class GSLoRAPP(GSLoRA):
                    epoch: int) -> dict[str, torch.Tensor]:
         terms = super().loss_terms(logits, embedding, y_r, y_f, epoch=epoch)
         z_r, z_f = embedding[: len(y_r)], embedding[len(y_r):]
+        held = self.split_held(y_f)  # hold_old's images: the scatter term only, with its weight
+        (z_h, y_h), (z_f, y_f) = (z_f[held], y_f[held]), (z_f[~held], y_f[~held])
         push = prototype_push_loss(z_f, self.prototypes[y_f], self.config.bnd_pro, self.config.distance)
         pull = prototype_pull_loss(z_r, self.prototypes[y_r], self.config.distance)
         terms["loss"] = terms["loss"] + self.w_f * push + self.config.w_r * pull
@@ -134,6 +136,10 @@ class GSLoRAPP(GSLoRA):
         if self.impostor_similarity is not None:
             scatter = scatter_loss(z_f, y_f, self.impostor_similarity)
             terms = {**terms, "loss": terms["loss"] + self.config.w_scatter * scatter, "scatter": scatter}
+            if len(y_h):
+                scatter = scatter_loss(z_h, y_h, self.impostor_similarity)
+                terms = {**terms, "loss": terms["loss"] + self.config.w_scatter * self.config.hold_old * scatter,
+                         "hold_old_scatter": scatter}
         return terms
 
     def diagnostics(self) -> dict[str, Any]:

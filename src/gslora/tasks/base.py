@@ -50,12 +50,15 @@ class Subsets:
 
     Attributes:
         forget, retain: the subsets (task-specific sets of images and targets).
+        old: training images of the classes forgotten by earlier requests, drawn as ``forget`` is (classification;
+            None where a task has none): what GS-LoRA's ``hold_old`` trains on.
         short: class name -> images used, for classes that had fewer training images than ``shots`` asked for.
         forget_per_class: class name -> images of that forget class in the forget subset.
     """
 
     forget: Any
     retain: Any
+    old: Any = None
     short: dict[str, int] = field(default_factory=dict)
     forget_per_class: dict[str, int] = field(default_factory=dict)
 

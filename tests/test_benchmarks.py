@@ -700,3 +700,13 @@ def test_the_fashion_probe_round_adopts_only_a_guarded_candidate_clearly_closer_
     assert winner(**{one: row([1.0, 1.0], acc_f=1.5)}) is None  # the full-data targets guard
     assert winner(**{one: row([1.0, 1.0], acc_r=87.0)}) is None  # Acc_r 0.967x before
     assert winner(**{"GS-LoRA": row([0.0, 0.0])}) is None  # only the round's candidates compete
+
+    def winner3(**candidates) -> str | None:  # round 3: its own candidates, round 2's winner the one reference
+        rows = {rule.REFERENCES_3[0]: row([8.0, 8.0]), **candidates}
+        return rule.choose({"methods": rows}, rule.CANDIDATES_3, rule.REFERENCES_3)["winner"]
+
+    hold1, hold3, half = rule.CANDIDATES_3
+    assert rule.REFERENCES_3 == [one]
+    assert winner3(**{hold1: row([4.5, 4.5])}) == hold1 and winner3(**{hold1: row([5.5, 5.5])}) is None
+    assert winner3(**{hold1: row([4.0, 4.0]), half: row([1.0, -1.0])}) == half
+    assert winner3(**{hold3: row([0.0, 0.0], acc_f=1.5)}) is None and winner3(**{auto: row([0.0, 0.0])}) is None

@@ -1,5 +1,5 @@
-"""The verification runner (../verification/run.py) on this folder's config, then round 2's rule (config.yaml states
-it): results.json, report.md and choice.md land here.
+"""The verification runner (../verification/run.py) on this folder's config, then the rules of rounds 2 and 3
+(config.yaml states them): results.json, report.md and choice.md land here.
 
 Usage: python benchmarks/verification_validation/run.py [--device ...] [--methods ...] [--report-only]
 """
@@ -19,6 +19,11 @@ from common import below  # noqa: E402
 SETTING = "fashion_full_validation"
 CANDIDATES = ["GS-LoRA++ bnd auto", "GS-LoRA++ bnd auto + scatter 1", "GS-LoRA++ bnd auto + scatter 3"]
 REFERENCES = ["GS-LoRA++", "GS-LoRA++ absorb 5"]  # the recipe and round 1's choice
+# round 3: hold_old against classes coming back, on 4 requests; the reference is round 2's winner
+SETTING_3 = "fashion_full_validation_4"
+CANDIDATES_3 = ["GS-LoRA++ bnd auto + scatter 1 + hold_old 1", "GS-LoRA++ bnd auto + scatter 1 + hold_old 3",
+                "GS-LoRA++ bnd auto + scatter 0.5 + hold_old 1"]
+REFERENCES_3 = ["GS-LoRA++ bnd auto + scatter 1"]
 GAIN = 3.0  # points of mean probe gap a winner must beat both references by
 MIA_TOLERANCE = 0.05
 
@@ -50,28 +55,31 @@ def guard_misses(row: dict) -> list[str]:
     return misses
 
 
-def choose(setting: dict) -> dict:
-    """Round 2's rule on the setting's rows: per row its score, MIA gaps and guard misses; the winner, or None."""
+def choose(setting: dict, candidates: list[str] = CANDIDATES, references: list[str] = REFERENCES) -> dict:
+    """Round 2's rule (round 3's with its candidates and reference) on the setting's rows: per row its score, MIA gaps
+    and guard misses; the winner, or None."""
     rows = {label: row for label, row in setting["methods"].items() if row.get("per_request")}
     table = {label: {"probe_score": probe_score(row), "probe_gaps": gaps(row, "probe_accuracy"),
                      "mia_gaps": gaps(row, "mia_auc"),
                      "misses": guard_misses(row)} for label, row in rows.items()}
-    if any(label not in table for label in REFERENCES):
-        return {"rows": table, "bar": None, "winner": None, "measured": []}  # no bar without both references
-    bar = min(table[label]["probe_score"] for label in REFERENCES) - GAIN
-    eligible = [label for label in CANDIDATES if label in table and not table[label]["misses"]
+    if any(label not in table for label in references):
+        return {"rows": table, "bar": None, "winner": None, "measured": []}  # no bar without every reference
+    bar = min(table[label]["probe_score"] for label in references) - GAIN
+    eligible = [label for label in candidates if label in table and not table[label]["misses"]
                 and all(not below(MIA_TOLERANCE, abs(g)) for g in table[label]["mia_gaps"])
                 and below(table[label]["probe_score"], bar)]
     winner = min(eligible, key=lambda label: table[label]["probe_score"], default=None)
-    return {"rows": table, "bar": bar, "winner": winner, "measured": [c for c in CANDIDATES if c in table]}
+    return {"rows": table, "bar": bar, "winner": winner, "measured": [c for c in candidates if c in table]}
 
 
-def choice_md(choice: dict) -> str:
+def choice_md(choice: dict, title: str = "Round 2: the scatter term against the probe gap",
+              references: list[str] = REFERENCES) -> str:
     bar = "-" if choice["bar"] is None else f"{choice['bar']:.2f}"
-    lines = ["# Round 2: the scatter term against the probe gap (rule in config.yaml)", "",
+    than = f"the better of {' and '.join(references)}" if len(references) > 1 else references[0]
+    lines = [f"# {title} (rule in config.yaml)", "",
              f"A candidate wins if it meets the full-data targets on every request, keeps MIA AUC within "
              f"{MIA_TOLERANCE} of Retrain's, and its mean probe gap to Retrain is below {bar} "
-             f"(the better of {' and '.join(REFERENCES)}, minus {GAIN:g}).", "",
+             f"({than}, minus {GAIN:g}).", "",
              "| row | mean \\|probe - Retrain\\| | probe - Retrain | MIA AUC - Retrain | guard misses |",
              "|---|---|---|---|---|"]
     for label, row in choice["rows"].items():
@@ -91,8 +99,12 @@ def main() -> int:
     except SystemExit as done:  # the runner ends with sys.exit(main())
         if done.code:
             return done.code
-    results = json.loads((HERE / "results.json").read_text())
-    (HERE / "choice.md").write_text(choice_md(choose(results["settings"][SETTING])))
+    settings = json.loads((HERE / "results.json").read_text())["settings"]
+    rounds = [choice_md(choose(settings[SETTING]))]
+    if SETTING_3 in settings:
+        rounds.append(choice_md(choose(settings[SETTING_3], CANDIDATES_3, REFERENCES_3),
+                                "Round 3: hold_old against classes coming back, 4 requests", REFERENCES_3))
+    (HERE / "choice.md").write_text("\n".join(rounds))
     return 0
 
 

@@ -252,6 +252,17 @@ def test_missing_classes_get_no_training_images(tmp_path):
         build_requests(SequenceConfig(requests=[[order[0]]], missing_classes=3), dataset.classes)
 
 
+def test_each_request_draws_the_earlier_requests_classes_for_hold_old(tmp_path):
+    from gslora.tasks.classification import Classification
+
+    dataset = load_dataset(DataConfig(dataset=str(make_npz(tmp_path / "d.npz", per_class_train=[10] * 10))))
+    config = SequenceConfig(num_requests=3, classes_per_request=2, ratio=0.5, min_per_class=1)
+    for r in build_requests(config, dataset.classes):
+        old = Classification().subsets(dataset, r, config).old
+        assert sorted(old.labels.tolist()) == sorted(c for c in r.old for _ in range(5))  # ratio 0.5 of each
+    assert len(r.old) == 4  # the last request holds both earlier requests' classes
+
+
 def test_cosface_head_margin_and_margin_accuracy():
     head = CosFaceHead(2, 3, s=10.0, m=0.4)
     with torch.no_grad():

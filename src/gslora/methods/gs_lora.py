@@ -105,6 +105,8 @@ class GSLoRAConfig:
 @METHODS.register("gs_lora")
 class GSLoRA(Method):
     config_class = GSLoRAConfig
+    #: hold_old's images (set per request; the detection variant holds objects of its retain scenes instead)
+    held: ImageSet | None = None
 
     def setup_task(self, model: VisionClassifier, task: TaskContext) -> None:
         self.groups = find_ffn_groups(model, allow_non_transformer=task.allow_non_transformer)

@@ -252,13 +252,13 @@ def test_missing_classes_get_no_training_images(tmp_path):
         build_requests(SequenceConfig(requests=[[order[0]]], missing_classes=3), dataset.classes)
 
 
-def test_each_request_draws_the_earlier_requests_classes_for_hold_old(tmp_path):
+def test_each_request_can_draw_the_earlier_requests_classes_for_hold_old(tmp_path):
     from gslora.tasks.classification import Classification
 
     dataset = load_dataset(DataConfig(dataset=str(make_npz(tmp_path / "d.npz", per_class_train=[10] * 10))))
     config = SequenceConfig(num_requests=3, classes_per_request=2, ratio=0.5, min_per_class=1)
     for r in build_requests(config, dataset.classes):
-        old = Classification().subsets(dataset, r, config).old
+        old = Classification().old_subset(dataset, r, config)
         assert sorted(old.labels.tolist()) == sorted(c for c in r.old for _ in range(5))  # ratio 0.5 of each
     assert len(r.old) == 4  # the last request holds both earlier requests' classes
 
@@ -316,6 +316,8 @@ def test_hold_old_bounds_and_scatters_the_held_classes_apart_from_the_request():
     assert terms["forget_ce"].item() == pytest.approx(F.cross_entropy(logits[:4], forget.labels).item(), rel=1e-4)
     assert terms["hold_old"].item() == pytest.approx(50.0 - F.cross_entropy(logits[4:], old.labels).item(),
                                                      rel=1e-4)
+    pushed = prototype_push_loss(z[:4], method.prototypes[forget.labels], 30.0, "kl")  # the request's images only
+    assert terms["proto_push"].item() == pytest.approx(pushed.item(), rel=1e-4)
     margin = method.impostor_similarity
     assert terms["scatter"].item() == pytest.approx(scatter_loss(z[:4], forget.labels, margin).item(), abs=1e-5)
     assert terms["hold_old_scatter"].item() == pytest.approx(scatter_loss(z[4:], old.labels, margin).item(),
@@ -327,6 +329,18 @@ def test_hold_old_bounds_and_scatters_the_held_classes_apart_from_the_request():
     off = GSLoRAPP(GSLoRAPPConfig(**config))
     off.setup_task(model, TaskContext(request, 1, 1, forget_data=forget, retain_data=retain, old_data=old))
     assert off.held_data() is None
+    first = GSLoRAPP(GSLoRAPPConfig(**config, hold_old=3.0))  # request 0: nothing forgotten before, nothing held
+    none = ImageSet(x[:0], torch.tensor([], dtype=torch.long))
+    first.setup_task(model, TaskContext(Request(0, (0, 3), (1, 2, 6), ()), 1, 1, forget_data=forget,
+                                        retain_data=retain, old_data=none))
+    plain = off.training_step((forget.images, forget.labels), (retain.images, retain.labels), epoch=0)
+    same = first.training_step((forget.images, forget.labels), (retain.images, retain.labels), epoch=0)
+    assert first.held_data() is None and same.keys() == plain.keys() and "hold_old" not in same
+    assert same["loss"].item() == pytest.approx(plain["loss"].item(), rel=1e-6)
+    # a process's shard of a small batch may hold only held images: finite, the same terms, nothing of the request's
+    alone = method.training_step((old.images, old.labels), (retain.images, retain.labels), epoch=0)
+    assert alone.keys() == terms.keys() and all(torch.isfinite(v) for v in alone.values())
+    assert alone["forget"].item() == 0.0 and alone["proto_push"].item() == 0.0 and alone["hold_old"].item() > 0
     seen = []
 
     def record(forget_batch, retain_batch, *, epoch):

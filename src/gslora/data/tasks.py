@@ -126,7 +126,8 @@ def sample_per_class(labels: torch.Tensor, class_ids: Sequence[int], *, ratio: f
 
 @dataclass(frozen=True)
 class RequestData:
-    """Training subsets of one request (indices into the training split)."""
+    """Training subsets of one request (indices into the training split): the forget and retain subsets, and the
+    classes forgotten by earlier requests drawn in the same way (``old``: what GS-LoRA's ``hold_old`` trains on)."""
 
     forget_indices: torch.Tensor
     retain_indices: torch.Tensor
@@ -134,7 +135,7 @@ class RequestData:
 
 
 def request_data(dataset: Dataset, request: Request, config: SequenceConfig) -> RequestData:
-    """Draw the request's forget and retain training subsets.
+    """Draw the request's forget and retain training subsets, and one of the classes earlier requests forgot.
 
     Raises:
         GSLoRAError: the forget or the retain subset holds no image.

@@ -326,19 +326,21 @@ def train_request(method: Method, task: TaskContext, forget: ImageSet, retain: I
     pin = device.type == "cuda"
     forget_batches = cycle(forget, config.batch_size, generator, pin_memory=pin, group=config.forget_group)
     held = method.held_data()
-    # their own generator, so that a run without held images draws the same batches as before
-    held_batches = cycle(held, config.batch_size, torch.Generator().manual_seed(config.seed + task.request.index + 1),
-                         pin_memory=pin) if held is not None and len(held) else None
+    # their own generator (order and augmentation), so that holding changes none of the other batches
+    held_generator = torch.Generator().manual_seed(config.seed + task.request.index + 1)
+    held_batches = cycle(held, config.batch_size, held_generator, pin_memory=pin, group=config.forget_group) \
+        if held is not None and len(held) else None
 
     def epoch_batches() -> PairedBatches:
         for x_r, y_r in batches(retain, config.batch_size, generator, pin_memory=pin):
             x_f, y_f = next(forget_batches)
-            if held_batches is not None:
-                x_h, y_h = next(held_batches)
-                x_f, y_f = torch.cat([x_f, x_h]), torch.cat([y_f, y_h])
             if config.augment:
                 x_r = augment(x_r, generator, jitter=config.jitter)
                 x_f = augment(x_f, generator, jitter=config.jitter)
+            if held_batches is not None:
+                x_h, y_h = next(held_batches)
+                x_h = augment(x_h, held_generator, jitter=config.jitter) if config.augment else x_h
+                x_f, y_f = torch.cat([x_f, x_h]), torch.cat([y_f, y_h])
             yield (x_f.to(device), y_f.to(device)), (x_r.to(device), y_r.to(device))
 
     return optimise(method, config, steps_per_epoch=task.steps_per_epoch, epoch_batches=epoch_batches,

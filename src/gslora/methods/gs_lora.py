@@ -1,7 +1,8 @@
 """GS-LoRA: group-sparse LoRA for continual forgetting (Zhao et al., CVPR 2024, arXiv 2403.11530).
 
 Loss: CE(retain) + beta * ReLU(BND - CE(forget)) + alpha * sum_g ||theta_g||_2, where theta_g are the
-LoRA tensors on the FFN of block g; only the LoRA tensors train, and they are merged after the request.
+LoRA tensors on the FFN of block g; only the LoRA tensors train, and they are merged after the request. gslora adds
+beta * hold_old * ReLU(BND - CE(held)) on images of classes forgotten by earlier requests (off by default).
 """
 
 from __future__ import annotations
@@ -129,8 +130,13 @@ class GSLoRA(Method):
 
     def split_held(self, y_f: torch.Tensor) -> torch.Tensor:
         """Which images of a forget batch are held ones (``hold_old``: classes forgotten by earlier requests)."""
-        return torch.isin(y_f, self.old_classes.to(y_f.device)) if self.held is not None \
-            else torch.zeros_like(y_f, dtype=torch.bool)
+        return torch.isin(y_f, self.old_classes.to(y_f.device))
+
+    def bounded(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(forget CE, ReLU(BND - CE)) of some images of a forget batch; none (a process's shard of a small batch)
+        count as at the bound: no loss, no gradient."""
+        ce = F.cross_entropy(logits, y) if len(y) else logits.sum() * 0.0 + self.bnd
+        return ce, bounded_forgetting_loss(ce, self.bnd)
 
     def training_step(self, forget_batch: Batch, retain_batch: Batch, *, epoch: int) -> dict[str, torch.Tensor]:
         (x_f, y_f), (x_r, y_r) = forget_batch, retain_batch
@@ -159,15 +165,19 @@ class GSLoRA(Method):
         if self.missing:  # classes without data never appear as targets: keep them out of the softmax
             retain_logits = retain_logits.index_fill(1, torch.tensor(self.missing, device=logits.device), -1e4)
         retain = F.cross_entropy(retain_logits, y_r)
-        forget_logits, held = logits[len(y_r):], self.split_held(y_f)
-        forget_ce = F.cross_entropy(forget_logits[~held], y_f[~held])
-        forget = bounded_forgetting_loss(forget_ce, self.bnd)
+        forget_logits = logits[len(y_r):]
+        if self.held is None:  # the recipe: the whole forget batch
+            forget_ce = F.cross_entropy(forget_logits, y_f)
+            forget = bounded_forgetting_loss(forget_ce, self.bnd)
+        else:  # hold_old: the request's classes, then the held ones, each bounded on its own
+            held = self.split_held(y_f)
+            forget_ce, forget = self.bounded(forget_logits[~held], y_f[~held])
+            hold = self.bounded(forget_logits[held], y_f[held])[1]
         lasso = group_lasso(self.group_params)
         alpha = 0.0 if epoch < self.config.alpha_warmup_epochs else self.config.alpha
         loss = retain + self.beta * forget + alpha * lasso
         terms = {"loss": loss, "retain": retain, "forget": forget, "forget_ce": forget_ce, "group_lasso": lasso}
-        if held.any():
-            hold = bounded_forgetting_loss(F.cross_entropy(forget_logits[held], y_f[held]), self.bnd)
+        if self.held is not None:
             terms = {**terms, "loss": loss + self.beta * self.config.hold_old * hold, "hold_old": hold}
         return terms
 
@@ -189,7 +199,7 @@ class GSLoRA(Method):
             "trainable_parameters": trainable,
             "base_parameters": self.base_parameters,
             "trainable_ratio": trainable / self.base_parameters,
-            "held_images": len(self.held) if self.held is not None else 0,
+            **({"held_images": len(self.held)} if self.held is not None else {}),
         }
 
 

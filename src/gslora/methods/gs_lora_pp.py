@@ -4,12 +4,14 @@ Pre-trained Vision Models", arXiv 2501.09705).
 Loss: GS-LoRA's loss + w_f * ReLU(BND_pro - d(z_f, p_{y_f})) + w_r * d(z_r, p_{y_r}), with p_c the mean
 embedding of class c over the request's training data, taken at the start of the request; gslora adds
 w_absorb * d(z_f, p_nearest retained class) and w_scatter * mean ReLU(cos(z_f,i, z_f,j) - s_impostor) over pairs of
-one forgotten class (both off by default).
+one forgotten class (both off by default); with GS-LoRA's hold_old, the scatter term also acts, weighted by hold_old,
+on the images of classes forgotten by earlier requests (the push and absorb terms do not).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,19 +126,25 @@ class GSLoRAPP(GSLoRA):
                    epoch: int) -> dict[str, torch.Tensor]:
         terms = super().loss_terms(logits, embedding, y_r, y_f, epoch=epoch)
         z_r, z_f = embedding[: len(y_r)], embedding[len(y_r):]
-        held = self.split_held(y_f)  # hold_old's images: the scatter term only, with its weight
-        (z_h, y_h), (z_f, y_f) = (z_f[held], y_f[held]), (z_f[~held], y_f[~held])
-        push = prototype_push_loss(z_f, self.prototypes[y_f], self.config.bnd_pro, self.config.distance)
+        if self.held is not None:  # hold_old's images: the scatter term only, with its weight
+            held = self.split_held(y_f)
+            (z_h, y_h), (z_f, y_f) = (z_f[held], y_f[held]), (z_f[~held], y_f[~held])
+
+        def unless_empty(term: Callable[[], torch.Tensor]) -> torch.Tensor:  # a shard may hold only held images
+            return term() if len(y_f) else z_f.sum() * 0.0
+
+        push = unless_empty(lambda: prototype_push_loss(z_f, self.prototypes[y_f], self.config.bnd_pro,
+                                                        self.config.distance))
         pull = prototype_pull_loss(z_r, self.prototypes[y_r], self.config.distance)
         terms["loss"] = terms["loss"] + self.w_f * push + self.config.w_r * pull
         terms = {**terms, "proto_push": push, "proto_pull": pull}
         if self.config.w_absorb > 0 and len(self.retained_prototypes):
-            absorb = absorb_loss(z_f, self.retained_prototypes, self.config.distance)
+            absorb = unless_empty(lambda: absorb_loss(z_f, self.retained_prototypes, self.config.distance))
             terms = {**terms, "loss": terms["loss"] + self.config.w_absorb * absorb, "absorb": absorb}
         if self.impostor_similarity is not None:
             scatter = scatter_loss(z_f, y_f, self.impostor_similarity)
             terms = {**terms, "loss": terms["loss"] + self.config.w_scatter * scatter, "scatter": scatter}
-            if len(y_h):
+            if self.held is not None:
                 scatter = scatter_loss(z_h, y_h, self.impostor_similarity)
                 terms = {**terms, "loss": terms["loss"] + self.config.w_scatter * self.config.hold_old * scatter,
                          "hold_old_scatter": scatter}

@@ -50,15 +50,12 @@ class Subsets:
 
     Attributes:
         forget, retain: the subsets (task-specific sets of images and targets).
-        old: training images of the classes forgotten by earlier requests, drawn as ``forget`` is (classification;
-            None where a task has none): what GS-LoRA's ``hold_old`` trains on.
         short: class name -> images used, for classes that had fewer training images than ``shots`` asked for.
         forget_per_class: class name -> images of that forget class in the forget subset.
     """
 
     forget: Any
     retain: Any
-    old: Any = None
     short: dict[str, int] = field(default_factory=dict)
     forget_per_class: dict[str, int] = field(default_factory=dict)
 
@@ -151,6 +148,11 @@ class Task(ABC):
     def training_forget_score(self, model: torch.nn.Module, subsets: Subsets, request: Request, *,
                               device: torch.device) -> float | None:
         """The forget classes' score (percent) on the request's own forget training images, after the edit."""
+
+    def old_subset(self, dataset: Any, request: Request, sequence: SequenceConfig) -> Any:
+        """Training images of the classes forgotten by earlier requests, drawn as the forget subset is (what GS-LoRA's
+        ``hold_old`` trains on; built only for a method that asks); None where the task has none."""
+        return None
 
     def stop_check(self, method: Method, context: TaskContext, subsets: Subsets, config: TrainConfig, *,
                    device: torch.device) -> Callable[[], bool] | None:

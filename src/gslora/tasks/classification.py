@@ -55,13 +55,15 @@ class Classification(Task):
     def subsets(self, dataset: Dataset, request: Request, sequence: SequenceConfig) -> Subsets:
         indices = request_data(dataset, request, sequence)
         forget, retain = dataset.train.subset(indices.forget_indices), dataset.train.subset(indices.retain_indices)
-        old = dataset.train.subset(indices.old_indices)
         counts = torch.bincount(torch.cat([forget.labels, retain.labels]), minlength=dataset.num_classes).tolist()
         with_data = [c for c in (*request.forget, *request.retain) if c not in request.missing]
         short = {dataset.classes[c]: counts[c] for c in with_data
                  if sequence.shots is not None and counts[c] < sequence.shots}
-        return Subsets(forget, retain, old, short=short,
+        return Subsets(forget, retain, short=short,
                        forget_per_class={dataset.classes[c]: counts[c] for c in request.forget})
+
+    def old_subset(self, dataset: Dataset, request: Request, sequence: SequenceConfig) -> Any:
+        return dataset.train.subset(request_data(dataset, request, sequence).old_indices)
 
     def train(self, method: Method, context: TaskContext, subsets: Subsets, config: TrainConfig, *,
               device: torch.device, progress: ProgressFactory, profile: Profile | None = None

@@ -705,6 +705,9 @@ def test_the_fashion_probe_round_adopts_only_a_guarded_candidate_clearly_closer_
         rows = {rule.REFERENCES_3[0]: row([8.0, 8.0]), **candidates}
         return rule.choose({"methods": rows}, rule.CANDIDATES_3, rule.REFERENCES_3)["winner"]
 
+    committed = json.loads((ROOT / "benchmarks" / "verification_validation" / "results.json").read_text())
+    text = (ROOT / "benchmarks" / "verification_validation" / "choice.md").read_text()
+    assert rule.choice_text(committed["settings"]) == text and "Winner: none (round 2's winner stays)." in text
     hold1, hold3, half = rule.CANDIDATES_3
     assert rule.REFERENCES_3 == [one]
     assert winner3(**{hold1: row([4.5, 4.5])}) == hold1 and winner3(**{hold1: row([5.5, 5.5])}) is None

@@ -126,8 +126,9 @@ def sample_per_class(labels: torch.Tensor, class_ids: Sequence[int], *, ratio: f
 
 @dataclass(frozen=True)
 class RequestData:
-    """Training subsets of one request (indices into the training split): the forget and retain subsets, and the
-    classes forgotten by earlier requests drawn in the same way (``old``: what GS-LoRA's ``hold_old`` trains on)."""
+    """Training subsets of one request (indices into the training split): the forget and retain subsets, and
+    ``old_indices``, the classes forgotten by earlier requests drawn in the same way (what GS-LoRA's ``hold_old``
+    trains on)."""
 
     forget_indices: torch.Tensor
     retain_indices: torch.Tensor
@@ -135,7 +136,8 @@ class RequestData:
 
 
 def request_data(dataset: Dataset, request: Request, config: SequenceConfig) -> RequestData:
-    """Draw the request's forget and retain training subsets, and one of the classes earlier requests forgot.
+    """Draw the request's forget and retain training subsets, and a subset drawn the same way of the classes that
+    earlier requests forgot.
 
     Raises:
         GSLoRAError: the forget or the retain subset holds no image.

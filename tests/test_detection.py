@@ -243,7 +243,9 @@ def test_cli_pretrains_a_detector_and_forgetting_drops_forget_map(tmp_path, caps
     assert manifest["task"] == "detection" and request["forget_class_names"] == ["cross"]
     assert request["acceptance"]["accepted_partial"] and request["acceptance"]["misses"]
     kept_f, kept_r = m["map50_f"] / m["map50_f_before"], m["map50_r"] / m["map50_r_before"]
-    assert kept_f < 0.5, m  # less than half of the forget class's mAP@0.5 is left
+    # less than half of the forget class's mAP@0.5 is left, and the forget class lost a larger share than the retained
+    # one (the 0.25 margin the requirement asks on top of that is checked at the end)
+    assert kept_f < 0.5 and kept_f < kept_r, m
     for name in ("report.md", "metrics.json", "accuracy.png", "group_norms.png", "requests/000/adapter"):
         assert (run / name).exists(), name
     assert "| 0 | cross |" in (run / "report.md").read_text()

@@ -308,7 +308,7 @@ def test_hold_old_bounds_and_scatters_the_held_classes_apart_from_the_request():
     request = Request(1, (0, 3), (1, 2, 6), (4, 5))
     config = dict(w_f=0.5, bnd_pro=30.0, beta=0.2, alpha=0.0, w_scatter=2.0, bnd=50.0)
     method = GSLoRAPP(GSLoRAPPConfig(**config, hold_old=3.0))
-    method.setup_task(model, TaskContext(request, 1, 1, forget_data=forget, retain_data=retain, old_data=old))
+    method.setup_task(model, TaskContext(request, 1, 1, forget_data=forget, retain_data=retain, old_data=lambda: old))
     assert method.held_data() is old
     both = ImageSet.join(forget, old)
     terms = method.training_step((both.images, both.labels), (retain.images, retain.labels), epoch=0)
@@ -327,12 +327,12 @@ def test_hold_old_bounds_and_scatters_the_held_classes_apart_from_the_request():
                 + 0.2 * 3.0 * terms["hold_old"] + 2.0 * 3.0 * terms["hold_old_scatter"])
     assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
     off = GSLoRAPP(GSLoRAPPConfig(**config))
-    off.setup_task(model, TaskContext(request, 1, 1, forget_data=forget, retain_data=retain, old_data=old))
+    off.setup_task(model, TaskContext(request, 1, 1, forget_data=forget, retain_data=retain, old_data=lambda: old))
     assert off.held_data() is None
     first = GSLoRAPP(GSLoRAPPConfig(**config, hold_old=3.0))  # request 0: nothing forgotten before, nothing held
     none = ImageSet(x[:0], torch.tensor([], dtype=torch.long))
     first.setup_task(model, TaskContext(Request(0, (0, 3), (1, 2, 6), ()), 1, 1, forget_data=forget,
-                                        retain_data=retain, old_data=none))
+                                        retain_data=retain, old_data=lambda: none))
     plain = off.training_step((forget.images, forget.labels), (retain.images, retain.labels), epoch=0)
     same = first.training_step((forget.images, forget.labels), (retain.images, retain.labels), epoch=0)
     assert first.held_data() is None and same.keys() == plain.keys() and "hold_old" not in same
@@ -348,7 +348,7 @@ def test_hold_old_bounds_and_scatters_the_held_classes_apart_from_the_request():
         return GSLoRAPP.training_step(method, forget_batch, retain_batch, epoch=epoch)
 
     method.training_step = record
-    context = TaskContext(request, 1, 2, forget_data=forget, retain_data=retain, old_data=old)
+    context = TaskContext(request, 1, 2, forget_data=forget, retain_data=retain, old_data=lambda: old)
     train_request(method, context, forget, retain, ForgetTrainConfig(epochs=1, min_steps=0, batch_size=3, lr=1e-3),
                   device=torch.device("cpu"))
     assert len(seen) == 2  # one step per retain batch; each forget batch: the request's images, then held ones

@@ -18,6 +18,7 @@ from gslora.data.tasks import (
     RequestData,
     build_requests,
     class_order,
+    old_indices,
     request_data,
     resolve_classes,
     sample_per_class,
@@ -26,5 +27,5 @@ from gslora.data.tasks import (
 __all__ = [
     "Dataset", "ImageFiles", "ImageSet", "Request", "RequestData", "build_requests", "class_order", "for_model",
     "load_batches", "load_dataset", "load_embeddings", "load_fashion_mnist", "load_image_folder", "load_npz",
-    "request_data", "resolve_classes", "sample_per_class", "spans",
+    "old_indices", "request_data", "resolve_classes", "sample_per_class", "spans",
 ]

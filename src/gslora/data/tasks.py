@@ -126,28 +126,32 @@ def sample_per_class(labels: torch.Tensor, class_ids: Sequence[int], *, ratio: f
 
 @dataclass(frozen=True)
 class RequestData:
-    """Training subsets of one request (indices into the training split): the forget and retain subsets, and
-    ``old_indices``, the classes forgotten by earlier requests drawn in the same way (what GS-LoRA's ``hold_old``
-    trains on)."""
+    """Training subsets of one request (indices into the training split)."""
 
     forget_indices: torch.Tensor
     retain_indices: torch.Tensor
-    old_indices: torch.Tensor
+
+
+def _draw(dataset: Dataset, request: Request, config: SequenceConfig, classes: Sequence[int], part: int
+          ) -> torch.Tensor:
+    """The request's seeded per-class sample of ``classes``; ``part`` (0 forget, 1 retain, 2 old) offsets the seed."""
+    return sample_per_class(dataset.train.labels, classes, seed=config.subset_seed + 1000 * request.index + part,
+                            ratio=config.ratio, shots=config.shots, min_per_class=config.min_per_class)
+
+
+def old_indices(dataset: Dataset, request: Request, config: SequenceConfig) -> torch.Tensor:
+    """The classes forgotten by earlier requests, drawn as the request's forget subset is (GS-LoRA's ``hold_old``)."""
+    return _draw(dataset, request, config, request.old, 2)
 
 
 def request_data(dataset: Dataset, request: Request, config: SequenceConfig) -> RequestData:
-    """Draw the request's forget and retain training subsets, and a subset drawn the same way of the classes that
-    earlier requests forgot.
+    """Draw the request's forget and retain training subsets.
 
     Raises:
         GSLoRAError: the forget or the retain subset holds no image.
     """
-    seed = config.subset_seed + 1000 * request.index
-    kwargs = {"ratio": config.ratio, "shots": config.shots, "min_per_class": config.min_per_class}
-    forget = sample_per_class(dataset.train.labels, request.forget, seed=seed, **kwargs)
-    with_data = [c for c in request.retain if c not in request.missing]
-    retain = sample_per_class(dataset.train.labels, with_data, seed=seed + 1, **kwargs)
-    old = sample_per_class(dataset.train.labels, request.old, seed=seed + 2, **kwargs)
+    forget = _draw(dataset, request, config, request.forget, 0)
+    retain = _draw(dataset, request, config, [c for c in request.retain if c not in request.missing], 1)
     names = ", ".join(dataset.classes[c] for c in request.forget)
     if len(forget) == 0:
         raise GSLoRAError(f"request {request.index}: the forget classes ({names}) have no training images; "
@@ -160,4 +164,4 @@ def request_data(dataset: Dataset, request: Request, config: SequenceConfig) -> 
     if untested:
         raise GSLoRAError(f"request {request.index}: class(es) {', '.join(untested[:5])} have no test images, so "
                           "forgetting and retention cannot be measured; add test images of every class")
-    return RequestData(forget, retain, old)
+    return RequestData(forget, retain)

@@ -10,6 +10,7 @@ was after the last finished one (the ledger records the attempt).
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import signal
 import time
@@ -273,11 +274,10 @@ def _apply_request(run: RunDirectory, state: _State, config: Any, request: Reque
     try:
         with run.attempt(request_id) as stage:
             adapters = getattr(config, "adapters", None)
-            holds = getattr(method.config, "hold_old", 0) > 0  # only then are the earlier classes' images drawn
-            old = task.old_subset(dataset, request, config.sequence) if holds else None
             context = TaskContext(request, train.epochs, steps_per_epoch, forget_data=subsets.forget,
-                                  retain_data=subsets.retain, old_data=old, original_model=state.original,
-                                  device=device,
+                                  retain_data=subsets.retain,
+                                  old_data=functools.partial(task.old_subset, dataset, request, config.sequence),
+                                  original_model=state.original, device=device,
                                   allow_non_transformer=bool(adapters and adapters.allow_non_transformer))
             torch.manual_seed(config.train.seed + request.index)
             started, start = now(), time.perf_counter()

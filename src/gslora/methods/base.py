@@ -32,8 +32,8 @@ class TaskContext:
         steps_per_epoch: optimisation steps per epoch.
         forget_data, retain_data: the request's training subsets (an ``ImageSet`` for classification, a
             ``DetectionSet`` for detection).
-        old_data: training images of the classes forgotten by earlier requests (classification; an empty set on the
-            first request), drawn as the forget subset is; a method reads them through ``held_data``.
+        old_data: returns training images of the classes forgotten by earlier requests, drawn as the forget subset is
+            (classification; an empty set on the first request), built on call: only a method that holds them asks.
         original_model: returns the run's original (pre-trained) model, loaded on first use.
         device: where training runs.
         allow_non_transformer: adapters may go on MLP blocks without attention (``adapters.allow_non_transformer``).
@@ -44,7 +44,7 @@ class TaskContext:
     steps_per_epoch: int
     forget_data: Any = None
     retain_data: Any = None
-    old_data: Any = None
+    old_data: Callable[[], Any] | None = None
     original_model: Callable[[], VisionClassifier] | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     allow_non_transformer: bool = False

@@ -121,8 +121,8 @@ class GSLoRA(Method):
         self.missing = list(task.request.missing) if self.config.mask_missing else []
         self.bnd = wrong_class_ce(self.classifier, task.retain_data) if self.config.bnd == "auto" \
             else float(self.config.bnd)
-        self.held = task.old_data if self.config.hold_old > 0 and task.old_data is not None and len(task.old_data) \
-            else None
+        held = task.old_data() if self.config.hold_old > 0 and task.old_data is not None else None
+        self.held = held if held is not None and len(held) else None
         self.old_classes = torch.tensor(task.request.old, dtype=torch.long)
 
     def held_data(self) -> ImageSet | None:

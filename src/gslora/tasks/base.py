@@ -151,7 +151,8 @@ class Task(ABC):
 
     def old_subset(self, dataset: Any, request: Request, sequence: SequenceConfig) -> Any:
         """Training images of the classes forgotten by earlier requests, drawn as the forget subset is (what GS-LoRA's
-        ``hold_old`` trains on; built only for a method that asks); None where the task has none."""
+        ``hold_old`` trains on; ``TaskContext.old_data`` calls it for a method that asks); None where the task has
+        none."""
         return None
 
     def stop_check(self, method: Method, context: TaskContext, subsets: Subsets, config: TrainConfig, *,

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from gslora.config import SequenceConfig, TrainConfig
-from gslora.data import Dataset, Request, for_model, load_dataset, request_data, sample_per_class
+from gslora.data import Dataset, Request, for_model, load_dataset, old_indices, request_data, sample_per_class
 from gslora.engine.evaluate import Predictions, predict
 from gslora.engine.loop import Profile, ProgressFactory, train_request
 from gslora.errors import GSLoRAError
@@ -63,7 +63,7 @@ class Classification(Task):
                        forget_per_class={dataset.classes[c]: counts[c] for c in request.forget})
 
     def old_subset(self, dataset: Dataset, request: Request, sequence: SequenceConfig) -> Any:
-        return dataset.train.subset(request_data(dataset, request, sequence).old_indices)
+        return dataset.train.subset(old_indices(dataset, request, sequence))
 
     def train(self, method: Method, context: TaskContext, subsets: Subsets, config: TrainConfig, *,
               device: torch.device, progress: ProgressFactory, profile: Profile | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 # `make test` runs the suite in one pytest-xdist worker per core: each worker (and every process a test starts)
@@ -75,12 +76,35 @@ def fashion_subset(fashion: Dataset, tmp_path_factory) -> tuple[Path, Dataset]:
 
 @pytest.fixture(scope="session")
 def base_checkpoint(fashion_subset, tmp_path_factory) -> Path:
-    """A depth-4 ViT pre-trained for 4 epochs on the real subset (about 20 s on 2 cores)."""
-    _, subset = fashion_subset
-    config = ModelConfig(depth=4, width=64, heads=4, patch_size=7, image_size=28, in_chans=1, num_classes=10)
-    model, info = pretrain(config, subset, TrainConfig(epochs=4, batch_size=64, lr=2e-3, warmup_epochs=0,
-                                                       device="cpu"))
-    assert info["test_acc"] > 60, f"tiny pre-training failed: {info['test_acc']:.1f}%"
-    path = tmp_path_factory.mktemp("ckpt") / "base"
-    save_checkpoint(model, path, classes=subset.classes, extra={"pretrain": {"test_acc": info["test_acc"]}})
+    """A depth-4 ViT pre-trained for 4 epochs on the real subset (about 20 s on 2 cores), once per test run: the
+    pytest-xdist workers share it (the first to ask builds it under a lock; the subset is the same in every worker).
+    Tests only read it."""
+    from filelock import FileLock  # a dependency of torch
+
+    root = tmp_path_factory.getbasetemp()
+    root = root.parent if _WORKERS else root  # the run's directory, above each worker's own
+    path = root / "shared_base"
+    with FileLock(str(path) + ".lock"):
+        if not path.is_dir():
+            _, subset = fashion_subset
+            config = ModelConfig(depth=4, width=64, heads=4, patch_size=7, image_size=28, in_chans=1, num_classes=10)
+            model, info = pretrain(config, subset, TrainConfig(epochs=4, batch_size=64, lr=2e-3, warmup_epochs=0,
+                                                               device="cpu"))
+            assert info["test_acc"] > 60, f"tiny pre-training failed: {info['test_acc']:.1f}%"
+            partial = root / "shared_base.partial"
+            shutil.rmtree(partial, ignore_errors=True)  # left by a worker that died while saving
+            save_checkpoint(model, partial, classes=subset.classes, extra={"pretrain": {"test_acc": info["test_acc"]}})
+            os.replace(partial, path)  # whole or absent, if a worker dies while saving
     return path
+
+
+#: the files that take longest (about 45-200 s each on one core), longest first: pytest-xdist hands whole files to
+#: the workers in collection order (``--dist loadfile``), so starting with these lets the short ones fill the gaps at
+#: the end instead of one worker finishing a long file alone
+SLOW_FILES = ("test_faults.py", "test_readme.py", "test_cli.py", "test_detection.py", "test_ledger.py",
+              "test_distributed.py", "test_precision.py", "test_compare.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FILES)))  # stable: each file keeps its order

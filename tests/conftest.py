@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny ViT pre-trained once per session on a real Fashion-MNIST subset."""
+"""Shared fixtures: a tiny ViT pre-trained once per test run (the xdist workers share it) on real Fashion-MNIST."""
 
 from __future__ import annotations
 

@@ -100,9 +100,10 @@ def base_checkpoint(fashion_subset, tmp_path_factory) -> Path:
 
 #: the files that take longest (about 45-200 s each on one core), longest first: pytest-xdist hands whole files to
 #: the workers in collection order (``--dist loadfile``), so starting with these lets the short ones fill the gaps at
-#: the end instead of one worker finishing a long file alone
-SLOW_FILES = ("test_faults.py", "test_readme.py", "test_cli.py", "test_detection.py", "test_ledger.py",
-              "test_distributed.py", "test_precision.py", "test_compare.py")
+#: the end instead of one worker finishing a long file alone. test_benchmarks.py leads: in a fresh clone (no .cache)
+#: its smoke benchmark pre-trains its base first.
+SLOW_FILES = ("test_benchmarks.py", "test_faults.py", "test_readme.py", "test_cli.py", "test_detection.py",
+              "test_ledger.py", "test_distributed.py", "test_precision.py", "test_compare.py")
 
 
 def pytest_collection_modifyitems(config, items):

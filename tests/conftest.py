@@ -106,6 +106,6 @@ SLOW_FILES = ("test_benchmarks.py", "test_faults.py", "test_readme.py", "test_cl
               "test_ledger.py", "test_distributed.py", "test_precision.py", "test_compare.py")
 
 
-def pytest_collection_modifyitems(config, items):
+def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(SLOW_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FILES)))  # stable: each file keeps its order

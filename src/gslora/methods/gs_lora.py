@@ -167,8 +167,7 @@ class GSLoRA(Method):
         retain = F.cross_entropy(retain_logits, y_r)
         forget_logits = logits[len(y_r):]
         if self.held is None:  # the recipe: the whole forget batch
-            forget_ce = F.cross_entropy(forget_logits, y_f)
-            forget = bounded_forgetting_loss(forget_ce, self.bnd)
+            forget_ce, forget = self.bounded(forget_logits, y_f)
         else:  # hold_old: the request's classes, then the held ones, each bounded on its own
             held = self.split_held(y_f)
             forget_ce, forget = self.bounded(forget_logits[~held], y_f[~held])

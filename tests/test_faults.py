@@ -366,6 +366,24 @@ def test_help_and_version_answer_without_loading_torch():
     assert result.stdout.strip() == "none", result.stdout + result.stderr
 
 
+def test_the_engine_loads_peft_only_when_a_request_attaches_an_adapter():
+    """peft imports transformers (4 s of a 6.5 s start on this machine): the ledger's commands, pre-training and the
+    baselines never attach LoRA and must not pay for it; attaching LoRA loads it."""
+    probe = ("import sys\n"
+             "import gslora.engine, gslora.engine.ledger, gslora.methods, gslora.tasks.classification\n"
+             "from gslora.cli import main\n"
+             "before = [m for m in ('peft', 'transformers') if m in sys.modules]\n"
+             "from gslora.adapters import attach_lora, find_ffn_groups\n"
+             "from gslora.config import ModelConfig\n"
+             "from gslora.models import build_model\n"
+             "model = build_model(ModelConfig(depth=1, width=8, heads=2, image_size=8, patch_size=4))\n"
+             "attach_lora(model, find_ffn_groups(model), rank=2, lora_alpha=2)\n"
+             "print(','.join(before) or 'none', 'peft' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.stdout.split() == ["none", "True"], result.stdout + result.stderr
+
+
 def test_every_option_states_its_default():
     import argparse
 

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
 from gslora.errors import GSLoRAError
+
+if TYPE_CHECKING:  # peft imports transformers (seconds): only a request that attaches LoRA loads it
+    from peft import PeftModel
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,8 @@ def attach_lora(model: nn.Module, groups: list[BlockGroup], *, rank: int, lora_a
     peft's default init (A Kaiming-uniform, B = 0) makes the adapter start as the identity edit.
     The scaling is ``lora_alpha / rank`` (reference: 1 / 8).
     """
+    from peft import LoraConfig, get_peft_model
+
     targets = [t for g in groups for t in g.targets]
     config = LoraConfig(r=rank, lora_alpha=lora_alpha, lora_dropout=dropout, target_modules=targets, bias="none")
     return get_peft_model(model, config)

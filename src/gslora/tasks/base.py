@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from peft import PeftModel
 
 from gslora.config import ForgetTrainConfig, SequenceConfig, TrainConfig
 from gslora.data import Request
@@ -163,6 +162,7 @@ class Task(ABC):
         bound = ForgetTrainConfig.of(config).stop_when_forgotten
         if bound is None or not len(subsets.forget):
             return None
+        from peft import PeftModel
 
         def forgotten() -> bool:
             model = method.model.get_base_model() if isinstance(method.model, PeftModel) else method.model

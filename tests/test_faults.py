@@ -350,6 +350,12 @@ def test_bad_input_corpus_each_ends_in_one_line(setting, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(("r", "p")) and p.name[1:].isdigit()]
 
 
+def _in_a_new_interpreter(code: str) -> subprocess.CompletedProcess:
+    """``code`` run by a fresh Python (nothing imported yet), from the checkout."""
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
 def test_help_and_version_answer_without_loading_torch():
     probe = ("import sys, contextlib, io\n"
              "from gslora.cli import main\n"
@@ -361,8 +367,7 @@ def test_help_and_version_answer_without_loading_torch():
              "            pass\n"
              "heavy = [m for m in ('torch', 'timm', 'peft', 'transformers') if m in sys.modules]\n"
              "print(','.join(heavy) or 'none')\n")
-    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    result = _in_a_new_interpreter(probe)
     assert result.stdout.strip() == "none", result.stdout + result.stderr
 
 
@@ -379,8 +384,7 @@ def test_the_engine_loads_peft_only_when_a_request_attaches_an_adapter():
              "model = build_model(ModelConfig(depth=1, width=8, heads=2, image_size=8, patch_size=4))\n"
              "attach_lora(model, find_ffn_groups(model), rank=2, lora_alpha=2)\n"
              "print(','.join(before) or 'none', 'peft' in sys.modules)\n")
-    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    result = _in_a_new_interpreter(probe)
     assert result.stdout.split() == ["none", "True"], result.stdout + result.stderr
 
 

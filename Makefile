@@ -17,7 +17,7 @@ export MKL_CBWR ?= AVX2
 export ONEDNN_MAX_CPU_ISA ?= AVX2
 endif
 
-.PHONY: demo test test-slow bench bench-all lint venv system clean bytecode
+.PHONY: demo test test-slow bench bench-all lint venv system clean
 BENCHMARKS := fashion_mnist_continual fashion_mnist_4shot_validation fashion_mnist_4shot_levers_validation \
 	fashion_mnist_4shot fashion_mnist_baselines fashion_mnist_baselines_4shot \
 	fashion_mnist_missing_validation fashion_mnist_missing_levers_validation \
@@ -73,17 +73,14 @@ $(PY):
 
 # Dependencies are reinstalled only when the content of pyproject.toml changes; the package is re-linked to
 # this checkout when the venv's gslora is another checkout's, so a cached $(VENV) works for any clone.
-$(DEPS_STAMP): | $(PY)  # the name holds the hash of pyproject.toml: no timestamp check
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install --no-compile -e '.[test]'
-	$(MAKE) --no-print-directory bytecode
-	rm -f $(VENV)/.deps-* && touch $@
-
 # pip compiles the installed files to bytecode on one core (56 of its 113 s here); compileall does it on every core
 # (31 s on 2). Like pip it skips files this Python cannot compile (torch ships a Python 3.12-only test file), hence
 # the `|| true`. The bytecode matters: without it (PYTHONDONTWRITEBYTECODE) every process compiles torch again.
-bytecode: | $(PY)
+$(DEPS_STAMP): | $(PY)  # the name holds the hash of pyproject.toml: no timestamp check
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install --no-compile -e '.[test]'
 	$(PY) -m compileall -qq -j0 "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" || true
+	rm -f $(VENV)/.deps-* && touch $@
 
 venv: $(DEPS_STAMP)
 	$(PY) -c 'import gslora, sys; sys.exit(not gslora.__file__.startswith("$(CURDIR)/src/"))' 2>/dev/null || \

@@ -8,9 +8,10 @@ from gslora.adapters.lora import (
     group_lasso,
     group_norms,
     group_parameters,
+    injected_model,
     merge_adapter,
     save_adapter,
 )
 
 __all__ = ["BlockGroup", "attach_lora", "delta_norms", "find_ffn_groups", "group_lasso", "group_norms",
-           "group_parameters", "merge_adapter", "save_adapter"]
+           "group_parameters", "injected_model", "merge_adapter", "save_adapter"]

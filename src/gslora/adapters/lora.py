@@ -145,6 +145,13 @@ def attach_lora(model: nn.Module, groups: list[BlockGroup], *, rank: int, lora_a
     return get_peft_model(model, config)
 
 
+def injected_model(model: nn.Module) -> nn.Module:
+    """The model inside a peft wrapper, its LoRA layers in place; any other model as it is."""
+    from peft import PeftModel
+
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
 def group_parameters(peft_model: PeftModel, groups: list[BlockGroup]) -> list[list[nn.Parameter]]:
     """The LoRA tensors (A and B of both FFN layers) of each group."""
     base = peft_model.base_model.model

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from gslora.adapters import injected_model
 from gslora.config import ForgetTrainConfig, SequenceConfig, TrainConfig
 from gslora.data import Request
 from gslora.engine.loop import Profile, ProgressFactory
@@ -162,10 +163,9 @@ class Task(ABC):
         bound = ForgetTrainConfig.of(config).stop_when_forgotten
         if bound is None or not len(subsets.forget):
             return None
-        from peft import PeftModel
 
         def forgotten() -> bool:
-            model = method.model.get_base_model() if isinstance(method.model, PeftModel) else method.model
+            model = injected_model(method.model)
             score = self.training_forget_score(model, subsets, context.request, device=device)
             return score is not None and score <= bound
 

@@ -115,3 +115,24 @@ def test_compare_reports_each_headline_against_the_reference():
     assert rows["probe_accuracy"] == {"method": 90.0, "reference": 60.0, "difference": 30.0}
     assert rows["relearn_steps"]["difference"] == -40
     assert rows["tar_far_1e-2"] == {"method": None, "reference": None, "difference": None}
+
+
+def test_the_bootstrap_auc_interval_is_roc_auc_score_on_each_resample():
+    """The vectorised AUC of every resample at once gives the interval of one sklearn ``roc_auc_score`` per resample,
+    ties (equal scores of a member and a non-member count one half) and tiny samples included."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from gslora.verification.stats import paired_bootstrap_auc_ci, paired_bootstrap_ci
+
+    rng = np.random.default_rng(0)
+    for n_a, n_b, decimals in ((40, 60, 8), (200, 150, 1), (3, 2, 1), (1, 1, 0)):
+        positive, negative = rng.random(n_a).round(decimals), (rng.random(n_b) * 0.8).round(decimals)
+
+        def auc(i, j, positive=positive, negative=negative):
+            labels = np.concatenate([np.ones(len(i)), np.zeros(len(j))])
+            return float(roc_auc_score(labels, np.concatenate([positive[i], negative[j]])))
+
+        expected = paired_bootstrap_ci(auc, n_a, n_b, resamples=50, seed=5)
+        assert paired_bootstrap_auc_ci(positive, negative, resamples=50, seed=5) == pytest.approx(expected, abs=1e-12)
+    assert paired_bootstrap_auc_ci(positive, negative, resamples=0, seed=5) is None

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gslora.verification.stats import paired_bootstrap_ci
+from gslora.verification.stats import paired_bootstrap_auc_ci, paired_bootstrap_ci
 
 
 def attack_features(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
@@ -64,17 +64,11 @@ def attack_results(attack: Any, train: np.ndarray, test: np.ndarray, *, resample
     from sklearn.metrics import roc_auc_score
 
     p_train, p_test = attack.predict_proba(train)[:, 1], attack.predict_proba(test)[:, 1]
-
-    def auc(i: np.ndarray, j: np.ndarray) -> float | None:
-        y = np.concatenate([np.ones(len(i)), np.zeros(len(j))])
-        return float(roc_auc_score(y, np.concatenate([p_train[i], p_test[j]])))
-
-    every_train, every_test = np.arange(len(p_train)), np.arange(len(p_test))
     share = float((p_train >= 0.5).mean())
     labels = np.concatenate([np.ones(len(p_train)), np.zeros(len(p_test))])
     return {
-        "auc": auc(every_train, every_test),
-        "auc_ci": paired_bootstrap_ci(auc, len(p_train), len(p_test), resamples=resamples, seed=seed),
+        "auc": float(roc_auc_score(labels, np.concatenate([p_train, p_test]))),
+        "auc_ci": paired_bootstrap_auc_ci(p_train, p_test, resamples=resamples, seed=seed),
         "member_share": share,
         "member_share_ci": paired_bootstrap_ci(lambda i, _j: float((p_train[i] >= 0.5).mean()), len(p_train), 1,
                                                resamples=resamples, seed=seed + 1),

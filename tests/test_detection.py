@@ -209,22 +209,84 @@ def test_hold_old_bounds_the_retain_queries_matched_to_earlier_forgotten_objects
         DetectionGSLoRAConfig(hold_old=-1.0)
 
 
-def test_cli_pretrains_a_detector_and_forgetting_drops_forget_map(tmp_path, capsys, monkeypatch):
-    """Composed scenes of two easy, distinct shapes; a tiny detector learns them in a few epochs."""
+def _two_shapes(root, train: int, test: int) -> None:
+    """Composed COCO scenes of two easy, distinct shapes: a filled square and a cross."""
     items = torch.zeros(2, 1, 28, 28, dtype=torch.uint8)
     items[0, :, 4:24, 4:24] = 255  # a filled square
     items[1, :, 12:16, 2:26] = 255  # a horizontal bar
     items[1, :, 2:26, 12:16] = 255  # ... and a vertical one: a cross
     labels = torch.tensor([0, 1])
-    for split, n, seed in (("train", 400, 0), ("test", 40, 1)):
+    for split, n, seed in (("train", train, 0), ("test", test, 1)):
         scenes = compose_scenes(items, labels, n, size=64, objects=(1, 2), seed=seed)
-        write_coco(scenes, ["square", "cross"], tmp_path / f"{split}.json", tmp_path / split)
-    det = tmp_path / "det"
+        write_coco(scenes, ["square", "cross"], root / f"{split}.json", root / split)
+
+
+def _pretrain_detector(root, epochs: int):
+    det = root / "det"
     model = ["--set", "model.d_model=32", "--set", "model.ffn_dim=64", "--set", "model.heads=2",
              "--set", "model.num_queries=6", "--set", "model.feature_levels=1",
              "--set", "model.backbone_hidden=[8,16,32,64]"]
-    assert main(["pretrain", "--task", "detection", "--data", str(tmp_path), "--epochs", "80", "--lr", "4e-3",
+    assert main(["pretrain", "--task", "detection", "--data", str(root), "--epochs", str(epochs), "--lr", "4e-3",
                  "--batch-size", "32", "--device", "cpu", "--out", str(det), "-q", *model]) == 0
+    return det
+
+
+def _stop_when_forgotten_ends_after_the_first_epoch_at_the_bound(forget, tmp_path, monkeypatch) -> None:
+    """With train.stop_when_forgotten the request ends after the first epoch whose forget classes' mAP@0.5 on the
+    request's forget training scenes, read from the detector with its adapters, is at or below the bound."""
+    from gslora.detection.task import Detection
+
+    scores, asked, real = iter([50.0, 30.0, 1.0]), [], Detection.training_forget_score
+
+    def scripted(self, model, subsets, request, *, device):
+        if any("lora_" in name for name, _ in model.named_modules()):  # during training: these scores per epoch
+            asked.append(len(subsets.forget))
+            return next(scores)
+        return real(self, model, subsets, request, device=device)  # the judge, on the merged detector
+
+    monkeypatch.setattr(Detection, "training_forget_score", scripted)
+    assert main([*forget, "--set", "train.stop_when_forgotten=2", "--accept-partial", "--out",
+                 str(tmp_path / "stopped")]) == 0
+    [stopped] = json.loads((tmp_path / "stopped" / "manifest.json").read_text())["requests"]
+    assert len(stopped["history"]) == 3 and len(asked) == 3 and asked[0] > 0
+    monkeypatch.undo()
+
+
+def test_cli_detection_request_commits_reports_stops_and_refuses_a_repeat(tmp_path, capsys, monkeypatch):
+    """The detection path through the CLI on a barely trained detector (quick): pre-training records where its weights
+    came from, a request commits with its report, stops early when asked, and a repeat is refused. Whether the
+    forgetting is selective needs a trained detector: the slow test below."""
+    _two_shapes(tmp_path, train=64, test=16)
+    det = _pretrain_detector(tmp_path, epochs=2)
+    meta = json.loads((det / "config.json").read_text())
+    assert {"commit", "time", "hardware", "map50"} <= set(meta["pretrain"])
+    assert meta["pretrain"]["hardware"].endswith(f", {torch.get_num_threads()} threads")
+    run = tmp_path / "run"
+    forget = ["forget", "--checkpoint", str(det), "--data", str(tmp_path), "--classes", "cross", "--ratio", "1.0",
+              "--epochs", "4", "--lr", "5e-3", "--batch-size", "8", "--device", "cpu", "--beta", "1.0",
+              "--set", "train.min_steps=0", "-q"]
+    assert main([*forget, "--accept-partial", "--out", str(run)]) == 0
+    manifest = json.loads((run / "manifest.json").read_text())
+    [request] = manifest["requests"]
+    assert manifest["task"] == "detection" and request["forget_class_names"] == ["cross"]
+    assert {"map50_f", "map50_f_before", "map50_r", "map50_r_before"} <= set(request["metrics"])
+    assert len(request["history"]) == 4  # every configured epoch ran
+    for name in ("report.md", "report.html", "metrics.json", "accuracy.png", "group_norms.png",
+                 "requests/000/adapter"):
+        assert (run / name).exists(), name
+    assert "| 0 | cross |" in (run / "report.md").read_text()
+    _stop_when_forgotten_ends_after_the_first_epoch_at_the_bound(forget, tmp_path, monkeypatch)
+    capsys.readouterr()
+    assert main(["forget", "--run", str(run), "--data", str(tmp_path), "--classes", "cross", "-q"]) == 2
+    assert "already forgotten" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_pretrains_a_detector_and_forgetting_drops_forget_map(tmp_path, capsys, monkeypatch):
+    """A tiny detector learns the two shapes in a few epochs (about 90 s on one core: `make test-slow`); a request
+    then drops the forget class's mAP@0.5 more than the retained class's."""
+    _two_shapes(tmp_path, train=400, test=40)
+    det = _pretrain_detector(tmp_path, epochs=80)
     meta = json.loads((det / "config.json").read_text())
     assert meta["pretrain"]["map50"] > 20, meta["pretrain"]
     # where the weights came from: code version, time, and the thread count on which a CPU's float sums depend
@@ -250,23 +312,7 @@ def test_cli_pretrains_a_detector_and_forgetting_drops_forget_map(tmp_path, caps
         assert (run / name).exists(), name
     assert "| 0 | cross |" in (run / "report.md").read_text()
     assert len(request["history"]) == 20  # every configured epoch ran ...
-    # ... and with train.stop_when_forgotten the request ends after the first epoch whose forget classes' mAP@0.5 on
-    # the request's forget training scenes, read from the detector with its adapters, is at or below the bound
-    from gslora.detection.task import Detection
-
-    scores, asked, real = iter([50.0, 30.0, 1.0]), [], Detection.training_forget_score
-
-    def scripted(self, model, subsets, request, *, device):
-        if any("lora_" in name for name, _ in model.named_modules()):  # during training: these scores per epoch
-            asked.append(len(subsets.forget))
-            return next(scores)
-        return real(self, model, subsets, request, device=device)  # the judge, on the merged detector
-
-    monkeypatch.setattr(Detection, "training_forget_score", scripted)
-    assert main([*forget, "--set", "train.stop_when_forgotten=2", "--accept-partial", "--out",
-                 str(tmp_path / "stopped")]) == 0
-    [stopped] = json.loads((tmp_path / "stopped" / "manifest.json").read_text())["requests"]
-    assert len(stopped["history"]) == 3 and len(asked) == 3 and asked[0] > 0
+    _stop_when_forgotten_ends_after_the_first_epoch_at_the_bound(forget, tmp_path, monkeypatch)
     capsys.readouterr()
     assert main(["forget", "--run", str(run), "--data", str(tmp_path), "--classes", "cross", "-q"]) == 2
     assert "already forgotten" in capsys.readouterr().err

@@ -65,8 +65,8 @@ def setting(tmp_path_factory):
     model, _ = pretrain(config, dataset, TrainConfig(epochs=2, batch_size=16, lr=1e-3, warmup_epochs=0, device="cpu"))
     save_checkpoint(model, root / "base", classes=dataset.classes)
     run = root / "run"
-    done = gslora("forget", "--checkpoint", str(root / "base"), "--data", str(data), "--classes", "class_4",
-                  "--out", str(run), *FORGET)
+    done = run_cli("forget", "--checkpoint", str(root / "base"), "--data", str(data), "--classes", "class_4",
+                   "--out", str(run), *FORGET)
     assert done.returncode == 0, done.stderr
     return root, data, run
 
@@ -222,10 +222,16 @@ def test_two_writers_on_one_run(setting, tmp_path, existing):
 
 @pytest.mark.parametrize("mask", [0o022, 0o027])
 def test_files_follow_the_umask_and_no_lock_file_is_left(setting, tmp_path, mask):
+    """The umask of the process that runs the command (this one: the same calls as a new process, without its
+    start-up) decides the modes of every file and directory a new run gets."""
     root, data, _ = setting
     run = tmp_path / "run"
-    result = gslora("forget", "--checkpoint", str(root / "base"), "--data", str(data), "--classes", "class_2",
-                    "--out", str(run), *FORGET, preexec_fn=lambda: os.umask(mask))
+    previous = os.umask(mask)
+    try:
+        result = run_cli("forget", "--checkpoint", str(root / "base"), "--data", str(data), "--classes", "class_2",
+                         "--out", str(run), *FORGET)
+    finally:
+        os.umask(previous)
     assert result.returncode == 0, result.stderr
     for path in [run, *run.rglob("*")]:
         mode = path.stat().st_mode & 0o777

@@ -35,10 +35,11 @@ demo: venv system $(DEMO_MODEL)
 	@echo "reports: runs/demo/report.md, runs/demo/report.html; the ledger: gslora requests list --run runs/demo"
 
 # One pytest-xdist worker per usable core (nproc, which honours OMP_NUM_THREADS: unset here), at most 4 (each holds a small pre-trained model and data; tests/conftest.py gives
-# each its share of the cores); a test file stays in one worker, so its module fixtures are built once.
+# each its share of the cores); a test file stays in one worker, so its module fixtures are built once; the files go
+# out longest first (tests/conftest.py's SLOW_FILES), not by their number of tests (xdist's default).
 TEST_WORKERS ?= $(shell n=$$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc); echo $$(( n < 4 ? n : 4 )))
 test: venv system
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-slow: venv system
 	$(PY) -m pytest -q -m slow

@@ -98,12 +98,13 @@ def base_checkpoint(fashion_subset, tmp_path_factory) -> Path:
     return path
 
 
-#: the files that take longest (about 45-200 s each on one core), longest first: pytest-xdist hands whole files to
-#: the workers in collection order (``--dist loadfile``), so starting with these lets the short ones fill the gaps at
-#: the end instead of one worker finishing a long file alone. test_benchmarks.py leads: in a fresh clone (no .cache)
-#: its smoke benchmark pre-trains its base first.
-SLOW_FILES = ("test_benchmarks.py", "test_faults.py", "test_readme.py", "test_cli.py", "test_detection.py",
-              "test_ledger.py", "test_distributed.py", "test_precision.py", "test_compare.py")
+#: the files that take longest (about 15-180 s each on one core, measured at 4517fc7), longest first: pytest-xdist
+#: hands whole files to the workers in collection order (``--dist loadfile --no-loadscope-reorder``: without the
+#: second flag it orders files by their number of tests, which put the 4-test, 3-minute README file last), so starting
+#: with these lets the short ones fill the gaps at the end instead of one worker finishing a long file alone.
+SLOW_FILES = ("test_readme.py", "test_faults.py", "test_cli.py", "test_ledger.py", "test_compare.py",
+              "test_distributed.py", "test_model_families.py", "test_benchmarks.py", "test_gs_lora.py",
+              "test_verification.py")
 
 
 def pytest_collection_modifyitems(items):

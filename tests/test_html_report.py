@@ -240,6 +240,17 @@ def test_group_norms_and_verification_numbers(classification_page):
     assert "TAR at FAR" not in verification  # headlines with no value on either side are left out
 
 
+def test_group_norms_png_is_the_heat_map_the_page_embeds(tmp_path):
+    """One drawing of the group norms: write_report saves the page's heat maps as group_norms.png (report.md links it)
+    and embeds the same PNG in report.html; the page drawn on its own embeds the same bytes."""
+    manifest = classification_manifest()
+    write_report(manifest, tmp_path)
+    png = (tmp_path / "group_norms.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+    assert _images(_parse(_section((tmp_path / "report.html").read_text(encoding="utf-8"), "norms"))) == [png]
+    assert _images(_parse(_section(render_html(manifest), "norms"))) == [png]
+
+
 def test_face_run_adds_the_tar_plot(tmp_path):
     manifest = classification_manifest()
     for name, group in manifest["verification"][-1]["results"].items():

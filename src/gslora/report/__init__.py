@@ -101,10 +101,11 @@ def write_report(manifest: dict[str, Any], directory: str | Path) -> None:
     """Write report.md, accuracy.png, group_norms.png, report.html and, last, metrics.json into ``directory``."""
     directory = Path(directory)
     atomic_write_text(directory / "report.md", full_report(manifest))
+    norms = None
     if manifest["requests"]:
         plot_accuracies(manifest, directory / "accuracy.png")
-        plot_group_norms(manifest, directory / "group_norms.png")
-    write_html(manifest, directory / "report.html")
+        norms = plot_group_norms(manifest, directory / "group_norms.png")  # the page embeds the same heat maps
+    write_html(manifest, directory / "report.html", norms=norms)
     atomic_write_json(directory / "metrics.json", metrics_summary(manifest))
 
 

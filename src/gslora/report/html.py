@@ -178,11 +178,15 @@ def _new_figure(width: float, height: float, columns: int = 1) -> tuple[Figure, 
     return figure, list(axes)
 
 
-def _image(figure: Figure, alt: str) -> str:
-    """The figure as an ``<img>`` with an embedded PNG."""
+def _png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
-    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return buffer.getvalue()
+
+
+def _image(figure: Figure | bytes, alt: str) -> str:
+    """The figure (or its PNG bytes) as an ``<img>`` with an embedded PNG."""
+    data = base64.b64encode(figure if isinstance(figure, bytes) else _png(figure)).decode("ascii")
     return f'<img src="data:image/png;base64,{data}" alt="{_e(alt)}">'
 
 
@@ -454,36 +458,52 @@ def _norm_grid(requests: list[dict[str, Any]], key: str) -> tuple[list[str], lis
     return blocks, grid
 
 
-def _norms_section(manifest: dict[str, Any]) -> str:
-    """Heat maps, block x request, of the penalised group norms and of the norms of the edits they made."""
+def _norm_panels(manifest: dict[str, Any]) -> tuple[list[str], list[tuple[str, list[str], list[list[float | None]]]]]:
+    """The request labels and, per recorded norm (group norm, edit norm), its label, block names and block x request
+    grid; no panels when no request recorded group norms (a baseline, or a run from before they were recorded)."""
     requests = [r for r in _requests(manifest) if isinstance(r.get("group_norms"), dict) and r["group_norms"]]
-    title = "LoRA group norms"
-    if not requests:
-        return _section("norms", title, "No group norms were recorded: this method has no LoRA groups (a baseline), "
-                        "or the run predates them.")
     panels = [(key, label) for key, label in (("group_norms", "group norm ||theta_g||_2 (penalised)"),
                                               ("delta_norms", "weight edit ||scaling B A||_F"))
               if any(r.get(key) for r in requests)]
-    labels = [f"request {r.get('index', '?')}" for r in requests]
-    grids = [(label, *_norm_grid(requests, key)) for key, label in panels]
+    return [f"request {r.get('index', '?')}" for r in requests], [(label, *_norm_grid(requests, key))
+                                                                  for key, label in panels]
+
+
+def norms_png(manifest: dict[str, Any]) -> bytes | None:
+    """The heat maps of the LoRA group norms and edit norms, block x request, as PNG bytes (report.html embeds them,
+    ``write_report`` saves them as group_norms.png); ``None`` when no request recorded group norms."""
+    labels, grids = _norm_panels(manifest)
+    if not grids:
+        return None
     height = 1.6 + 0.35 * max(len(blocks) for _, blocks, _ in grids)
-    figure, axes = _new_figure(1.0 + len(grids) * (2.5 + 0.8 * len(requests)), height, columns=len(grids))
-    tables = []
+    figure, axes = _new_figure(1.0 + len(grids) * (2.5 + 0.8 * len(labels)), height, columns=len(grids))
     for ax, (label, blocks, grid) in zip(axes, grids):
         top = max((v for row in grid for v in row if v is not None), default=0.0)
         _heatmap(figure, ax, grid, blocks, labels, vmax=max(top, 1e-12), digits=".3g")
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("request")
         ax.set_ylabel("block (group)")
-        tables.append(f"<h3>{_e(label)}</h3>\n" + _table(["block", *labels], [[b, *(_auto(v) for v in row)]
-                                                                                for b, row in zip(blocks, grid)]))
+    return _png(figure)
+
+
+def _norms_section(manifest: dict[str, Any], png: bytes | None = None) -> str:
+    """Heat maps, block x request, of the penalised group norms and of the norms of the edits they made (``png``:
+    ``norms_png(manifest)`` when the caller has drawn it already)."""
+    labels, grids = _norm_panels(manifest)
+    title = "LoRA group norms"
+    if not grids:
+        return _section("norms", title, "No group norms were recorded: this method has no LoRA groups (a baseline), "
+                        "or the run predates them.")
+    tables = [f"<h3>{_e(label)}</h3>\n" + _table(["block", *labels], [[b, *(_auto(v) for v in row)]
+                                                                      for b, row in zip(blocks, grid)])
+              for label, blocks, grid in grids]
     explanation = ("GS-LoRA puts one LoRA adapter group on each transformer block and penalises the group's norm, "
                    "so that a request edits as few blocks as it can. Each heat map has the blocks as rows and the "
                    "requests as columns, with the value printed in the cell; the colours start at 0 (dark, the group "
                    "is switched off) and the brightest cell is the largest value. Left: the norm of the group's "
                    "LoRA weights (the penalised quantity); right, when recorded: the norm of the weight change the "
                    "group makes to the model. A sparse edit shows as a few bright rows and many dark ones.")
-    image = _image(figure, "Heat maps of the LoRA group norms and edit norms per block and request")
+    image = _image(png or norms_png(manifest), "Heat maps of the LoRA group norms and edit norms per block and request")
     return _section("norms", title, explanation, image, _numbers("\n".join(tables)))
 
 
@@ -763,11 +783,12 @@ def _ledger_section(manifest: dict[str, Any]) -> str:
 # --- the page -----------------------------------------------------------------------------------------------------
 
 
-def render_html(manifest: dict[str, Any]) -> str:
+def render_html(manifest: dict[str, Any], *, norms: bytes | None = None) -> str:
     """The report page of a run's manifest, as one self-contained HTML document.
 
     Args:
         manifest: the run's manifest (what ``manifest.json`` holds); optional keys may be missing or ``None``.
+        norms: ``norms_png(manifest)``, when the caller has drawn it already (drawn here otherwise).
 
     Returns:
         The HTML text.
@@ -775,7 +796,7 @@ def render_html(manifest: dict[str, Any]) -> str:
     method = ((manifest.get("config") or {}).get("method") or {}).get("name", "?")
     dataset = (manifest.get("dataset") or {}).get("name", "?")
     if _requests(manifest):
-        sections = [_request_section(manifest), _matrix_section(manifest), _norms_section(manifest),
+        sections = [_request_section(manifest), _matrix_section(manifest), _norms_section(manifest, norms),
                     _verification_section(manifest)]
         matrix = "AP@0.5 matrix" if _detection(manifest) else "Accuracy matrix"
         links = [("requests", "Requests"), ("matrix", matrix), ("norms", "Group norms"),
@@ -792,14 +813,15 @@ def render_html(manifest: dict[str, Any]) -> str:
             f"<body>\n{body}\n</body>\n</html>\n")
 
 
-def write_html(manifest: dict[str, Any], path: str | Path) -> None:
+def write_html(manifest: dict[str, Any], path: str | Path, *, norms: bytes | None = None) -> None:
     """Write the run's report page (see :func:`render_html`) to ``path``, atomically.
 
     Args:
         manifest: the run's manifest.
         path: where to write the page, usually ``<run>/report.html``.
+        norms: as for :func:`render_html`.
     """
-    atomic_write_text(path, render_html(manifest))
+    atomic_write_text(path, render_html(manifest, norms=norms))
 
 
-__all__ = ["accuracy_matrix", "render_html", "write_html"]
+__all__ = ["accuracy_matrix", "norms_png", "render_html", "write_html"]

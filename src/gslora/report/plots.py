@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gslora.io import atomic_write_with
+from gslora.io import atomic_write_bytes, atomic_write_with
 
 
 def _pyplot():
@@ -78,36 +78,22 @@ def plot_accuracies(manifest: dict[str, Any], path: Path) -> None:
     _save(fig, path, plt)
 
 
-def plot_group_norms(manifest: dict[str, Any], path: Path) -> None:
-    """Heat maps, block x request, on colour scales that start at 0: the penalised group norm and the norm of the
-    weight edit it made, each value printed."""
-    plt = _pyplot()
-    import numpy as np
+def plot_group_norms(manifest: dict[str, Any], path: Path) -> bytes | None:
+    """group_norms.png: the report page's heat maps, block x request, on colour scales that start at 0, of the
+    penalised group norm and the norm of the weight edit it made, each value printed (``html.norms_png``), or a note
+    that the method has no LoRA groups. Returns the heat maps' PNG bytes (``None`` for the note)."""
+    from gslora.report.html import norms_png
 
-    rows = [req for req in manifest["requests"] if req.get("group_norms")]
-    panels = (("group_norms", "group norm ||theta_g||_2 (penalised)"), ("delta_norms", "edit ||scaling B A||_F"))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, (key, title) in zip(axes, panels):
-        if rows and rows[0].get(key):
-            blocks = list(rows[0][key])
-            norms = np.array([[req[key].get(b, 0.0) for b in blocks] for req in rows])
-            image = ax.imshow(norms.T, aspect="auto", cmap="viridis", origin="lower", vmin=0.0,
-                              vmax=max(float(norms.max()), 1e-12))
-            fig.colorbar(image, ax=ax)
-            if norms.size <= 120:
-                for (i, j), v in np.ndenumerate(norms):
-                    ax.text(i, j, f"{v:.2g}", ha="center", va="center", fontsize=6,
-                            color="white" if v < 0.6 * norms.max() else "black")
-            ax.set_xticks(range(len(rows)), [str(req["index"]) for req in rows])
-            ax.set_yticks(range(len(blocks)), [str(i) for i in range(len(blocks))])
-            ax.set_ylabel("block (group)")
-        else:
-            ax.text(0.5, 0.5, "no adapter groups (a method without LoRA)", ha="center", va="center")
-        ax.set_xlabel("request")
-        ax.set_title(title, fontsize=10)
-    fig.suptitle("LoRA groups per block and request (colour scale from 0)")
-    fig.tight_layout()
+    png = norms_png(manifest)
+    if png is not None:
+        atomic_write_bytes(path, png)
+        return png
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 2))
+    ax.text(0.5, 0.5, "no adapter groups (a method without LoRA)", ha="center", va="center")
+    ax.set_axis_off()
     _save(fig, path, plt)
+    return None
 
 
 def plot_comparison(comparison: dict[str, Any], path: Path) -> None:

@@ -21,9 +21,10 @@ def paired_resamples(n_a: int, n_b: int, *, resamples: int, seed: int) -> tuple[
     """``resamples`` bootstrap draws of two independent samples (members and non-members): arrays of indices of shape
     (resamples, n_a) and (resamples, n_b), drawn in the order ``paired_bootstrap_ci`` draws them."""
     rng = np.random.default_rng(seed)
-    draws = [(rng.integers(0, n_a, n_a), rng.integers(0, n_b, n_b)) for _ in range(resamples)]
-    return (np.stack([a for a, _ in draws]).reshape(resamples, n_a),
-            np.stack([b for _, b in draws]).reshape(resamples, n_b))
+    a, b = np.empty((resamples, n_a), dtype=np.int64), np.empty((resamples, n_b), dtype=np.int64)
+    for r in range(resamples):
+        a[r], b[r] = rng.integers(0, n_a, n_a), rng.integers(0, n_b, n_b)
+    return a, b
 
 
 def paired_bootstrap_ci(statistic: Callable[[np.ndarray, np.ndarray], float | None], n_a: int, n_b: int, *,

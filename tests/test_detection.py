@@ -244,12 +244,12 @@ def _stop_when_forgotten_ends_after_the_first_epoch_at_the_bound(forget, tmp_pat
             return next(scores)
         return real(self, model, subsets, request, device=device)  # the judge, on the merged detector
 
-    monkeypatch.setattr(Detection, "training_forget_score", scripted)
-    assert main([*forget, "--set", "train.stop_when_forgotten=2", "--accept-partial", "--out",
-                 str(tmp_path / "stopped")]) == 0
+    with monkeypatch.context() as patch:  # scripted for this run only
+        patch.setattr(Detection, "training_forget_score", scripted)
+        assert main([*forget, "--set", "train.stop_when_forgotten=2", "--accept-partial", "--out",
+                     str(tmp_path / "stopped")]) == 0
     [stopped] = json.loads((tmp_path / "stopped" / "manifest.json").read_text())["requests"]
     assert len(stopped["history"]) == 3 and len(asked) == 3 and asked[0] > 0
-    monkeypatch.undo()
 
 
 def test_cli_detection_request_commits_reports_stops_and_refuses_a_repeat(tmp_path, capsys, monkeypatch):

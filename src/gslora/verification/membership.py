@@ -65,13 +65,13 @@ def attack_results(attack: Any, train: np.ndarray, test: np.ndarray, *, resample
 
     p_train, p_test = attack.predict_proba(train)[:, 1], attack.predict_proba(test)[:, 1]
     share = float((p_train >= 0.5).mean())
-    labels = np.concatenate([np.ones(len(p_train)), np.zeros(len(p_test))])
+    labels, scores = np.concatenate([np.ones(len(p_train)), np.zeros(len(p_test))]), np.concatenate([p_train, p_test])
     return {
-        "auc": float(roc_auc_score(labels, np.concatenate([p_train, p_test]))),
+        "auc": float(roc_auc_score(labels, scores)),
         "auc_ci": paired_bootstrap_auc_ci(p_train, p_test, resamples=resamples, seed=seed),
         "member_share": share,
         "member_share_ci": paired_bootstrap_ci(lambda i, _j: float((p_train[i] >= 0.5).mean()), len(p_train), 1,
                                                resamples=resamples, seed=seed + 1),
-        "roc": _roc_points(labels, np.concatenate([p_train, p_test])),
+        "roc": _roc_points(labels, scores),
         "n_train": len(p_train), "n_test": len(p_test),
     }

@@ -35,6 +35,8 @@ LABELS = {"gs_lora": "GS-LoRA (recipe)", "gs_lora_pp": "GS-LoRA++ (recipe)", "gs
           "gs_lora_pp hold 1 stop 2": "GS-LoRA++ `hold_old: 1`, `stop_when_forgotten: 2`",
           "gs_lora_pp hold 1 distill 1 stop 2": "GS-LoRA++ `hold_old: 1`, `distill: 1`, `stop_when_forgotten: 2`",
           "gs_lora_pp hold 1 distill 2 stop 2": "GS-LoRA++ `hold_old: 1`, `distill: 2`, `stop_when_forgotten: 2`",
+          "gs_lora_pp hold 0.25 distill 2 stop 2": "GS-LoRA++ `hold_old: 0.25`, `distill: 2`, `stop_when_forgotten: 2`",
+          "gs_lora_pp hold 1 distill 3 stop 2": "GS-LoRA++ `hold_old: 1`, `distill: 3`, `stop_when_forgotten: 2`",
           "lwf": "LwF", "ewc": "EWC*", "scrub_s": "SCRUB-S",
           "GS-LoRA++ bnd auto + scatter 1": "GS-LoRA++ `bnd: auto`, `w_scatter: 1` (gslora's face setting, chosen on "
                                             "validation, round 3)",

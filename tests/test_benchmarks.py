@@ -116,26 +116,31 @@ def test_the_foundation_benchmark_is_recreated_from_the_checkout(tmp_path):
             assert new[key] == pytest.approx(old[key], abs=0.5), key
 
 
-def _detection_runner(monkeypatch, folder: Path):
-    module = _module(ROOT / "benchmarks" / "fashion_mnist_det" / "run.py", "det_run")
-    monkeypatch.setattr(module, "HERE", folder)
-    return module
-
-
-def test_detection_rows_measured_apart_are_kept_only_on_the_same_base_detector(tmp_path, monkeypatch, capsys):
-    runner = _detection_runner(monkeypatch, tmp_path)
+def test_detection_rows_measured_apart_are_kept_only_on_the_same_base_detector(tmp_path, capsys):
+    runner = _module(ROOT / "benchmarks" / "fashion_mnist_det" / "run.py", "det_run")
     base = {"key": "k1", "map50": 54.6406, "seconds": 10.0}
     rows = {"a": {"tasks": [1]}, "b": {"tasks": [2]}}
     (tmp_path / "results.json").write_text(json.dumps({"pretrain": base, "methods": rows}))
     # measuring b again keeps a's row, not b's (b is about to be replaced)
-    assert runner.kept_rows({**base, "seconds": 99.0}, ["b"]) == {"a": rows["a"]}
+    assert runner.kept_rows({**base, "seconds": 99.0}, ["b"], tmp_path) == {"a": rows["a"]}
     # a base with the same key that trained to other weights (another machine) would mix two bases: refused
     with pytest.raises(SystemExit) as stop:
-        runner.kept_rows({**base, "map50": 54.0}, ["b"])
+        runner.kept_rows({**base, "map50": 54.0}, ["b"], tmp_path)
     assert stop.value.code == 2
     assert "run without --methods" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        runner.kept_rows({**base, "key": "k2"}, ["b"])
+        runner.kept_rows({**base, "key": "k2"}, ["b"], tmp_path)
+
+
+def test_a_later_detection_round_shares_its_setup_and_so_its_base_detector():
+    """fashion_mnist_det_levers names fashion_mnist_det as its setup: everything but the methods is that config's, so
+    both pre-train (and cache) the same base detector and their rows are comparable."""
+    runner = _module(ROOT / "benchmarks" / "fashion_mnist_det" / "run.py", "det_run")
+    first = runner.folder_config(ROOT / "benchmarks" / "fashion_mnist_det")
+    later = runner.folder_config(ROOT / "benchmarks" / "fashion_mnist_det_levers")
+    assert {k: v for k, v in later.items() if k not in ("methods", "setup")} == \
+        {k: v for k, v in first.items() if k != "methods"}
+    assert later["methods"] and later["methods"] != first["methods"]
 
 
 def test_a_copy_without_git_names_the_commit_it_was_told_and_a_checkout_its_own(tmp_path):

@@ -1,6 +1,6 @@
 """Detection benchmark: pre-train a Deformable DETR on composed Fashion-MNIST scenes, then forget classes.
 
-Usage: python benchmarks/fashion_mnist_det/run.py [--device auto|cpu|cuda] [--methods a,b]
+Usage: python benchmarks/fashion_mnist_det/run.py [--device auto|cpu|cuda] [--methods a,b] [--folder DIR]
 
 The scenes (config ``data``) are composed under .cache/data; the detector is cached under .cache/benchmarks,
 keyed by a hash of its resolved pre-training config. Every request's model is measured on the test scenes the
@@ -9,7 +9,8 @@ settings were chosen on (``data.seed``) and, once, on held-out scenes composed w
 commit, time and hardware) and report.md here. A method's ``train:`` entry overrides the shared ``train``
 settings for that method. ``--methods`` measures only those rows and keeps the others from results.json, which
 it accepts only when they ran on the same base detector (same pre-training key and test mAP); otherwise it
-stops and asks for a full run.
+stops and asks for a full run. ``--folder DIR`` reads DIR's config.yaml and writes DIR's results.json and report.md
+(a later round of settings on the same base detector: its folder's run.py passes it).
 """
 
 from __future__ import annotations
@@ -89,10 +90,10 @@ def summarize(manifest: dict, heldout_rows: list[dict]) -> dict:
     return {"trainable_ratio": manifest["requests"][-1]["trainable_ratio"], "tasks": tasks}
 
 
-def report(results: dict) -> str:
+def report(results: dict, name: str = HERE.name) -> str:
     pre = results["pretrain"]
     fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
-    lines = ["# fashion_mnist_det", "",
+    lines = [f"# {name}", "",
              f"Base detector: test mAP@0.5 {fmt(pre['map50'])}%, mAP {fmt(pre['map'])}%, pre-trained in "
              f"{pre['seconds']:.0f}s.", "",
              "Cells: mAP50_f before -> after / mAP50_r before -> after / mAP50_o / H (percent), on the test scenes "
@@ -129,9 +130,20 @@ def targets(methods: dict) -> dict:
     return out
 
 
-def kept_rows(pre_info: dict, labels: list[str]) -> dict:
-    """The committed rows of the methods not being measured, if they ran on this very base detector."""
-    path = HERE / "results.json"
+def folder_config(folder: Path) -> dict:
+    """``folder``'s config; one that names ``setup: NAME`` takes everything but its methods from benchmark NAME's
+    config (the same scenes, requests, base-detector recipe, so the same cached detector, and training)."""
+    config = load_config(folder)
+    if "setup" not in config:
+        return config
+    shared = load_config(HERE.parent / config["setup"])
+    return {**{k: v for k, v in shared.items() if k != "methods"}, **config}
+
+
+def kept_rows(pre_info: dict, labels: list[str], folder: Path) -> dict:
+    """The committed rows (``folder``'s results.json) of the methods not being measured, if they ran on this very
+    base detector."""
+    path = folder / "results.json"
     earlier = json.loads(path.read_text()) if path.is_file() else {}
     old = earlier.get("pretrain", {})
     if (old.get("key"), old.get("map50")) != (pre_info["key"], pre_info["map50"]):
@@ -147,13 +159,16 @@ def main() -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--methods", help="comma-separated subset of the config's methods; the other rows are kept "
                                           "from results.json (same base detector only)")
+    parser.add_argument("--folder", type=Path, default=HERE, help="the benchmark folder whose config.yaml to run and "
+                        "where results.json and report.md go (default: this script's)")
     args = parser.parse_args()
     setup_logging()
-    config = load_config(HERE)
+    folder = args.folder.resolve()
+    config = folder_config(folder)
     labels = selected_methods(parser, args.methods, config)
     device = resolve_device(args.device)
     checkpoint, pre_info = cached_detector(config, args.device)
-    kept = kept_rows(pre_info, labels) if args.methods else {}
+    kept = kept_rows(pre_info, labels, folder) if args.methods else {}
     heldout_data = {**config["data"], "seed": config["heldout_seed"], "scenes_train": 1,
                     "root": f"{config['data']['root']}-seed{config['heldout_seed']}"}
     heldout = load_detection_dataset(from_dict(DetectionForgetConfig, {"data": heldout_data}).data)
@@ -163,7 +178,7 @@ def main() -> int:
             if name in kept:
                 methods[name] = kept[name]
             continue
-        run_dir = CACHE / HERE.name / name
+        run_dir = CACHE / folder.name / name
         shutil.rmtree(run_dir, ignore_errors=True)
         method, overrides = method_and_train(spec)
         forget = from_dict(DetectionForgetConfig, {
@@ -174,9 +189,9 @@ def main() -> int:
         methods[name] = {**summarize(manifest, heldout_metrics(manifest, run_dir, heldout, device)),
                          "run_dir": str(run_dir.relative_to(ROOT)), **stamp(), "config": to_dict(forget)}
     results = {"pretrain": pre_info, "methods": methods, "targets": targets(methods)}
-    write_results(HERE, results, config)
-    (HERE / "report.md").write_text(report(results))
-    print((HERE / "report.md").read_text())
+    write_results(folder, results, config)
+    (folder / "report.md").write_text(report(results, folder.name))
+    print((folder / "report.md").read_text())
     print(json.dumps(results["targets"], indent=2))
     return 0
 

@@ -90,7 +90,7 @@ def summarize(manifest: dict, heldout_rows: list[dict]) -> dict:
     return {"trainable_ratio": manifest["requests"][-1]["trainable_ratio"], "tasks": tasks}
 
 
-def report(results: dict, name: str = HERE.name) -> str:
+def report(results: dict, name: str) -> str:
     pre = results["pretrain"]
     fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     lines = [f"# {name}", "",

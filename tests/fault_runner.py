@@ -1,6 +1,5 @@
-"""Run ``gslora`` in this process with a fault injected at one point of a request (used by test_faults.py).
-
-Usage: python -m tests.fault_runner POINT SIGNAL -- gslora arguments...
+"""Run ``gslora`` in a process of its own with a fault injected at one point of a request (used by test_faults.py,
+through ``forked``).
 
 POINT is where the process signals itself:
     training      at the third optimiser step
@@ -9,7 +8,8 @@ POINT is where the process signals itself:
     before_ledger after the request's files moved into requests/NNN, before the ledger commits them (a new
                   run: before its ledger file is moved into place)
     before_export after the ledger committed the request, before manifest.json and the report are rewritten
-SIGNAL is KILL, INT or TERM. Nothing in gslora is changed for this: the runner wraps library functions.
+SIGNAL is KILL, INT, TERM or STOP (the process stops until SIGCONT). Nothing in gslora is changed for this: the
+runner wraps library functions.
 """
 
 from __future__ import annotations
@@ -88,14 +88,24 @@ def install(point: str, sig: str) -> None:
         raise SystemExit(f"unknown fault point {point!r}")
 
 
-def main() -> int:
-    point, sig, sep, *argv = sys.argv[1:]
-    assert sep == "--", "usage: POINT SIGNAL -- gslora arguments"
-    install(point, sig)
+#: what a process of ``forked`` finds imported: the command line and the libraries a request loads (torch, timm,
+#: peft with transformers, scikit-learn: about 8 s of a new interpreter's start on 2 cores), imported once per test
+#: worker by multiprocessing's fork server; imports only, no computation, so that each fork starts from a clean state
+PRELOAD = ["gslora.cli", "gslora.engine", "gslora.tasks.classification", "gslora.verification", "timm", "peft",
+           "sklearn.linear_model"]
+
+
+def forked(argv: list[str], fault: tuple[str, str] | None, stdout: str, stderr: str, cwd: str) -> None:
+    """``gslora argv`` (with ``fault`` installed) in a process forked from the fork server, as ``python -m
+    gslora.cli`` would run it there: its own pid and signals, stdout and stderr in the two files, the exit code
+    of ``main`` as the process's."""
+    os.chdir(cwd)
+    for fd, path in ((1, stdout), (2, stderr)):
+        target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.dup2(target, fd)
+        os.close(target)
+    if fault:
+        install(*fault)
     from gslora.cli import main as gslora_main
 
-    return gslora_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(gslora_main(argv))

@@ -15,7 +15,11 @@ from gslora.cli import main
 from gslora.io import sha256_file
 from gslora.models import load_checkpoint
 
-FORGET = ["--bnd", "10", "--beta", "0.2", "--lr", "0.01", "--epochs", "3", "--ratio", "0.5", "--device", "cpu", "-q"]
+#: the verification suite runs after every request (the default); smaller than its defaults (1,000 images per
+#: population, 200 resamples, 200 relearn steps) because these tests check that it runs and what it records, not its
+#: figures: test_a_small_data_set_forgets_with_the_defaults runs the defaults
+FORGET = ["--bnd", "10", "--beta", "0.2", "--lr", "0.01", "--epochs", "3", "--ratio", "0.5", "--device", "cpu", "-q",
+          "--set", "verify.relearn_max_steps=20", "--set", "verify.max_images=200", "--set", "verify.bootstrap=50"]
 
 
 @pytest.fixture(scope="module")

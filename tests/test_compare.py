@@ -14,7 +14,8 @@ from gslora.engine import CompareConfig
 from gslora.errors import GSLoRAError
 
 SHARED = {"sequence": {"requests": [["Bag", "Sneaker"]], "ratio": 0.25},
-          "train": {"epochs": 2, "batch_size": 48, "lr": 0.01, "device": "cpu"}}
+          "train": {"epochs": 2, "batch_size": 48, "lr": 0.01, "device": "cpu"},
+          "verify": {"max_images": 200, "bootstrap": 50, "relearn_max_steps": 20}}  # runs; its figures are not checked
 
 
 def _config(tmp_path, base_checkpoint, data, methods) -> str:

@@ -33,6 +33,10 @@ SMALL = {
                 "--set", "verify.bootstrap=20", "--set", "verify.relearn_max_steps=10"],
     "verify": ["--set", "verify.max_images=100", "--set", "verify.bootstrap=20", "--set",
                "verify.relearn_max_steps=10"],
+    # the few-shot face config's 4 requests, the second comparison's 2 and the Python comparison's 2 (small_python):
+    # fewer requests through the same code (per-request lists and later requests run in the commands before them)
+    "forget faces few-shot": ["--set", "sequence.num_requests=2"],
+    "compare --num-requests": ["--set", "sequence.num_requests=1"],
 }
 
 
@@ -45,6 +49,7 @@ def small_python(code: str, data: str) -> str:
                   'DetectionDataConfig(dataset="fashion-mnist-scenes", scenes_train=240, scenes_test=60)'),
                  ('"checkpoint": "base/"}', f'"checkpoint": "base/", "data": {{"dataset": {data!r}}}, '
                   '"train": {"epochs": 1, "min_steps": 20, "batch_size": 48, "lr": 0.01}, '
+                  '"sequence": {"num_requests": 1, "classes_per_request": 2, "ratio": 0.1}, '
                   '"verify": {"max_images": 100, "bootstrap": 20, "relearn_max_steps": 10}}')):
         code = code.replace(a, b)
     return code
@@ -79,10 +84,13 @@ def smaller(argv: list[str], data: str) -> list[str]:
         return argv + SMALL["pretrain --task detection" if "detection" in argv else "pretrain"]
     if verb == "forget":
         detection = any("scenes" in a for a in argv) or any(a in ("det/", "runs/det1") for a in argv)
-        return argv + SMALL["forget detection" if detection else "forget"]
+        few_shot_faces = "configs/faces_fewshot_forget.yaml" in argv
+        return argv + SMALL["forget detection" if detection else "forget"] + \
+            (SMALL["forget faces few-shot"] if few_shot_faces else [])
     if verb == "compare" and "--data" not in argv:
         argv = [*argv, "--data", data]
-    return argv + SMALL.get(verb, [])
+    return argv + SMALL.get(verb, []) + (SMALL["compare --num-requests"] if verb == "compare" and
+                                         "--num-requests" in argv else [])
 
 
 def run(argv: list[str]) -> tuple[int, str]:

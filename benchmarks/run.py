@@ -1,6 +1,7 @@
 """Re-create one benchmark's committed results from this checkout: ``python benchmarks/run.py NAME [options]``
-(``make bench NAME=...``). A folder with its own ``run.py`` runs that; a folder with only a ``config.yaml`` runs
-``run_methods.py`` on it. Extra options (``--device cuda``) pass through."""
+(``make bench NAME=...``). A folder with its own ``run.py`` runs that; a folder whose ``config.yaml`` names
+``setup: OTHER`` (a later round sharing OTHER's setting) runs OTHER's ``run.py --folder`` on it; a folder with only a
+``config.yaml`` runs ``run_methods.py`` on it. Extra options (``--device cuda``) pass through."""
 
 from __future__ import annotations
 
@@ -28,6 +29,14 @@ def pin_cpu_kernels() -> None:
                 os.environ[key] = value
 
 
+def _setup(folder: Path) -> str | None:
+    """The benchmark whose runner and setting ``folder``'s config shares (its ``setup:``), if it names one."""
+    import yaml
+
+    config = folder / "config.yaml"
+    return (yaml.safe_load(config.read_text()) or {}).get("setup") if config.is_file() else None
+
+
 def main() -> int:
     names = sorted(p.name for p in HERE.iterdir() if p.is_dir() and ((p / "config.yaml").is_file() or
                                                                      (p / "run.py").is_file()))
@@ -38,9 +47,13 @@ def main() -> int:
     pin_cpu_kernels()
     folder = HERE / name
     sys.path.insert(0, str(HERE))
+    setup = _setup(folder)
     if (folder / "run.py").is_file():
         sys.argv = [str(folder / "run.py"), *extra]
         runpy.run_path(str(folder / "run.py"), run_name="__main__")
+    elif setup:
+        sys.argv = [str(HERE / setup / "run.py"), "--folder", str(folder), *extra]
+        runpy.run_path(sys.argv[0], run_name="__main__")
     else:
         sys.argv = [str(HERE / "run_methods.py"), str(folder), *extra]
         runpy.run_path(str(HERE / "run_methods.py"), run_name="__main__")

@@ -141,6 +141,25 @@ def test_a_later_detection_round_shares_its_setup_and_so_its_base_detector():
     assert {k: v for k, v in later.items() if k not in ("methods", "setup")} == \
         {k: v for k, v in first.items() if k != "methods"}
     assert later["methods"] and later["methods"] != first["methods"]
+    other_base = runner.folder_config(ROOT / "benchmarks" / "fashion_mnist_det_base_seed1")
+    assert other_base["pretrain"] == {**first["pretrain"], "seed": 1}  # laid over the recipe, not replacing it
+    assert {k: v for k, v in other_base.items() if k not in ("methods", "setup", "pretrain")} == \
+        {k: v for k, v in first.items() if k not in ("methods", "pretrain")}
+
+
+def test_a_folder_naming_a_setup_runs_that_benchmarks_runner_on_itself(monkeypatch):
+    """benchmarks/run.py hands a folder whose config names ``setup: OTHER`` to OTHER's run.py with ``--folder``, so
+    a later round needs no runner of its own."""
+    launcher = _module(ROOT / "benchmarks" / "run.py", "bench_launcher")
+    ran = []
+    monkeypatch.setattr(launcher.runpy, "run_path", lambda path, run_name: ran.append(list(launcher.sys.argv)))
+    monkeypatch.setattr(launcher, "pin_cpu_kernels", lambda: None)  # the environment of this process stays
+    monkeypatch.setattr(launcher.sys, "argv", ["run.py", "fashion_mnist_det_base_seed1", "--methods", "gs_lora_pp"])
+    monkeypatch.setattr(launcher.sys, "path", list(launcher.sys.path))
+    assert launcher.main() == 0
+    det = ROOT / "benchmarks" / "fashion_mnist_det"
+    assert ran == [[str(det / "run.py"), "--folder", str(ROOT / "benchmarks" / "fashion_mnist_det_base_seed1"),
+                    "--methods", "gs_lora_pp"]]
 
 
 def test_a_copy_without_git_names_the_commit_it_was_told_and_a_checkout_its_own(tmp_path):

@@ -132,12 +132,14 @@ def targets(methods: dict) -> dict:
 
 def folder_config(folder: Path) -> dict:
     """``folder``'s config; one that names ``setup: NAME`` takes everything but its methods from benchmark NAME's
-    config (the same scenes, requests, base-detector recipe, so the same cached detector, and training)."""
+    config (the same scenes, requests, base-detector recipe, so the same cached detector, and training). A section
+    it gives is laid over NAME's key by key (``pretrain: {seed: 1}``: NAME's recipe from another seed)."""
     config = load_config(folder)
     if "setup" not in config:
         return config
-    shared = load_config(HERE.parent / config["setup"])
-    return {**{k: v for k, v in shared.items() if k != "methods"}, **config}
+    shared = {k: v for k, v in load_config(HERE.parent / config["setup"]).items() if k != "methods"}
+    return {**shared, **{k: {**shared[k], **v} if isinstance(v, dict) and isinstance(shared.get(k), dict) and
+                         k != "methods" else v for k, v in config.items()}}
 
 
 def kept_rows(pre_info: dict, labels: list[str], folder: Path) -> dict:

@@ -18,13 +18,19 @@ export ONEDNN_MAX_CPU_ISA ?= AVX2
 endif
 
 .PHONY: demo test test-slow bench bench-all lint venv system clean
+# Every folder under benchmarks/ (a test checks), validation rounds before the test runs they chose for.
 BENCHMARKS := fashion_mnist_continual fashion_mnist_4shot_validation fashion_mnist_4shot_levers_validation \
+	fashion_mnist_4shot_levers_validation_round3 fashion_mnist_4shot_levers_validation_round4 \
+	fashion_mnist_4shot_levers_validation_round5 \
 	fashion_mnist_4shot fashion_mnist_baselines fashion_mnist_baselines_4shot \
 	fashion_mnist_missing_validation fashion_mnist_missing_levers_validation \
 	fashion_mnist_missing fashion_mnist_4shot_other_order fashion_mnist_missing_other_order \
-	faces_4shot faces_missing_validation faces_missing faces_4shot_new_base faces_missing_new_base \
-	faces_missing_new_base_validation \
-	fashion_mnist_det verification verification_validation verification_faces_validation scale smoke
+	faces_base faces_4shot faces_missing_validation faces_missing faces_4shot_new_base_validation \
+	faces_4shot_new_base_validation_round2 faces_4shot_new_base_validation_round3 \
+	faces_4shot_new_base_validation_round4 faces_4shot_new_base faces_4shot_new_base_forget_group \
+	faces_missing_new_base_validation faces_missing_new_base \
+	fashion_mnist_det fashion_mnist_det_levers fashion_mnist_det_base_seed1 \
+	verification_validation verification verification_faces_validation scale smoke
 NAME ?= fashion_mnist_continual
 
 demo: venv system $(DEMO_MODEL)

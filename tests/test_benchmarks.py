@@ -738,3 +738,12 @@ def test_the_fashion_probe_round_adopts_only_a_guarded_candidate_clearly_closer_
     assert winner3(**{hold1: row([4.5, 4.5])}) == hold1 and winner3(**{hold1: row([5.5, 5.5])}) is None
     assert winner3(**{hold1: row([4.0, 4.0]), half: row([1.0, -1.0])}) == half
     assert winner3(**{hold3: row([0.0, 0.0], acc_f=1.5)}) is None and winner3(**{auto: row([0.0, 0.0])}) is None
+
+
+def test_make_bench_all_runs_every_benchmark_folder():
+    """`make bench-all` says it re-creates every benchmark: its list names each folder benchmarks/run.py accepts."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Makefile").read_text())
+    listed = re.search(r"^BENCHMARKS := (.*)$", text, flags=re.M).group(1).split()
+    folders = {p.name for p in (ROOT / "benchmarks").iterdir()
+               if p.is_dir() and ((p / "config.yaml").is_file() or (p / "run.py").is_file())}
+    assert sorted(listed) == sorted(folders)

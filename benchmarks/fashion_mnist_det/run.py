@@ -138,8 +138,8 @@ def folder_config(folder: Path) -> dict:
     if "setup" not in config:
         return config
     shared = {k: v for k, v in load_config(HERE.parent / config["setup"]).items() if k != "methods"}
-    return {**shared, **{k: {**shared[k], **v} if isinstance(v, dict) and isinstance(shared.get(k), dict) and
-                         k != "methods" else v for k, v in config.items()}}
+    return {**shared, **{k: {**shared[k], **v} if isinstance(v, dict) and isinstance(shared.get(k), dict) else v
+                         for k, v in config.items()}}
 
 
 def kept_rows(pre_info: dict, labels: list[str], folder: Path) -> dict:

@@ -84,7 +84,10 @@ def label(key: str) -> str:
 
 
 @functools.cache  # a section opens with its first benchmark, then reads it again among the others: read once
+@functools.cache
 def load(name: str) -> dict | None:
+    """Benchmark ``name``'s committed results, read once per run (a section's opening and its tables share them;
+    nothing here changes them)."""
     path = HERE / name / "results.json"
     return json.loads(path.read_text()) if path.is_file() else None
 

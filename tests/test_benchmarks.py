@@ -132,6 +132,50 @@ def test_detection_rows_measured_apart_are_kept_only_on_the_same_base_detector(t
         runner.kept_rows({**base, "key": "k2"}, ["b"], tmp_path)
 
 
+def test_the_detection_retrain_row_excludes_every_class_forgotten_so_far_and_compares_with_the_retrain_before(
+        monkeypatch):
+    """Retrain after request k is the base recipe without the objects of requests 0..k as targets, measured against
+    Retrain after request k-1 (the base detector for k = 0), as a method's model is against its own model before."""
+    from types import SimpleNamespace
+
+    runner = _module(ROOT / "benchmarks" / "fashion_mnist_det" / "run.py", "det_run")
+    classes = ["a", "b", "c", "d", "e"]
+    split = SimpleNamespace(test="scenes", num_classes=5, classes=classes)
+    excluded = []
+
+    def cached(config, device, exclude=()):
+        excluded.append(list(exclude))
+        return f"retrain-{len(exclude)}", {"seconds": 7.0, "map50": 1.0, "config": {}, "ap50_per_class": []}
+
+    class Model:
+        def __init__(self, name):
+            self.name = name
+
+        def to(self, device):
+            return self
+
+    def evaluate(model, test, num_classes, device):  # each model scores every class it was trained on at 50
+        gone = 0 if model.name == "base" else int(model.name.split("-")[1])
+        known = [c for c in range(5) if classes[c] not in excluded[-1][:gone]] if gone else range(5)
+        ap = [50.0 if c in known else 0.0 for c in range(5)]
+        return {"ap50": ap, "ap": [a / 2 for a in ap]}
+
+    monkeypatch.setattr(runner, "cached_detector", cached)
+    monkeypatch.setattr(runner, "load_detector", lambda path: (Model(str(path)), {}))
+    monkeypatch.setattr(runner, "evaluate_detector", evaluate)
+    monkeypatch.setattr(runner, "load_detection_dataset", lambda data: split)
+    config = {"data": {"dataset": "fashion-mnist-scenes"},
+              "sequence": {"num_requests": 2, "classes_per_request": 1, "order_seed": 1337}}
+    row = runner.retrain_row(config, "base", split, "cpu", "cpu")
+    order = [t["forget_classes"][0] for t in row["tasks"]]
+    assert excluded == [order[:1], order[:2]]  # every class forgotten so far, not only this request's
+    first, second = row["tasks"]
+    assert first["map50_f_before"] == 50.0 and first["map50_f"] == 0.0 and first["map50_o"] is None
+    assert second["map50_f_before"] == 50.0 and second["map50_f"] == 0.0 and second["map50_o"] == 0.0
+    assert second["map50_r"] == second["map50_r_before"] == 50.0 and second["heldout"]["map50_r"] == 50.0
+    assert second["seconds"] == 7.0 and second["ap50_per_class"][classes.index(order[1])] == 0.0
+
+
 def test_a_later_detection_round_shares_its_setup_and_so_its_base_detector():
     """fashion_mnist_det_levers names fashion_mnist_det as its setup: everything but the methods is that config's, so
     both pre-train (and cache) the same base detector and their rows are comparable."""

@@ -231,6 +231,34 @@ def _pretrain_detector(root, epochs: int):
     return det
 
 
+def test_retrain_reference_pretrains_without_the_excluded_classes_as_targets(tmp_path, monkeypatch):
+    """``gslora pretrain --task detection --exclude-classes cross`` trains on the same scenes with no cross target (the
+    crosses stay in the images, as background: a data set annotated without them), and the checkpoint says so."""
+    import gslora.detection.engine as engine
+
+    _two_shapes(tmp_path, train=12, test=4)
+    seen, real = {}, engine.pretrain_detector
+
+    def spy(model_config, dataset, config, **kwargs):
+        seen["train"] = dataset.train
+        return real(model_config, dataset, config, **kwargs)
+
+    monkeypatch.setattr(engine, "pretrain_detector", spy)
+    all_train, _ = load_coco(tmp_path / "train.json", tmp_path / "train", image_size=64)
+    assert main(["pretrain", "--task", "detection", "--data", str(tmp_path), "--epochs", "1", "--batch-size", "8",
+                 "--device", "cpu", "--exclude-classes", "cross", "--out", str(tmp_path / "det"), "-q",
+                 "--set", "model.d_model=32", "--set", "model.ffn_dim=64", "--set", "model.heads=2",
+                 "--set", "model.num_queries=6", "--set", "model.feature_levels=1",
+                 "--set", "model.backbone_hidden=[8,16,32,64]"]) == 0
+    train = seen["train"]
+    assert torch.equal(train.images, all_train.images)  # every scene stays
+    assert sum((lab == 1).sum().item() for lab in all_train.labels) > 0
+    assert all((lab == 0).all() for lab in train.labels)  # ... with only the squares as targets
+    assert [int((lab == 0).sum()) for lab in train.labels] == [int((lab == 0).sum()) for lab in all_train.labels]
+    meta = json.loads((tmp_path / "det" / "config.json").read_text())["pretrain"]
+    assert meta["excluded_classes"] == [1] and meta["config"]["exclude_classes"] == ["cross"]
+
+
 def _stop_when_forgotten_ends_after_the_first_epoch_at_the_bound(forget, tmp_path, monkeypatch) -> None:
     """With train.stop_when_forgotten the request ends after the first epoch whose forget classes' mAP@0.5 on the
     request's forget training scenes, read from the detector with its adapters, is at or below the bound."""

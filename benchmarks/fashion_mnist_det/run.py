@@ -37,7 +37,8 @@ from common import (  # noqa: E402
     write_results,
 )
 
-from gslora.config import from_dict, to_dict  # noqa: E402
+from gslora.config import SequenceConfig, from_dict, to_dict  # noqa: E402
+from gslora.data import build_requests  # noqa: E402
 from gslora.detection import (  # noqa: E402
     DetectionForgetConfig,
     DetectionPretrainConfig,
@@ -47,7 +48,7 @@ from gslora.detection import (  # noqa: E402
     run_detection_forgetting,
     run_detector_pretraining,
 )
-from gslora.detection.metrics import detection_metrics  # noqa: E402
+from gslora.detection.metrics import detection_metrics, group_map  # noqa: E402
 from gslora.engine.compare import method_and_train  # noqa: E402
 from gslora.engine.loop import resolve_device  # noqa: E402
 from gslora.engine.provenance import stamp  # noqa: E402
@@ -56,9 +57,14 @@ TASK_KEYS = ("map50_f", "map50_r", "map50_o", "map50_f_before", "map50_r_before"
              "map_r", "map_o", "map_f_before", "map_r_before", "h_mean", "h_exact")
 
 
-def cached_detector(config: dict, device: str) -> tuple[Path, dict]:
+def cached_detector(config: dict, device: str, exclude: list[str] = ()) -> tuple[Path, dict]:
+    """The base detector of ``config``'s recipe or, with ``exclude``, its Retrain reference (the same recipe with
+    those classes' objects as background), pre-trained on first use and cached by its resolved config."""
     resolved = to_dict(from_dict(DetectionPretrainConfig, {"data": config["data"], "model": config["model"],
-                                                           "train": config["pretrain"]}))
+                                                           "train": config["pretrain"],
+                                                           "exclude_classes": list(exclude)}))
+    if not exclude:
+        del resolved["exclude_classes"]  # the base detector's key, as before the field existed
     key = config_key(portable(resolved))
     checkpoint = CACHE / f"detector-{key}"
     if not (checkpoint / "config.json").is_file():
@@ -78,16 +84,45 @@ def heldout_metrics(manifest: dict, run_dir: Path, heldout, device: torch.device
         after = evaluate_detector(model.to(device), heldout.test, heldout.num_classes, device=device)
         m = detection_metrics(after, before, forget=r["forget_classes"], retain=r["retain_classes"],
                               old=r["old_classes"])
-        rows.append({k: m.get(k) for k in TASK_KEYS if k in m})
+        rows.append({**{k: m.get(k) for k in TASK_KEYS if k in m}, "ap50_per_class": after["ap50"]})
         before = after
     return rows
 
 
 def summarize(manifest: dict, heldout_rows: list[dict]) -> dict:
     tasks = [{"task": r["index"], "forget_classes": r["forget_class_names"],
-              **{k: r["metrics"].get(k) for k in TASK_KEYS}, "seconds": r["seconds"], "heldout": held}
+              **{k: r["metrics"].get(k) for k in TASK_KEYS}, "ap50_per_class": r["metrics"].get("ap50_per_class"),
+              "seconds": r["seconds"], "heldout": held}
              for r, held in zip(manifest["requests"], heldout_rows)]
     return {"trainable_ratio": manifest["requests"][-1]["trainable_ratio"], "tasks": tasks}
+
+
+def retrain_row(config: dict, base: Path, heldout, device: torch.device, device_name: str) -> dict:
+    """Retrain: per request k, the base detector's recipe pre-trained without the objects of the classes forgotten
+    by requests 0..k as targets (cached), measured like a method's model after request k: against Retrain after
+    request k-1 (the base detector for k = 0), on the tuning and the held-out scenes, with its per-class AP@0.5."""
+    data = load_detection_dataset(from_dict(DetectionForgetConfig, {"data": config["data"]}).data)
+    requests = build_requests(from_dict(SequenceConfig, config["sequence"]), data.classes)
+    model, _ = load_detector(base)
+    before = {label: evaluate_detector(model.to(device), split.test, split.num_classes, device=device)
+              for label, split in (("tuning", data), ("heldout", heldout))}
+    original = before["tuning"]
+    tasks = []
+    for request in requests:
+        gone = [data.classes[c] for c in (*request.old, *request.forget)]
+        checkpoint, info = cached_detector(config, device_name, exclude=gone)
+        model, _ = load_detector(checkpoint)
+        after = {label: evaluate_detector(model.to(device), split.test, split.num_classes, device=device)
+                 for label, split in (("tuning", data), ("heldout", heldout))}
+        sets = {"forget": request.forget, "retain": request.retain, "old": request.old}
+        m = {label: {**{k: v for k, v in detection_metrics(after[label], before[label], **sets).items()
+                        if k in TASK_KEYS}, "ap50_per_class": after[label]["ap50"]} for label in after}
+        m["tuning"]["map50_f_original"] = group_map(original["ap50"], request.forget)
+        tasks.append({"task": request.index, "forget_classes": [data.classes[c] for c in request.forget],
+                      **m["tuning"], "seconds": info["seconds"], "heldout": m["heldout"],
+                      "pretrain": {k: v for k, v in info.items() if k not in ("config", "ap50_per_class")}})
+        before = after
+    return {"trainable_ratio": 1.0, "tasks": tasks}
 
 
 def report(results: dict, name: str) -> str:
@@ -179,6 +214,10 @@ def main() -> int:
         if name not in labels:
             if name in kept:
                 methods[name] = kept[name]
+            continue
+        if spec.get("name") == "retrain":
+            methods[name] = {**retrain_row(config, checkpoint, heldout, device, args.device), **stamp(),
+                             "config": {"pretrain": config["pretrain"], "sequence": config["sequence"]}}
             continue
         run_dir = CACHE / folder.name / name
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -145,7 +145,8 @@ def _pretrain_detection(args: argparse.Namespace, tree: dict[str, Any]) -> int:
     for dotted, value in (("data.dataset", args.data), ("model.name", args.name), ("data.image_size", args.image_size),
                           ("model.pretrained", args.pretrained or None), ("train.epochs", args.epochs),
                           ("train.lr", args.lr), ("train.batch_size", args.batch_size), ("train.device", args.device),
-                          ("out", args.out)):
+                          ("out", args.out),
+                          ("exclude_classes", _split_classes(args.exclude_classes) if args.exclude_classes else None)):
         _set(tree, dotted, value)
     _apply_sets(tree, args.set)
     out = _pretrain_out(tree, args.overwrite)
@@ -517,8 +518,8 @@ def _pretrain_arguments(p: argparse.ArgumentParser, d: dict[str, Any], *, import
         p.add_argument("--teacher", help=".npz with one target embedding per training image (default: none)")
         p.add_argument("--distill-weight", type=float, help="weight of the distillation term (default: 10)")
         p.add_argument("--exclude-classes", metavar="A,B",
-                       help="leave these classes' training images out (the head keeps them): a run's Retrain "
-                       "reference (default: none)")
+                       help="leave these classes' training images out (the head keeps them; a detector keeps the "
+                       "images and learns their objects as background): a run's Retrain reference (default: none)")
     p.add_argument("--device", help=f"cpu, cuda, cuda:N or auto (default: {d['device']})")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="set any config field, for example --set model.head=cosface --set train.jitter=0.3 (default: "

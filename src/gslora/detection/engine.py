@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 
 from gslora.config import AcceptanceConfig, AdaptersConfig, ForgetTrainConfig, SequenceConfig, TrainConfig, to_dict
-from gslora.data import Request
+from gslora.data import Request, resolve_classes
 from gslora.detection.data import (
     DetectionDataConfig,
     DetectionDataset,
@@ -99,11 +99,15 @@ class DetectionPretrainConfig:
         data: the detection data set; ``model.num_classes`` and ``model.image_size`` follow it.
         model: the detector's shape.
         train: optimisation, with the detector's defaults (lr 2e-4, batch 16, gradient clipping 0.1).
+        exclude_classes: classes (names or ids) whose objects are not training targets: the images stay and those
+            objects are background, as in a data set annotated without them; the class head keeps every class. With
+            a run's forgotten classes this trains its Retrain reference (what forgetting should look like).
     """
 
     data: DetectionDataConfig = field(default_factory=DetectionDataConfig)
     model: DetectorConfig = field(default_factory=DetectorConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(**DETECTION_PRETRAIN_TRAIN))
+    exclude_classes: list[str | int] = field(default_factory=list)
 
 
 def run_detector_pretraining(config: DetectionPretrainConfig, out: str | Path, *, overwrite: bool = False,
@@ -115,10 +119,17 @@ def run_detector_pretraining(config: DetectionPretrainConfig, out: str | Path, *
     dataset = load_detection_dataset(config.data)
     model_config = dataclasses.replace(config.model, num_classes=dataset.num_classes,
                                        image_size=config.data.image_size)
+    excluded = resolve_classes(config.exclude_classes, dataset.classes) if config.exclude_classes else []
+    if excluded:
+        kept = set(range(dataset.num_classes)) - set(excluded)
+        dataset = dataclasses.replace(dataset, train=dataset.train.keep_classes(kept))
+        log.info("training without %s as targets (their objects are background)",
+                 [dataset.classes[c] for c in excluded])
     model, info = pretrain_detector(model_config, dataset, config.train, progress=progress)
     info.pop("history")
     digest = save_detector(model, out, classes=dataset.classes, replace=out.exists(),
-                           extra={"pretrain": {**info, "dataset": dataset.name, "config": to_dict(config), **stamp()}})
+                           extra={"pretrain": {**info, "dataset": dataset.name, "config": to_dict(config),
+                                               "excluded_classes": excluded, **stamp()}})
     return digest, info
 
 

@@ -404,6 +404,33 @@ def test_distill_holds_retained_scores_and_boxes_to_the_starting_model_and_never
         DetectionGSLoRAConfig(distill=-1.0)
 
 
+def test_distill_forget_holds_the_forget_images_retained_scores_not_the_forget_class():
+    """``distill_forget``: the same D on the forget batch (the forget images' retained-class scores, a look-alike of
+    the forget class among them, stay the starting model's); the forget class itself stays free to fall."""
+    torch.manual_seed(0)
+    x_f = torch.randint(0, 255, (2, 1, 64, 64), dtype=torch.uint8)
+    x_r = torch.randint(0, 255, (2, 1, 64, 64), dtype=torch.uint8)
+    forget_t = [{"labels": torch.tensor([1]), "boxes": torch.tensor([[4.0, 4.0, 30.0, 30.0]])}] * 2
+    retain_t = [{"labels": torch.tensor([0]), "boxes": torch.tensor([[8.0, 8.0, 40.0, 40.0]])}] * 2
+    method = DetectionGSLoRA(DetectionGSLoRAConfig(distill_forget=3.0, alpha=0.0))
+    method.setup_task(build_detector(TINY), TaskContext(Request(0, (1,), (0, 2, 3), ()), epochs=1, steps_per_epoch=1))
+    with torch.no_grad():
+        for group in method.group_params:
+            for p in group:
+                p.add_(0.05 * torch.randn_like(p))
+    terms = method.training_step((x_f, forget_t), (x_r, retain_t), epoch=0)
+    assert "distill" not in terms and terms["distill_forget"].item() > 0.0
+    with torch.no_grad():
+        on_forget = method.distillation(x_f, method.detector(x_f))
+        on_retain = method.distillation(x_r, method.detector(x_r))
+    assert terms["distill_forget"].item() == pytest.approx(on_forget.item(), rel=1e-5)  # the forget images' D
+    assert on_forget.item() != pytest.approx(on_retain.item(), rel=1e-3)
+    rest = terms["retain"] + method.beta * terms["forget"]
+    assert terms["loss"].item() == pytest.approx((rest + 3.0 * terms["distill_forget"]).item(), rel=1e-6)
+    with pytest.raises(GSLoRAError, match="method.distill_forget"):
+        DetectionGSLoRAConfig(distill_forget=float("nan"))
+
+
 def test_detection_refuses_forget_batches_grouped_by_class():
     with pytest.raises(GSLoRAError, match="train.forget_group=2: a detection image holds several classes"):
         DetectionForgetConfig(train=ForgetTrainConfig(forget_group=2))

@@ -8,6 +8,7 @@ forget-class objects (targets: those objects only) and r a batch of retained-cla
         [+ w_f * ReLU(BND_pro - KL(softmax(p_y) || softmax(q)))]                        (GS-LoRA++)
         [+ beta * hold_old * ReLU(BND - L_cls(r, held))]                                (gslora's hold_old)
         [+ distill * D(r)]                                                              (gslora's distill)
+        [+ distill_forget * D(f)]                                                       (gslora's distill_forget)
 
 L_set is the detector's own Hungarian set-prediction loss (focal classification, L1 and GIoU box terms,
 decoder auxiliary losses). The forget term is bounded per (query, class) pair: ReLU(BND - L_cls) is
@@ -29,7 +30,9 @@ predictions to the request's starting model (the same network with the fresh LoR
 of every query's retained-class scores to the starting model's, summed over those classes and averaged over the
 queries, plus the box L1 of every query weighted by the starting model's top retained-class probability (times the
 set loss's box coefficient). Forgotten classes are left out, so it never pulls a forget or earlier-forgotten object
-back; it covers every query, where L_set only trains the few matched to a ground-truth box.
+back; it covers every query, where L_set only trains the few matched to a ground-truth box. ``distill_forget`` takes
+the same D on the forget batch: the forget images' retained-class scores and boxes stay the starting model's while the
+forget class's score is pushed down, so that a retained look-alike of a forget class is not suppressed with it.
 """
 
 from __future__ import annotations
@@ -77,6 +80,9 @@ class DetectionGSLoRAConfig:
             no data of those classes beyond the retain images [0: not in the reference].
         distill: weight of the distillation term D on the retain batch toward the request's starting model (one
             more forward pass of that batch per step) [0: not in the reference].
+        distill_forget: weight of the same D on the forget batch (one more forward pass of that batch per step): the
+            retained classes' scores and boxes on the forget images, a forget object's look-alikes among them, stay
+            the starting model's [0: not in the reference].
     """
 
     rank: int = 8
@@ -90,6 +96,7 @@ class DetectionGSLoRAConfig:
     bnd_pro: float = 18.0
     hold_old: float = 0.0
     distill: float = 0.0
+    distill_forget: float = 0.0
 
     def __post_init__(self) -> None:
         require(self.rank >= 1, "method.rank", self.rank, "must be >= 1")
@@ -104,6 +111,8 @@ class DetectionGSLoRAConfig:
         require(self.hold_old >= 0, "method.hold_old", self.hold_old, "must be >= 0 (0 disables it)")
         require(self.distill >= 0 and math.isfinite(self.distill), "method.distill", self.distill,
                 "must be a number >= 0 (0 disables it)")
+        require(self.distill_forget >= 0 and math.isfinite(self.distill_forget), "method.distill_forget",
+                self.distill_forget, "must be a number >= 0 (0 disables it)")
 
     def beta_for(self, request_index: int) -> float:
         betas = self.beta if isinstance(self.beta, list) else [self.beta]
@@ -168,6 +177,10 @@ class DetectionGSLoRA(GSLoRA):
             distill = self.distillation(x_r, out_r)
             loss = loss + self.config.distill * distill
             terms["distill"] = distill
+        if self.config.distill_forget > 0:
+            held = self.distillation(x_f, out_f)
+            loss = loss + self.config.distill_forget * held
+            terms["distill_forget"] = held
         return {"loss": loss, **terms}
 
     def distillation(self, images: torch.Tensor, out: Any) -> torch.Tensor:
@@ -175,7 +188,7 @@ class DetectionGSLoRA(GSLoRA):
         plus the queries' box L1 to its boxes, weighted by its top retained-class probability.
 
         Args:
-            images: the retain batch.
+            images: the retain (``distill``) or forget (``distill_forget``) batch.
             out: the detector's output on it with the request's adapters (``logits`` (B, Q, C), ``pred_boxes``).
 
         The starting model answers in eval mode, as it did before the request: a hub detector's dropout would

@@ -37,6 +37,8 @@ LABELS = {"gs_lora": "GS-LoRA (recipe)", "gs_lora_pp": "GS-LoRA++ (recipe)", "gs
           "gs_lora_pp hold 1 distill 2 stop 2": "GS-LoRA++ `hold_old: 1`, `distill: 2`, `stop_when_forgotten: 2`",
           "gs_lora_pp hold 0.25 distill 2 stop 2": "GS-LoRA++ `hold_old: 0.25`, `distill: 2`, `stop_when_forgotten: 2`",
           "gs_lora_pp hold 1 distill 3 stop 2": "GS-LoRA++ `hold_old: 1`, `distill: 3`, `stop_when_forgotten: 2`",
+          "gs_lora_pp hold 1 distill 2 stop 2 distill_forget 2": "GS-LoRA++ `hold_old: 1`, `distill: 2`, "
+                                                                 "`stop_when_forgotten: 2`, `distill_forget: 2`",
           "lwf": "LwF", "ewc": "EWC*", "scrub_s": "SCRUB-S",
           "GS-LoRA++ bnd auto + scatter 1": "GS-LoRA++ `bnd: auto`, `w_scatter: 1` (gslora's face setting, chosen on "
                                             "validation, round 3)",
@@ -83,7 +85,6 @@ def label(key: str) -> str:
     return LABELS.get(key, key)
 
 
-@functools.cache  # a section opens with its first benchmark, then reads it again among the others: read once
 @functools.cache
 def load(name: str) -> dict | None:
     """Benchmark ``name``'s committed results, read once per run (a section's opening and its tables share them;

@@ -19,6 +19,7 @@ import argparse
 import json
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -57,7 +58,7 @@ TASK_KEYS = ("map50_f", "map50_r", "map50_o", "map50_f_before", "map50_r_before"
              "map_r", "map_o", "map_f_before", "map_r_before", "h_mean", "h_exact")
 
 
-def cached_detector(config: dict, device: str, exclude: list[str] = ()) -> tuple[Path, dict]:
+def cached_detector(config: dict, device: str, exclude: Sequence[str] = ()) -> tuple[Path, dict]:
     """The base detector of ``config``'s recipe or, with ``exclude``, its Retrain reference (the same recipe with
     those classes' objects as background), pre-trained on first use and cached by its resolved config."""
     resolved = to_dict(from_dict(DetectionPretrainConfig, {"data": config["data"], "model": config["model"],

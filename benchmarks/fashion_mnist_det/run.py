@@ -104,17 +104,18 @@ def retrain_row(config: dict, base: Path, heldout, device: torch.device, device_
     request k-1 (the base detector for k = 0), on the tuning and the held-out scenes, with its per-class AP@0.5."""
     data = load_detection_dataset(from_dict(DetectionForgetConfig, {"data": config["data"]}).data)
     requests = build_requests(from_dict(SequenceConfig, config["sequence"]), data.classes)
-    model, _ = load_detector(base)
-    before = {label: evaluate_detector(model.to(device), split.test, split.num_classes, device=device)
-              for label, split in (("tuning", data), ("heldout", heldout))}
+    def measure(checkpoint) -> dict[str, dict]:
+        model, _ = load_detector(checkpoint)
+        return {label: evaluate_detector(model.to(device), split.test, split.num_classes, device=device)
+                for label, split in (("tuning", data), ("heldout", heldout))}
+
+    before = measure(base)
     original = before["tuning"]
     tasks = []
     for request in requests:
         gone = [data.classes[c] for c in (*request.old, *request.forget)]
         checkpoint, info = cached_detector(config, device_name, exclude=gone)
-        model, _ = load_detector(checkpoint)
-        after = {label: evaluate_detector(model.to(device), split.test, split.num_classes, device=device)
-                 for label, split in (("tuning", data), ("heldout", heldout))}
+        after = measure(checkpoint)
         sets = {"forget": request.forget, "retain": request.retain, "old": request.old}
         m = {label: {**{k: v for k, v in detection_metrics(after[label], before[label], **sets).items()
                         if k in TASK_KEYS}, "ap50_per_class": after[label]["ap50"]} for label in after}

@@ -30,6 +30,7 @@ BENCHMARKS := fashion_mnist_continual fashion_mnist_4shot_validation fashion_mni
 	faces_4shot_new_base_validation_round4 faces_4shot_new_base faces_4shot_new_base_forget_group \
 	faces_missing_new_base_validation faces_missing_new_base \
 	fashion_mnist_det fashion_mnist_det_levers fashion_mnist_det_base_seed1 fashion_mnist_det_forget_less \
+	fashion_mnist_det_forget_less_seed1 \
 	verification_validation verification verification_faces_validation scale smoke
 NAME ?= fashion_mnist_continual
 

@@ -300,7 +300,12 @@ DETECTION = [("fashion_mnist_det", "Composed Fashion-MNIST scenes, base detector
                                           "base detector pre-trained with the AVX2 pins, {map50:.2f}% mAP@0.5"),
              ("fashion_mnist_det_base_seed1", "The same scenes, requests and base recipe, the base detector "
                                               "pre-trained from another seed (1) with the AVX2 pins, {map50:.2f}% "
-                                              "mAP@0.5")]
+                                              "mAP@0.5"),
+             ("fashion_mnist_det_forget_less", "The same scenes, requests and base recipe, how deep the forget pairs "
+                                               "are pushed (`bnd`, the stop), the base detector pre-trained with the "
+                                               "AVX2 pins on an Intel Xeon, {map50:.2f}% mAP@0.5"),
+             ("fashion_mnist_det_forget_less_seed1", "The same round's reference on the seed-1 base pre-trained with "
+                                                     "the AVX2 pins on an Intel Xeon, {map50:.2f}% mAP@0.5")]
 
 
 def detection_section(lines: list[str]) -> None:

@@ -209,6 +209,29 @@ def test_hold_old_bounds_the_retain_queries_matched_to_earlier_forgotten_objects
         DetectionGSLoRAConfig(hold_old=-1.0)
 
 
+def test_hold_bnd_bounds_the_held_pairs_apart_from_the_forget_pairs():
+    """``hold_bnd`` is the held pairs' bound alone: a deep one keeps pushing them where ``bnd`` would have stopped,
+    a shallow one stops them while the forget pairs are still pushed."""
+    torch.manual_seed(0)
+    x = torch.randint(0, 255, (2, 1, 64, 64), dtype=torch.uint8)
+    forget = [{"labels": torch.tensor([1]), "boxes": torch.tensor([[4.0, 4.0, 30.0, 30.0]])}] * 2
+    retain = [{"labels": torch.tensor([0]), "boxes": torch.tensor([[34.0, 34.0, 60.0, 60.0]]),
+               "held_labels": torch.tensor([3]), "held_boxes": torch.tensor([[4.0, 4.0, 30.0, 30.0]])}] * 2
+    context = TaskContext(Request(1, (1,), (0, 2), (3,)), epochs=1, steps_per_epoch=1)
+    deep = DetectionGSLoRA(DetectionGSLoRAConfig(bnd=1e-6, hold_bnd=1e6, beta=0.5, alpha=0.0, hold_old=2.0))
+    deep.setup_task(build_detector(TINY), context)
+    terms = deep.training_step((x, forget), (x, retain), epoch=0)
+    assert terms["forget"].item() == pytest.approx(terms["forget_box"].item())  # the forget pairs are past bnd
+    assert terms["hold_old"].item() > 1e5  # the held pairs are not past hold_bnd
+    shallow = DetectionGSLoRA(DetectionGSLoRAConfig(bnd=1e6, hold_bnd=1e-6, beta=0.5, alpha=0.0, hold_old=2.0))
+    shallow.setup_task(build_detector(TINY), context)
+    terms = shallow.training_step((x, forget), (x, retain), epoch=0)
+    assert terms["hold_old"].item() == 0.0 and terms["forget"].item() > 1e5
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(GSLoRAError, match="method.hold_bnd"):
+            DetectionGSLoRAConfig(hold_bnd=bad)
+
+
 def _two_shapes(root, train: int, test: int) -> None:
     """Composed COCO scenes of two easy, distinct shapes: a filled square and a cross."""
     items = torch.zeros(2, 1, 28, 28, dtype=torch.uint8)

@@ -6,7 +6,7 @@ forget-class objects (targets: those objects only) and r a batch of retained-cla
 
     L = L_set(r) + beta * [ReLU(BND - L_cls(f)) + L_box(f)] + alpha * sum_g ||theta_g||_2
         [+ w_f * ReLU(BND_pro - KL(softmax(p_y) || softmax(q)))]                        (GS-LoRA++)
-        [+ beta * hold_old * ReLU(BND - L_cls(r, held))]                                (gslora's hold_old)
+        [+ beta * hold_old * ReLU(BND_hold - L_cls(r, held))]                           (gslora's hold_old)
         [+ distill * D(r)]                                                              (gslora's distill)
         [+ distill_forget * D(f)]                                                       (gslora's distill_forget)
 
@@ -25,8 +25,9 @@ of the README). For GS-LoRA++ q are the decoder embeddings of the queries matche
 p_y the rows of the class-embedding matrix for their classes (frozen, so they are the prototypes of the
 model at the request's start). ``hold_old`` bounds in the same way the retain batch's queries matched to
 objects of classes forgotten by earlier requests (held aside by ``request_subsets``): without it a later
-request's adapters let those classes come back (README "Object detection"). ``distill`` holds the retain images'
-predictions to the request's starting model (the same network with the fresh LoRA switched off): D is the binary KL
+request's adapters let those classes come back (README "Object detection"); BND_hold is ``hold_bnd``, BND unless set.
+``distill`` holds the retain images' predictions to the request's starting model (the same network with the fresh
+LoRA switched off): D is the binary KL
 of every query's retained-class scores to the starting model's, summed over those classes and averaged over the
 queries, plus the box L1 of every query weighted by the starting model's top retained-class probability (times the
 set loss's box coefficient). Forgotten classes are left out, so it never pulls a forget or earlier-forgotten object
@@ -78,6 +79,10 @@ class DetectionGSLoRAConfig:
             requests that appear in this request's retain images (the retain subset's held objects, matched
             to the retain batch's queries), so that a later request's adapters cannot bring them back; needs
             no data of those classes beyond the retain images [0: not in the reference].
+        hold_bnd: the bound of those held pairs (None: ``bnd``). A shallower ``bnd`` spares the forget classes'
+            retained look-alikes but leaves the forget classes higher after their request, and the earlier-forgotten
+            target asks more of them than their own request's target does; a deeper ``hold_bnd`` pushes them further
+            in later requests [None: not in the reference].
         distill: weight of the distillation term D on the retain batch toward the request's starting model (one
             more forward pass of that batch per step) [0: not in the reference].
         distill_forget: weight of the same D on the forget batch (one more forward pass of that batch per step): the
@@ -95,6 +100,7 @@ class DetectionGSLoRAConfig:
     w_f: float = 0.0
     bnd_pro: float = 18.0
     hold_old: float = 0.0
+    hold_bnd: float | None = None
     distill: float = 0.0
     distill_forget: float = 0.0
 
@@ -109,6 +115,8 @@ class DetectionGSLoRAConfig:
         require(self.w_f >= 0, "method.w_f", self.w_f, "must be >= 0")
         require(self.bnd_pro > 0, "method.bnd_pro", self.bnd_pro, "must be > 0")
         require(self.hold_old >= 0, "method.hold_old", self.hold_old, "must be >= 0 (0 disables it)")
+        require(self.hold_bnd is None or (self.hold_bnd > 0 and math.isfinite(self.hold_bnd)), "method.hold_bnd",
+                self.hold_bnd, "must be a number > 0, or null (the same as method.bnd)")
         require(self.distill >= 0 and math.isfinite(self.distill), "method.distill", self.distill,
                 "must be a number >= 0 (0 disables it)")
         require(self.distill_forget >= 0 and math.isfinite(self.distill_forget), "method.distill_forget",
@@ -209,16 +217,18 @@ class DetectionGSLoRA(GSLoRA):
                 {"labels": t["labels"][:0], "boxes": t["boxes"][:0]} for t in targets]
         if not any(len(t["labels"]) for t in held):
             return out.logits.sum() * 0.0
-        return self.bounded_pairs(out, *self.match(out, held, size))[1]
+        bound = self.bnd if self.config.hold_bnd is None else float(self.config.hold_bnd)
+        return self.bounded_pairs(out, *self.match(out, held, size), bound=bound)[1]
 
-    def bounded_pairs(self, out, queries: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean L_cls, mean ReLU(BND - L_cls)) over the (query, class) pairs, L_cls = -log sigmoid(score); both 0
-        (with a graph) when there are none."""
+    def bounded_pairs(self, out, queries: torch.Tensor, classes: torch.Tensor, *, bound: float | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean L_cls, mean ReLU(bound - L_cls)) over the (query, class) pairs, L_cls = -log sigmoid(score), the
+        bound ``bnd`` unless given; both 0 (with a graph) when there are none."""
         if len(classes) == 0:
             zero = out.logits.sum() * 0.0
             return zero, zero
         pair_cls = F.softplus(-out.logits[queries[:, 0], queries[:, 1], classes])
-        return pair_cls.mean(), bounded_forgetting_loss(pair_cls, self.bnd).mean()
+        return pair_cls.mean(), bounded_forgetting_loss(pair_cls, self.bnd if bound is None else bound).mean()
 
     def match(self, out, targets: list[dict[str, torch.Tensor]], size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Hungarian matching of the final layer's queries to the targets.

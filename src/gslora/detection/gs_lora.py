@@ -67,7 +67,9 @@ class DetectionGSLoRAConfig:
         beta: forgetting weight, one per request (the last repeats) [0.15, 0.15, 0.35, 0.6, ...].
         bnd: bound of each forget pair's classification loss, -log sigmoid(score) [the reference's 15
             bounds its summed focal loss; 6 here: a pair's score is pushed to sigmoid(-6), enough to rank it
-            below the class's false positives; 10 cost up to 4 times more retained mAP on the benchmark].
+            below the class's false positives; 10 cost up to 4 times more retained mAP on the benchmark; 4-5 spare a
+            retained look-alike of the forget class but leave earlier-forgotten classes higher (README "How deep to
+            push")].
         keep_box_terms: keep the forget objects' box losses positive [true].
         forget_iou: besides the Hungarian-matched query, every final-layer query whose box overlaps a
             forget object with at least this IoU has its score for that object's class bounded too

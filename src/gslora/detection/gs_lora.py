@@ -26,14 +26,14 @@ p_y the rows of the class-embedding matrix for their classes (frozen, so they ar
 model at the request's start). ``hold_old`` bounds in the same way the retain batch's queries matched to
 objects of classes forgotten by earlier requests (held aside by ``request_subsets``): without it a later
 request's adapters let those classes come back (README "Object detection"); BND_hold is ``hold_bnd``, BND unless set.
-``distill`` holds the retain images' predictions to the request's starting model (the same network with the fresh
-LoRA switched off): D is the binary KL
-of every query's retained-class scores to the starting model's, summed over those classes and averaged over the
-queries, plus the box L1 of every query weighted by the starting model's top retained-class probability (times the
-set loss's box coefficient). Forgotten classes are left out, so it never pulls a forget or earlier-forgotten object
-back; it covers every query, where L_set only trains the few matched to a ground-truth box. ``distill_forget`` takes
-the same D on the forget batch: the forget images' retained-class scores and boxes stay the starting model's while the
-forget class's score is pushed down, so that a retained look-alike of a forget class is not suppressed with it.
+``distill`` holds the retain images' predictions to the request's starting model (the same network with the fresh LoRA
+switched off): D is the binary KL of every query's retained-class scores to the starting model's, summed over those
+classes and averaged over the queries, plus the box L1 of every query weighted by the starting model's top retained-
+class probability (times the set loss's box coefficient). Forgotten classes are left out, so it never pulls a forget
+or earlier-forgotten object back; it covers every query, where L_set only trains the few matched to a ground-truth
+box. ``distill_forget`` takes the same D on the forget batch: the forget images' retained-class scores and boxes stay
+the starting model's while the forget class's score is pushed down, so that a retained look-alike of a forget class is
+not suppressed with it.
 """
 
 from __future__ import annotations
@@ -219,8 +219,7 @@ class DetectionGSLoRA(GSLoRA):
                 {"labels": t["labels"][:0], "boxes": t["boxes"][:0]} for t in targets]
         if not any(len(t["labels"]) for t in held):
             return out.logits.sum() * 0.0
-        bound = self.bnd if self.config.hold_bnd is None else float(self.config.hold_bnd)
-        return self.bounded_pairs(out, *self.match(out, held, size), bound=bound)[1]
+        return self.bounded_pairs(out, *self.match(out, held, size), bound=self.config.hold_bnd)[1]
 
     def bounded_pairs(self, out, queries: torch.Tensor, classes: torch.Tensor, *, bound: float | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor]:

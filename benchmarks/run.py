@@ -12,8 +12,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 #: the CPU kernels' instruction set, pinned as the Makefile does (before torch loads) so that a results file
-#: re-creates bit for bit on AVX2 and AVX-512 machines alike; a value already in the environment wins
-PORTABLE_CPU = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+#: re-creates bit for bit on AVX2 and AVX-512 machines alike (STRICT: and wherever MKL's operands sit in memory); a
+#: value already in the environment wins
+PORTABLE_CPU = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2,STRICT", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
 def pin_cpu_kernels() -> None:

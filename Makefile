@@ -8,12 +8,9 @@ DEPS_STAMP := $(VENV)/.deps-$(shell sha256sum pyproject.toml | cut -c1-16)
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 DEMO_MODEL := .cache/demo/base/config.json
 # On a CPU with AVX2, pin the kernels' instruction set (ATen, MKL's conditional numerical reproducibility, oneDNN) to
-# it: ATen, MKL and oneDNN document that an AVX-512 CPU then sums floats in the AVX2 order (not measured here: no
-# AVX-512 machine); on the same CPU a row re-run repeats every figure (a detection row on the AMD machine). MKL's
-# STRICT mode also makes its sums independent of where a tensor sits in memory: without it, on the Intel Xeon, a
-# detector loaded from its checkpoint (bit-identical weights) answered 3e-8 away from the one saved, and the smoke
-# benchmark's LwF row moved 0.65 points (README "Benchmarks"). Without STRICT the pins did not carry the detection
-# base across CPU vendors (54.59% mAP@0.5 on an AMD EPYC, 54.87% on an Intel Xeon). Other CPUs are left alone.
+# it: ATen, MKL and oneDNN document that an AVX-512 CPU then sums floats in the AVX2 order, and MKL's STRICT mode makes
+# its sums independent of where a tensor sits in memory (what was measured, and what not: README "Benchmarks").
+# Other CPUs are left alone.
 # Override on the command line (make test ATEN_CPU_CAPABILITY=avx512) to trade that for speed.
 ifneq ($(shell grep -m1 -ow avx2 /proc/cpuinfo 2>/dev/null),)
 export ATEN_CPU_CAPABILITY ?= avx2

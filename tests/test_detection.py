@@ -454,6 +454,37 @@ def test_distill_forget_holds_the_forget_images_retained_scores_not_the_forget_c
         DetectionGSLoRAConfig(distill_forget=float("nan"))
 
 
+def test_distill_lookalike_holds_harder_the_queries_the_starting_model_confuses_with_a_forget_class():
+    """``distill_lookalike`` g: each query's class KL in D is weighted by 1 + g * the starting model's top score for a
+    class forgotten now (not an earlier-forgotten one), so moving a retained score on the query most confused with the
+    forget class costs that factor more than with g = 0; the starting model itself still scores D = 0."""
+    torch.manual_seed(0)
+    x = torch.randint(0, 255, (2, 1, 64, 64), dtype=torch.uint8)
+    context = TaskContext(Request(1, (1,), (0, 2), (3,)), epochs=1, steps_per_epoch=1)  # 1 forgotten now, 3 before
+    detector = build_detector(TINY)
+    plain, lookalike = DetectionGSLoRA(DetectionGSLoRAConfig(distill=1.0)), \
+        DetectionGSLoRA(DetectionGSLoRAConfig(distill=1.0, distill_lookalike=4.0))
+    plain.setup_task(detector, context)
+    lookalike.setup_task(detector, context)
+    with torch.no_grad():
+        out = lookalike.detector(x)
+        assert lookalike.distillation(x, out).item() == pytest.approx(0.0, abs=1e-6)
+        confused = torch.sigmoid(out.logits[..., 1])  # the starting model's forget-class score, (B, Q)
+        for query in (confused.argmax(), confused.argmin()):
+            b, q = divmod(int(query), confused.shape[1])
+            moved = SimpleNamespace(logits=out.logits.clone(), pred_boxes=out.pred_boxes)
+            moved.logits[b, q, 2] -= 3.0  # one retained score of one query
+            ratio = lookalike.distillation(x, moved) / plain.distillation(x, moved)
+            assert ratio.item() == pytest.approx(1.0 + 4.0 * confused[b, q].item(), rel=1e-4)
+        held = SimpleNamespace(logits=out.logits.clone(), pred_boxes=out.pred_boxes)
+        held.logits[..., 3] += 5.0  # an earlier-forgotten class's score neither weighs nor is held
+        assert lookalike.distillation(x, held).item() == pytest.approx(0.0, abs=1e-6)
+    assert confused.max() > confused.min()
+    for bad in (-1.0, float("inf")):
+        with pytest.raises(GSLoRAError, match="method.distill_lookalike"):
+            DetectionGSLoRAConfig(distill_lookalike=bad)
+
+
 def test_detection_refuses_forget_batches_grouped_by_class():
     with pytest.raises(GSLoRAError, match="train.forget_group=2: a detection image holds several classes"):
         DetectionForgetConfig(train=ForgetTrainConfig(forget_group=2))

@@ -33,7 +33,9 @@ class probability (times the set loss's box coefficient). Forgotten classes are 
 or earlier-forgotten object back; it covers every query, where L_set only trains the few matched to a ground-truth
 box. ``distill_forget`` takes the same D on the forget batch: the forget images' retained-class scores and boxes stay
 the starting model's while the forget class's score is pushed down, so that a retained look-alike of a forget class is
-not suppressed with it.
+not suppressed with it. ``distill_lookalike`` g weighs each query's class KL in D by 1 + g * the starting model's
+highest score for a class forgotten now: a retained object the starting model confuses with a forget class (Pullover
+with Shirt) is held harder than the background queries that make up most of the mean (g 0: D as above).
 """
 
 from __future__ import annotations
@@ -87,6 +89,9 @@ class DetectionGSLoRAConfig:
             in later requests [None: not in the reference].
         distill: weight of the distillation term D on the retain batch toward the request's starting model (one
             more forward pass of that batch per step) [0: not in the reference].
+        distill_lookalike: g in D's per-query weight 1 + g * (the starting model's highest forget-class score on
+            that query), so that a retained look-alike of a forget class is held harder; acts where ``distill`` or
+            ``distill_forget`` does [0: not in the reference].
         distill_forget: weight of the same D on the forget batch (one more forward pass of that batch per step): the
             retained classes' scores and boxes on the forget images, a forget object's look-alikes among them, stay
             the starting model's [0: not in the reference].
@@ -105,6 +110,7 @@ class DetectionGSLoRAConfig:
     hold_bnd: float | None = None
     distill: float = 0.0
     distill_forget: float = 0.0
+    distill_lookalike: float = 0.0
 
     def __post_init__(self) -> None:
         require(self.rank >= 1, "method.rank", self.rank, "must be >= 1")
@@ -123,6 +129,8 @@ class DetectionGSLoRAConfig:
                 "must be a number >= 0 (0 disables it)")
         require(self.distill_forget >= 0 and math.isfinite(self.distill_forget), "method.distill_forget",
                 self.distill_forget, "must be a number >= 0 (0 disables it)")
+        require(self.distill_lookalike >= 0 and math.isfinite(self.distill_lookalike), "method.distill_lookalike",
+                self.distill_lookalike, "must be a number >= 0 (0 disables it)")
 
     def beta_for(self, request_index: int) -> float:
         betas = self.beta if isinstance(self.beta, list) else [self.beta]
@@ -157,6 +165,7 @@ class DetectionGSLoRA(GSLoRA):
         hf = self.detector.net.config
         self.bbox_coef, self.giou_coef = float(hf.bbox_loss_coefficient), float(hf.giou_loss_coefficient)
         self.retained = torch.tensor(sorted(task.request.retain), dtype=torch.long, device=task.device)
+        self.forgotten_now = torch.tensor(sorted(task.request.forget), dtype=torch.long, device=task.device)
 
     def training_step(self, forget_batch: Batch, retain_batch: Batch, *, epoch: int) -> dict[str, torch.Tensor]:
         (x_f, t_f), (x_r, t_r) = forget_batch, retain_batch
@@ -194,8 +203,9 @@ class DetectionGSLoRA(GSLoRA):
         return {"loss": loss, **terms}
 
     def distillation(self, images: torch.Tensor, out: Any) -> torch.Tensor:
-        """D: the retained-class scores' binary KL to the starting model's (summed over classes, mean over queries)
-        plus the queries' box L1 to its boxes, weighted by its top retained-class probability.
+        """D: the retained-class scores' binary KL to the starting model's (summed over classes, mean over queries,
+        each query weighted by 1 + ``distill_lookalike`` * the starting model's top forget-class probability) plus the
+        queries' box L1 to its boxes, weighted by its top retained-class probability.
 
         Args:
             images: the retain (``distill``) or forget (``distill_forget``) batch.
@@ -207,10 +217,13 @@ class DetectionGSLoRA(GSLoRA):
         with torch.no_grad(), self.peft_model.disable_adapter(), evaluating(self.detector):  # the request's start
             teacher = self.detector(images)
         target = teacher.logits[..., self.retained]
-        kl = binary_kl(out.logits[..., self.retained], target)
+        kl = binary_kl(out.logits[..., self.retained], target).sum(-1)  # (B, Q)
+        if self.config.distill_lookalike > 0 and len(self.forgotten_now):
+            confused = torch.sigmoid(teacher.logits[..., self.forgotten_now]).max(-1).values  # (B, Q)
+            kl = (1.0 + self.config.distill_lookalike * confused) * kl
         weight = torch.sigmoid(target).max(-1).values  # (B, Q): how much the starting model shows a retained object
         box = (weight * (out.pred_boxes - teacher.pred_boxes).abs().sum(-1)).sum() / weight.sum().clamp_min(1e-6)
-        return kl.sum(-1).mean() + self.bbox_coef * box
+        return kl.mean() + self.bbox_coef * box
 
     def held_loss(self, out, targets: list[dict[str, torch.Tensor]], size: int) -> torch.Tensor:
         """Mean ReLU(BND - L_cls) over the retain batch's queries matched to held objects (classes forgotten by

@@ -454,35 +454,44 @@ def test_distill_forget_holds_the_forget_images_retained_scores_not_the_forget_c
         DetectionGSLoRAConfig(distill_forget=float("nan"))
 
 
-def test_distill_lookalike_holds_harder_the_queries_the_starting_model_confuses_with_a_forget_class():
+def test_distill_lookalike_holds_harder_the_retained_objects_the_starting_model_confuses_with_a_forget_class():
     """``distill_lookalike`` g: each query's class KL in D is weighted by 1 + g * the starting model's top score for a
-    class forgotten now (not an earlier-forgotten one), so moving a retained score on the query most confused with the
-    forget class costs that factor more than with g = 0; the starting model itself still scores D = 0."""
+    class forgotten now (not an earlier-forgotten one), on the queries it ranks as a retained object (top retained
+    score >= that forget score; ``distill_lookalike_on: all``: every query, a forget object's included). Moving a
+    retained score on one query costs exactly that factor more than with g = 0; the starting model scores D = 0."""
     torch.manual_seed(0)
     x = torch.randint(0, 255, (2, 1, 64, 64), dtype=torch.uint8)
     context = TaskContext(Request(1, (1,), (0, 2), (3,)), epochs=1, steps_per_epoch=1)  # 1 forgotten now, 3 before
     detector = build_detector(TINY)
-    plain, lookalike = DetectionGSLoRA(DetectionGSLoRAConfig(distill=1.0)), \
-        DetectionGSLoRA(DetectionGSLoRAConfig(distill=1.0, distill_lookalike=4.0))
-    plain.setup_task(detector, context)
-    lookalike.setup_task(detector, context)
+    plain, gated, every = (DetectionGSLoRA(DetectionGSLoRAConfig(distill=1.0, distill_lookalike=g,
+                                                                 distill_lookalike_on=on))
+                           for g, on in ((0.0, "retained"), (4.0, "retained"), (4.0, "all")))
+    for method in (plain, gated, every):
+        method.setup_task(detector, context)
     with torch.no_grad():
-        out = lookalike.detector(x)
-        assert lookalike.distillation(x, out).item() == pytest.approx(0.0, abs=1e-6)
+        out = gated.detector(x)
+        assert gated.distillation(x, out).item() == pytest.approx(0.0, abs=1e-6)
         confused = torch.sigmoid(out.logits[..., 1])  # the starting model's forget-class score, (B, Q)
-        for query in (confused.argmax(), confused.argmin()):
-            b, q = divmod(int(query), confused.shape[1])
+        retained_object = out.logits[..., [0, 2]].max(-1).values >= out.logits[..., 1]
+        assert retained_object.any() and not retained_object.all()  # both kinds of query are checked below
+        for kind in (True, False):
+            scores = torch.where(retained_object == kind, confused, torch.full_like(confused, -1.0))
+            b, q = divmod(int(scores.argmax()), confused.shape[1])  # the most confused query of this kind
             moved = SimpleNamespace(logits=out.logits.clone(), pred_boxes=out.pred_boxes)
             moved.logits[b, q, 2] -= 3.0  # one retained score of one query
-            ratio = lookalike.distillation(x, moved) / plain.distillation(x, moved)
-            assert ratio.item() == pytest.approx(1.0 + 4.0 * confused[b, q].item(), rel=1e-4)
+            base = plain.distillation(x, moved)
+            assert (every.distillation(x, moved) / base).item() == pytest.approx(1.0 + 4.0 * confused[b, q].item(),
+                                                                                rel=1e-4)
+            expected = 1.0 + 4.0 * confused[b, q].item() if kind else 1.0  # a forget object is not held harder
+            assert (gated.distillation(x, moved) / base).item() == pytest.approx(expected, rel=1e-4)
         held = SimpleNamespace(logits=out.logits.clone(), pred_boxes=out.pred_boxes)
         held.logits[..., 3] += 5.0  # an earlier-forgotten class's score neither weighs nor is held
-        assert lookalike.distillation(x, held).item() == pytest.approx(0.0, abs=1e-6)
-    assert confused.max() > confused.min()
+        assert every.distillation(x, held).item() == pytest.approx(0.0, abs=1e-6)
     for bad in (-1.0, float("inf")):
         with pytest.raises(GSLoRAError, match="method.distill_lookalike"):
             DetectionGSLoRAConfig(distill_lookalike=bad)
+    with pytest.raises(GSLoRAError, match="method.distill_lookalike_on"):
+        DetectionGSLoRAConfig(distill_lookalike_on="forget")
 
 
 def test_detection_refuses_forget_batches_grouped_by_class():

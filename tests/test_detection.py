@@ -494,6 +494,40 @@ def test_distill_lookalike_holds_harder_the_retained_objects_the_starting_model_
         DetectionGSLoRAConfig(distill_lookalike_on="forget")
 
 
+def test_distill_lookalike_on_matched_weighs_the_queries_of_the_images_retained_objects_only():
+    """``distill_lookalike_on: matched``: the weight 1 + g * forget score goes to the queries matched to the batch's
+    retained-class objects (by its labels, whatever the starting model ranks them), every other query keeps 1."""
+    torch.manual_seed(0)
+    x = torch.randint(0, 255, (2, 1, 64, 64), dtype=torch.uint8)
+    boxes = torch.tensor([[4.0, 4.0, 30.0, 30.0], [30.0, 30.0, 60.0, 60.0]])
+    targets = [{"labels": torch.tensor([2, 0]), "boxes": boxes}, {"labels": torch.tensor([2]), "boxes": boxes[:1]}]
+    context = TaskContext(Request(1, (1,), (0, 2), (3,)), epochs=1, steps_per_epoch=1)
+    detector = build_detector(TINY)
+    plain = DetectionGSLoRA(DetectionGSLoRAConfig(distill=1.0))
+    matched = DetectionGSLoRA(DetectionGSLoRAConfig(distill=1.0, distill_lookalike=4.0, distill_lookalike_on="matched"))
+    for method in (plain, matched):
+        method.setup_task(detector, context)
+    with torch.no_grad():
+        out = matched.detector(x)
+        assert matched.distillation(x, out, targets).item() == pytest.approx(0.0, abs=1e-6)
+        queries, classes = matched.match(out, targets, x.shape[-1])
+        assert sorted(classes.tolist()) == [0, 2, 2]
+        on_object = {(int(b), int(q)) for b, q in queries}
+        confused = torch.sigmoid(out.logits[..., 1])
+        off_object = next((b, q) for b in range(2) for q in range(confused.shape[1]) if (b, q) not in on_object)
+        first = sorted(on_object)[0]
+        for (b, q), expected in ((first, 1.0 + 4.0 * confused[first].item()), (off_object, 1.0)):
+            moved = SimpleNamespace(logits=out.logits.clone(), pred_boxes=out.pred_boxes)
+            moved.logits[b, q, 2] -= 3.0
+            ratio = (matched.distillation(x, moved, targets) / plain.distillation(x, moved, targets)).item()
+            assert ratio == pytest.approx(expected, rel=1e-4)
+    with pytest.raises(ValueError, match="needs the batch's targets"):
+        matched.distillation(x, out)
+    forget = [{"labels": torch.tensor([1]), "boxes": boxes[:1]}] * 2
+    terms = matched.training_step((x, forget), (x, targets), epoch=0)  # the training step hands the targets over
+    assert terms["distill"].item() >= 0.0
+
+
 def test_detection_refuses_forget_batches_grouped_by_class():
     with pytest.raises(GSLoRAError, match="train.forget_group=2: a detection image holds several classes"):
         DetectionForgetConfig(train=ForgetTrainConfig(forget_group=2))

@@ -34,10 +34,11 @@ or earlier-forgotten object back; it covers every query, where L_set only trains
 box. ``distill_forget`` takes the same D on the forget batch: the forget images' retained-class scores and boxes stay
 the starting model's while the forget class's score is pushed down, so that a retained look-alike of a forget class is
 not suppressed with it. ``distill_lookalike`` g weighs each query's class KL in D by 1 + g * the starting model's
-highest score for a class forgotten now, on the queries it ranks as a retained object (its top retained-class score
-at least that forget score; ``distill_lookalike_on: all`` weighs every query): a retained object the starting model
-confuses with a forget class (Pullover with Shirt) is held harder than the background queries that make up most of the
-mean, while a forget object left in a retain image is not (g 0: D as above).
+highest score for a class forgotten now, on the queries it ranks as a retained object (its top retained-class score at
+least that forget score; ``distill_lookalike_on: matched``: the queries matched to the image's retained objects;
+``all``: every query): a retained object the starting model confuses with a forget class (Pullover with Shirt) is held
+harder than the background queries that make up most of the mean, while a forget object left in a retain image is not
+(g 0: D as above).
 """
 
 from __future__ import annotations
@@ -95,9 +96,11 @@ class DetectionGSLoRAConfig:
             that query), so that a retained look-alike of a forget class is held harder; acts where ``distill`` or
             ``distill_forget`` does [0: not in the reference].
         distill_lookalike_on: which queries get that weight: ``retained`` (those the starting model ranks as a
-            retained object: top retained-class score >= top forget-class score) or ``all`` (every query, the forget
-            objects a retain image still shows included: with g 16 that held request 1's Coat at 13.6% of before on
-            the seed-1 detection base, README "Holding the look-alikes") [retained].
+            retained object: top retained-class score >= top forget-class score), ``matched`` (those matched, with
+            the set loss's Hungarian costs on the starting model's predictions, to a retained-class object of the
+            image's labels, whatever the starting model ranks it) or ``all`` (every query, the forget objects a retain
+            image still shows included: with g 16 that held request 1's Coat at 13.6% of before on the seed-1
+            detection base, README "Holding the look-alikes") [retained].
         distill_forget: weight of the same D on the forget batch (one more forward pass of that batch per step): the
             retained classes' scores and boxes on the forget images, a forget object's look-alikes among them, stay
             the starting model's [0: not in the reference].
@@ -138,8 +141,8 @@ class DetectionGSLoRAConfig:
                 self.distill_forget, "must be a number >= 0 (0 disables it)")
         require(self.distill_lookalike >= 0 and math.isfinite(self.distill_lookalike), "method.distill_lookalike",
                 self.distill_lookalike, "must be a number >= 0 (0 disables it)")
-        require(self.distill_lookalike_on in ("retained", "all"), "method.distill_lookalike_on",
-                self.distill_lookalike_on, "must be 'retained' or 'all'")
+        require(self.distill_lookalike_on in ("retained", "matched", "all"), "method.distill_lookalike_on",
+                self.distill_lookalike_on, "must be 'retained', 'matched' or 'all'")
 
     def beta_for(self, request_index: int) -> float:
         betas = self.beta if isinstance(self.beta, list) else [self.beta]
@@ -202,16 +205,17 @@ class DetectionGSLoRA(GSLoRA):
             loss = loss + self.beta * self.config.hold_old * hold
             terms["hold_old"] = hold
         if self.config.distill > 0:
-            distill = self.distillation(x_r, out_r)
+            distill = self.distillation(x_r, out_r, t_r)
             loss = loss + self.config.distill * distill
             terms["distill"] = distill
         if self.config.distill_forget > 0:
-            held = self.distillation(x_f, out_f)
+            held = self.distillation(x_f, out_f, t_f)
             loss = loss + self.config.distill_forget * held
             terms["distill_forget"] = held
         return {"loss": loss, **terms}
 
-    def distillation(self, images: torch.Tensor, out: Any) -> torch.Tensor:
+    def distillation(self, images: torch.Tensor, out: Any, targets: list[dict[str, torch.Tensor]] | None = None
+                     ) -> torch.Tensor:
         """D: the retained-class scores' binary KL to the starting model's (summed over classes, mean over queries,
         each query weighted by 1 + ``distill_lookalike`` * the starting model's top forget-class probability, on the
         queries ``distill_lookalike_on`` names) plus the queries' box L1 to its boxes, weighted by its top
@@ -220,6 +224,8 @@ class DetectionGSLoRA(GSLoRA):
         Args:
             images: the retain (``distill``) or forget (``distill_forget``) batch.
             out: the detector's output on it with the request's adapters (``logits`` (B, Q, C), ``pred_boxes``).
+            targets: the batch's objects; ``distill_lookalike_on: matched`` weighs the queries matched to its
+                retained-class objects.
 
         The starting model answers in eval mode, as it did before the request: a hub detector's dropout would
         otherwise make the target noisy (the detectors gslora builds have none).
@@ -233,6 +239,14 @@ class DetectionGSLoRA(GSLoRA):
             confused = torch.sigmoid(forget_top)
             if self.config.distill_lookalike_on == "retained":  # not a forget object the retain image still shows
                 confused = confused * (target.max(-1).values >= forget_top)
+            elif self.config.distill_lookalike_on == "matched":  # the image's own retained objects, by its labels
+                if targets is None:
+                    raise ValueError("distill_lookalike_on: matched needs the batch's targets")
+                queries, classes = self.match(teacher, targets, images.shape[-1])  # fixed through the request
+                queries = queries[torch.isin(classes, self.retained)]
+                on_object = torch.zeros_like(confused, dtype=torch.bool)
+                on_object[queries[:, 0], queries[:, 1]] = True
+                confused = confused * on_object
             kl = (1.0 + self.config.distill_lookalike * confused) * kl
         weight = torch.sigmoid(target).max(-1).values  # (B, Q): how much the starting model shows a retained object
         box = (weight * (out.pred_boxes - teacher.pred_boxes).abs().sum(-1)).sum() / weight.sum().clamp_min(1e-6)

@@ -116,6 +116,22 @@ def test_the_foundation_benchmark_is_recreated_from_the_checkout(tmp_path):
             assert new[key] == pytest.approx(old[key], abs=0.5), key
 
 
+def test_lookalike_refuses_a_row_without_a_run_in_one_line_and_writes_nothing(tmp_path):
+    """``benchmarks/lookalike.py`` reads finished runs: a label that is not a row with a run, or a row whose run is not
+    on disk, gets one line naming what to do and exit code 2, and no lookalike.json is written."""
+    folder = tmp_path / "det"
+    folder.mkdir()
+    rows = {"Retrain": {"run_dir": None}, "setting": {"run_dir": str(tmp_path / "not-run")}}
+    (folder / "results.json").write_text(json.dumps({"methods": rows}))
+    for labels, says in ((["Retrain"], "choose from ['setting']"), ([], "run python benchmarks/run.py det first")):
+        result = subprocess.run([sys.executable, "benchmarks/lookalike.py", str(folder), *labels], cwd=ROOT,
+                                capture_output=True, text=True, timeout=300,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert says in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (folder / "lookalike.json").exists()
+
+
 def test_detection_rows_measured_apart_are_kept_only_on_the_same_base_detector(tmp_path, capsys):
     runner = _module(ROOT / "benchmarks" / "fashion_mnist_det" / "run.py", "det_run")
     base = {"key": "k1", "map50": 54.6406, "seconds": 10.0}

@@ -100,7 +100,7 @@ class DetectionGSLoRAConfig:
             the set loss's Hungarian costs on the starting model's predictions, to a retained-class object of the
             image's labels, whatever the starting model ranks it) or ``all`` (every query, the forget objects a retain
             image still shows included: with g 16 that held request 1's Coat at 13.6% of before on the seed-1
-            detection base, README "Holding the look-alikes") [retained].
+            detection base, README "Holding the look-alike harder") [retained].
         distill_forget: weight of the same D on the forget batch (one more forward pass of that batch per step): the
             retained classes' scores and boxes on the forget images, a forget object's look-alikes among them, stay
             the starting model's [0: not in the reference].

@@ -61,6 +61,7 @@ bench-all: venv system
 	for b in $(BENCHMARKS); do $(PY) benchmarks/run.py $$b || exit 1; done
 	$(PY) benchmarks/drift.py benchmarks/faces_missing
 	$(PY) benchmarks/drift.py benchmarks/faces_missing_new_base
+	$(PY) benchmarks/lookalike.py benchmarks/fashion_mnist_det_forget_less
 	$(PY) benchmarks/lookalike.py benchmarks/fashion_mnist_det_forget_less_seed1
 	$(PY) benchmarks/targets.py
 

@@ -24,7 +24,7 @@ from common import ROOT, portable, setup_logging
 
 from gslora.config import from_dict
 from gslora.detection import DetectionDataConfig, load_detection_dataset, load_detector
-from gslora.detection.model import hf_target
+from gslora.detection.model import match_queries
 from gslora.engine.provenance import stamp
 from gslora.io import atomic_write_text
 
@@ -33,26 +33,18 @@ from gslora.io import atomic_write_text
 def scores(checkpoint: str, data: str, classes: tuple[int, ...]) -> dict:
     """The mean score of each class in ``classes`` on the query matched to each object of ``classes[0]``, and the
     share (%) of those objects on which another class of ``classes`` scores at least its own; cached per model."""
-    from transformers.loss.loss_deformable_detr import DeformableDetrHungarianMatcher
-
     model, _ = load_detector(checkpoint)
     model.eval()
-    hf = model.net.config
-    matcher = DeformableDetrHungarianMatcher(class_cost=hf.class_cost, bbox_cost=hf.bbox_cost, giou_cost=hf.giou_cost)
     test = load_detection_dataset(from_dict(DetectionDataConfig, json.loads(data), "data")).test
-    size = test.images.shape[-1]
     found = []
     with torch.no_grad():
         for start in range(0, len(test), 100):
             images = test.images[start:start + 100]
             out = model(images)
-            targets = [hf_target({"labels": test.labels[i], "boxes": test.boxes[i]}, size)
-                       for i in range(start, start + len(images))]
-            probability = torch.sigmoid(out.logits)
-            for b, (queries, objects) in enumerate(matcher({"logits": out.logits, "pred_boxes": out.pred_boxes},
-                                                           targets)):
-                own = targets[b]["class_labels"][objects] == classes[0]
-                found.append(probability[b, queries[own]][:, list(classes)])
+            targets = [{"labels": test.labels[i], "boxes": test.boxes[i]} for i in range(start, start + len(images))]
+            queries, labels = match_queries(model, out, targets, images.shape[-1])
+            queries = queries[labels == classes[0]]
+            found.append(torch.sigmoid(out.logits[queries[:, 0], queries[:, 1]])[:, list(classes)])
     found = torch.cat(found)  # (objects, len(classes))
     return {"objects": len(found), "mean_score": found.mean(0).tolist(),
             "lookalike_at_least_own_percent": 100 * (found[:, 1:].max(1).values >= found[:, 0]).float().mean().item()}

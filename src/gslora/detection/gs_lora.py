@@ -53,7 +53,7 @@ import torch.nn.functional as F
 
 from gslora.adapters import attach_lora, find_ffn_groups, group_lasso, group_parameters
 from gslora.config import require
-from gslora.detection.model import Detector, hf_target
+from gslora.detection.model import Detector, match_queries
 from gslora.losses import binary_kl, bounded_forgetting_loss, prototype_push_loss
 from gslora.methods.base import TaskContext, variant_of
 from gslora.methods.gs_lora import GSLoRA
@@ -272,23 +272,8 @@ class DetectionGSLoRA(GSLoRA):
         return pair_cls.mean(), bounded_forgetting_loss(pair_cls, self.bnd if bound is None else bound).mean()
 
     def match(self, out, targets: list[dict[str, torch.Tensor]], size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Hungarian matching of the final layer's queries to the targets.
-
-        Returns ((K, 2) image and query indices, (K,) classes)."""
-        from transformers.loss.loss_deformable_detr import DeformableDetrHungarianMatcher
-
-        hf = self.detector.net.config
-        matcher = DeformableDetrHungarianMatcher(class_cost=hf.class_cost, bbox_cost=hf.bbox_cost,
-                                                 giou_cost=hf.giou_cost)
-        hf_targets = [hf_target(t, size) for t in targets]
-        with torch.no_grad():
-            indices = matcher({"logits": out.logits.detach(), "pred_boxes": out.pred_boxes.detach()}, hf_targets)
-        pairs, classes = [], []
-        for i, (q, t) in enumerate(indices):
-            pairs.append(torch.stack([torch.full_like(q, i), q], 1))
-            classes.append(hf_targets[i]["class_labels"][t.to(hf_targets[i]["class_labels"].device)])
-        device = out.logits.device
-        return torch.cat(pairs).to(device).long(), torch.cat(classes).to(device).long()
+        """``match_queries`` with this request's detector: ((K, 2) image and query indices, (K,) classes)."""
+        return match_queries(self.detector, out, targets, size)
 
     def overlapping(self, out, targets: list[dict[str, torch.Tensor]], size: int, queries: torch.Tensor,
                     classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -106,6 +106,33 @@ def hf_target(target: dict[str, torch.Tensor], size: int) -> dict[str, torch.Ten
     return {"class_labels": target["labels"], "boxes": boxes}
 
 
+def match_queries(detector: Detector, out: Any, targets: list[dict[str, torch.Tensor]], size: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hungarian matching of the final layer's queries to the targets, with the detector's own costs (as its set loss
+    matches them).
+
+    Args:
+        detector: whose config gives the costs.
+        out: its output (``logits`` (B, Q, C), ``pred_boxes``).
+        targets: per image ``{"labels": (n,), "boxes": (n, 4) x0 y0 x1 y1 pixels}``.
+        size: the images' side in pixels.
+
+    Returns ((K, 2) image and query indices, (K,) the matched objects' classes)."""
+    from transformers.loss.loss_deformable_detr import DeformableDetrHungarianMatcher
+
+    hf = detector.net.config
+    matcher = DeformableDetrHungarianMatcher(class_cost=hf.class_cost, bbox_cost=hf.bbox_cost, giou_cost=hf.giou_cost)
+    hf_targets = [hf_target(t, size) for t in targets]
+    with torch.no_grad():
+        indices = matcher({"logits": out.logits.detach(), "pred_boxes": out.pred_boxes.detach()}, hf_targets)
+    pairs, classes = [], []
+    for i, (q, t) in enumerate(indices):
+        pairs.append(torch.stack([torch.full_like(q, i), q], 1))
+        classes.append(hf_targets[i]["class_labels"][t.to(hf_targets[i]["class_labels"].device)])
+    device = out.logits.device
+    return torch.cat(pairs).to(device).long(), torch.cat(classes).to(device).long()
+
+
 def hf_detector_config(config: DetectorConfig):
     from transformers import DeformableDetrConfig, ResNetConfig
 

@@ -46,6 +46,14 @@ def resolve_paths(tree: Any) -> Any:
     return tree
 
 
+def run_models(run_dir: Path) -> tuple[dict[str, Any], list[Path], str]:
+    """A finished run's manifest, its models state by state (the base, then the model after each request) and its data
+    config as sorted JSON (a cache key for what the models are measured on)."""
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    checkpoints = [Path(manifest["base"]["checkpoint"])] + [run_dir / r["checkpoint"] for r in manifest["requests"]]
+    return manifest, checkpoints, json.dumps(manifest["config"]["data"], sort_keys=True)
+
+
 def portable(tree: Any) -> Any:
     """A config as it is recorded: absolute paths next to the repository (its cache, ``../shared``) written relative
     to the repository root, so that a results file and a cache key are the same on every machine and checkout."""

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import CACHE, portable, setup_logging
+from common import CACHE, portable, run_models, setup_logging
 
 from gslora.config import DataConfig, from_dict
 from gslora.data import load_dataset
@@ -48,11 +48,9 @@ def seen_from_head(checkpoint: str, data: str) -> tuple[torch.Tensor, torch.Tens
 
 def states(run_dir: Path) -> list[dict]:
     """Per state: Acc_m and the mean own-row cosine of the missing and of the retained-with-data classes."""
-    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest, checkpoints, data = run_models(run_dir)
     requests = manifest["requests"]
     missing = requests[0]["missing_classes"]
-    checkpoints = [Path(manifest["base"]["checkpoint"])] + [run_dir / r["checkpoint"] for r in requests]
-    data = json.dumps(manifest["config"]["data"], sort_keys=True)
     out = []
     for i, checkpoint in enumerate(checkpoints):
         top1, labels, own = seen_from_head(str(checkpoint), data)

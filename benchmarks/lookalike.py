@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import torch
-from common import ROOT, portable, setup_logging
+from common import ROOT, portable, run_models, setup_logging
 
 from gslora.config import from_dict
 from gslora.detection import DetectionDataConfig, load_detection_dataset, load_detector
@@ -51,9 +51,7 @@ def scores(checkpoint: str, data: str, classes: tuple[int, ...]) -> dict:
 
 
 def states(run_dir: Path, classes: tuple[int, ...]) -> list[dict]:
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    checkpoints = [Path(manifest["base"]["checkpoint"])] + [run_dir / r["checkpoint"] for r in manifest["requests"]]
-    data = json.dumps(manifest["config"]["data"], sort_keys=True)
+    _, checkpoints, data = run_models(run_dir)
     return [{"state": "base" if i == 0 else f"after request {i - 1}", **scores(str(c), data, classes)}
             for i, c in enumerate(checkpoints)]
 
@@ -68,14 +66,15 @@ def main() -> int:
     setup_logging()
     folder = Path(args.folder).resolve()
     results = json.loads((folder / "results.json").read_text())
-    methods = results["methods"]
-    labels = args.labels or [label for label in methods if methods[label].get("run_dir")]  # Retrain keeps none
-    unknown = [label for label in labels if not methods.get(label, {}).get("run_dir")]
+    # the rows that kept a run directory (Retrain keeps none)
+    with_runs = {label: row["run_dir"] for label, row in results["methods"].items() if row.get("run_dir")}
+    labels = args.labels or list(with_runs)
+    unknown = [label for label in labels if label not in with_runs]
     if unknown:
-        print(f"error: {unknown} are not rows of {folder / 'results.json'} with a run; choose from "
-              f"{[label for label in methods if methods[label].get('run_dir')]}", file=sys.stderr)
+        print(f"error: {unknown} are not rows of {folder / 'results.json'} with a run; choose from {list(with_runs)}",
+              file=sys.stderr)
         return 2
-    runs = {label: ROOT / methods[label]["run_dir"] for label in labels}
+    runs = {label: ROOT / with_runs[label] for label in labels}
     absent = [label for label, run in runs.items() if not (run / "manifest.json").is_file()]
     if absent:
         print(f"error: no runs for {absent}; run python benchmarks/run.py {folder.name} first", file=sys.stderr)

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
 import shlex
 from pathlib import Path
 
 import pytest
+import yaml
 
 from gslora.cli import main
 from tests.conftest import FASHION_ROOT, SHARED_DATA
@@ -135,19 +137,29 @@ def test_readme_commands_and_code_blocks_run_top_to_bottom(workdir, fashion_subs
 @pytest.mark.skipif(not (FASHION_ROOT / "t10k-images-idx3-ubyte.gz").is_file(),
                     reason="Debian's dataset-fashion-mnist is not installed")
 def test_every_shipped_config_runs(workdir, fashion_subset):
-    """The demo's two configs (make demo runs them); the other five are run by the README's commands above."""
+    """The demo's three configs (make demo runs them: the base, its Retrain reference, the requests, then the proof
+    against that reference); the other five are run by the README's commands above."""
     data = str(fashion_subset[0])
     shipped = sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))
-    assert shipped == ["compare_demo.yaml", "demo_forget.yaml", "demo_pretrain.yaml", "faces_fewshot_forget.yaml",
-                       "faces_forget.yaml", "fewshot_forget.yaml", "requests_example.yaml"]
+    assert shipped == ["compare_demo.yaml", "demo_forget.yaml", "demo_pretrain.yaml", "demo_retrain.yaml",
+                       "faces_fewshot_forget.yaml", "faces_forget.yaml", "fewshot_forget.yaml", "requests_example.yaml"]
     for name in ("compare_demo.yaml", "faces_fewshot_forget.yaml", "faces_forget.yaml", "fewshot_forget.yaml",
                  "requests_example.yaml"):
         assert f"configs/{name}" in README
     code, err = run(smaller(["pretrain", "--config", "configs/demo_pretrain.yaml", "--data", data, "--out",
                              "demo_base"], data))
     assert code == 0, err
+    code, err = run(smaller(["pretrain", "--config", "configs/demo_retrain.yaml", "--data", data, "--out",
+                             "demo_retrain"], data))
+    assert code == 0, err
     code, err = run(smaller(["forget", "--config", "configs/demo_forget.yaml", "--checkpoint", "demo_base",
                              "--data", data, "--out", "runs/demo"], data))
+    assert code == 0, err
+    requests = json.loads(Path("runs/demo/manifest.json").read_text())["requests"]
+    forgotten = sorted(name for r in requests for name in r["forget_class_names"])
+    excluded = yaml.safe_load((ROOT / "configs" / "demo_retrain.yaml").read_text())["exclude_classes"]
+    assert forgotten == sorted(excluded), "demo_retrain.yaml must leave out exactly the classes the demo forgets"
+    code, err = run(["verify", "--run", "runs/demo", "--reference", "demo_retrain"])
     assert code == 0, err
     assert os.path.isfile("runs/demo/report.html")
 

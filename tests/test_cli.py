@@ -357,3 +357,26 @@ def test_every_request_is_verified_and_reverified_after_later_requests(finished_
     assert "| 0 | Bag, Sneaker |" in capsys.readouterr().out
     assert "## Verification" in (run / "report.md").read_text()
     _expect_error(capsys, ["verify", "--run", str(run), "--request", "9"], "is not an applied request")
+
+
+def test_verify_with_a_reference_measures_only_the_reference_when_the_model_was_just_verified(
+        finished_run, base_checkpoint, tmp_path, monkeypatch):
+    """`make demo` verifies against Retrain right after `forget` verified the same model: the suite on the same
+    bytes, settings and requests is the ledger's, so only the reference is measured; other settings measure both."""
+    import gslora.verification
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    measured, real = [], gslora.verification.verify
+    monkeypatch.setattr(gslora.verification, "verify", lambda model, *a, **k: measured.append(model) or real(model, *a,
+                                                                                                               **k))
+    assert main(["verify", "--run", str(run), "--reference", str(base_checkpoint), "--device", "cpu", "-q"]) == 0
+    assert len(measured) == 1  # the reference
+    forgot, against = json.loads((run / "manifest.json").read_text())["verification"][-2:]
+    assert forgot["reference"] is None and against["reference"]["checkpoint"] == str(base_checkpoint)
+    assert against["results"] == forgot["results"] and against["model_sha256"] == forgot["model_sha256"]
+    assert against["reference"]["results"] != forgot["results"]  # the base model still knows Bag and Sneaker
+    measured.clear()
+    assert main(["verify", "--run", str(run), "--reference", str(base_checkpoint), "--device", "cpu", "-q",
+                 *FORGET[FORGET.index("--set"):], "--set", "verify.seed=1"]) == 0
+    assert len(measured) == 2  # other settings: the model and the reference

@@ -3,6 +3,7 @@ stored in the ledger; optionally next to a reference model retrained without the
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -37,12 +38,13 @@ def groups_of(run: RunDirectory, only: int | None = None) -> tuple[dict[str, lis
 
 def measure(task: Task, model: torch.nn.Module, dataset: Any, groups: dict[str, list[int]], retained: list[int],
             config: VerifyConfig, *, device: torch.device, acc_before: dict[str, float] | None,
-            original: torch.nn.Module | None, reference: tuple[str, torch.nn.Module] | None = None
-            ) -> dict[str, Any] | None:
+            original: torch.nn.Module | None, reference: tuple[str, torch.nn.Module] | None = None,
+            measured: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The suite on ``model`` and, when given, on ``reference`` (name, model), with the differences; None where the
-    task has no suite."""
-    results = task.verify(model, dataset, groups, retained, config, device=device, acc_before=acc_before or {},
-                          original=original)
+    task has no suite. ``measured``: the suite's figures already recorded for ``model`` (only the reference is
+    measured)."""
+    results = measured if measured is not None else task.verify(
+        model, dataset, groups, retained, config, device=device, acc_before=acc_before or {}, original=original)
     if results is None:
         return None
     ref = None
@@ -64,13 +66,16 @@ def verify_latest(run: RunDirectory, task: Task, dataset: Any, model: torch.nn.M
     if not groups:
         return None
     retained = [c for c in range(dataset.num_classes) if c not in forgotten]
+    applied = [row for row in run.applied() if row["record"].get("checkpoint")]
+    latest = applied[-1] if applied else None
+    measured = None
+    if reference is not None and latest is not None:  # the reference is what is new: `forget` just measured the model
+        measured = recorded(run, latest["record"]["checkpoint_sha256"], config, groups)
     out = measure(task, model, dataset, groups, retained, config, device=device, acc_before=before,
-                  original=original, reference=reference)
+                  original=original, reference=reference, measured=measured)
     if out is None:
         return None
     results, ref = out["results"], out["reference"]
-    applied = [row for row in run.applied() if row["record"].get("checkpoint")]
-    latest = applied[-1] if applied else None
     with deferred_signals(after="interrupted after the verification was recorded in the ledger"):
         with run.ledger.transaction() as db:
             run.ledger.add_verification(db, after_request=latest["id"] if latest else None,
@@ -78,6 +83,21 @@ def verify_latest(run: RunDirectory, task: Task, dataset: Any, model: torch.nn.M
                                         config=to_dict(config), results=results, reference=ref)
         run.export(report=report)
     return {"results": results, "reference": ref}
+
+
+def recorded(run: RunDirectory, model_sha256: str, config: VerifyConfig, groups: dict[str, list[int]]
+             ) -> dict[str, Any] | None:
+    """The suite's figures the ledger already holds for this model (by sha256), these settings and these requests'
+    classes (the latest such verification), or None. The suite is seeded: measuring the same bytes again repeats it."""
+    assert run.ledger is not None
+    settings = json.loads(json.dumps(to_dict(config)))  # as the ledger stores them
+    for row in reversed(run.ledger.verifications()):
+        if row["model_sha256"] == model_sha256 and row["config"] == settings and \
+                {name: figures["classes"] for name, figures in row["results"].items()} == groups:
+            log.info("the suite on the latest model is verification %d's (%s: the same model, settings and requests); "
+                     "measuring the reference only", row["id"], row["time"])
+            return row["results"]
+    return None
 
 
 def verify_run(run_dir: str | Path, *, data: dict[str, Any] | None = None, request: int | None = None,

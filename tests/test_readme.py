@@ -157,8 +157,11 @@ def test_every_shipped_config_runs(workdir, fashion_subset):
     assert code == 0, err
     requests = json.loads(Path("runs/demo/manifest.json").read_text())["requests"]
     forgotten = sorted(name for r in requests for name in r["forget_class_names"])
-    excluded = yaml.safe_load((ROOT / "configs" / "demo_retrain.yaml").read_text())["exclude_classes"]
-    assert forgotten == sorted(excluded), "demo_retrain.yaml must leave out exactly the classes the demo forgets"
+    recipe, retrain = (yaml.safe_load((ROOT / "configs" / f"demo_{name}.yaml").read_text())
+                       for name in ("pretrain", "retrain"))
+    assert forgotten == sorted(retrain.pop("exclude_classes")), \
+        "demo_retrain.yaml must leave out exactly the classes the demo forgets"
+    assert {**retrain, "out": None} == {**recipe, "out": None}, "demo_retrain.yaml must be the demo's base recipe"
     code, err = run(["verify", "--run", "runs/demo", "--reference", "demo_retrain"])
     assert code == 0, err
     assert os.path.isfile("runs/demo/report.html")

@@ -68,7 +68,9 @@ def portable(tree: Any) -> Any:
 
 def cached_base(config: dict[str, Any], *, device: str = "auto") -> tuple[Path, dict[str, Any]]:
     """Pre-train the model of ``config`` (a ``PretrainConfig`` mapping) once, cached under a hash of its resolved
-    config; returns the checkpoint and ``{"config": resolved, "key", "test_acc", "seconds", commit, time, ...}``."""
+    config; returns the checkpoint and ``{"config": resolved, "key", "test_acc", "seconds", commit, time, ...}``.
+    A shipped `gslora pretrain` config's ``out`` is left out: the cache decides where the model goes."""
+    config = {k: v for k, v in config.items() if k != "out"}
     resolved = to_dict(from_dict(PretrainConfig, resolve_paths(config)))
     key = config_key(portable(resolved))
     checkpoint = CACHE / f"base-{key}"

@@ -807,3 +807,20 @@ def test_make_bench_all_runs_every_benchmark_folder():
     folders = {p.name for p in (ROOT / "benchmarks").iterdir()
                if p.is_dir() and ((p / "config.yaml").is_file() or (p / "run.py").is_file())}
     assert sorted(listed) == sorted(folders)
+
+
+def test_the_verification_demo_settings_run_what_make_demo_runs():
+    """The verification benchmark's `demo` setting measures the demo against Retrain: its base is the demo's own
+    pre-training config and its requests, training and GS-LoRA values are configs/demo_forget.yaml's, so the two
+    cannot drift apart; `demo_order7` differs from it only in the class order and the rows it runs."""
+    import yaml
+
+    settings = yaml.safe_load((ROOT / "benchmarks/verification/config.yaml").read_text())["settings"]
+    demo = yaml.safe_load((ROOT / "configs/demo_forget.yaml").read_text())
+    setting = settings["demo"]
+    assert (ROOT / "benchmarks" / setting["base"]).resolve() == ROOT / "configs/demo_pretrain.yaml"
+    assert setting["forget"] == {key: demo[key] for key in ("data", "sequence", "train")}
+    assert {"name": "gs_lora", **setting["gs_lora"]} == demo["method"]
+    other = settings["demo_order7"]
+    assert other["forget"]["sequence"].pop("order_seed") == 7
+    assert {**other, "methods": None} == {**setting, "methods": None}

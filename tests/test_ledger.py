@@ -224,3 +224,36 @@ def test_a_run_of_gslora_0_1_gets_its_ledger_from_its_manifest(two_requests, tmp
     assert manifest["latest_checkpoint"] == "requests/002/model"
     assert main(["rollback", "--run", str(run)]) == 0  # the migrated requests are rows like any other
     assert _manifest(run)["latest_checkpoint"] == "requests/001/model"
+
+
+def test_the_gate_holds_a_model_within_a_distance_of_retrain_on_either_side():
+    """Issue 12's "within 5 points / 0.05 of Retrain" is a distance: a model whose embedding separates the forgotten
+    classes less than Retrain's (over-forgetting, which itself gives the deletion away) misses the gap thresholds, while
+    the one-sided --max-*-vs-retrain thresholds only bound how much more the model keeps than Retrain."""
+    from gslora.engine.gate import GateConfig, evaluate_gate
+    from gslora.errors import GSLoRAError
+
+    def manifest(probe_difference: float | None, mia_difference: float) -> dict:
+        versus = None if probe_difference is None else {"0": {
+            "probe_accuracy": {"method": 71.5, "reference": 71.5 - probe_difference, "difference": probe_difference},
+            "mia_auc": {"method": 0.5, "reference": 0.5 - mia_difference, "difference": mia_difference}}}
+        return {"requests": [{"kind": "forget", "index": 0, "id": 0, "forget_classes": [8, 9],
+                              "forget_class_names": ["Bag", "Ankle boot"]}],
+                "verification": [{"after_request": 0, "results": {"0": {}},
+                                  "reference": None if versus is None else {"versus": versus}}]}
+
+    gap = GateConfig(max_probe_gap_to_retrain=5, max_mia_auc_gap_to_retrain=0.05)
+    one_sided = GateConfig(max_probe_vs_retrain=5, max_mia_auc_vs_retrain=0.05)
+    below = manifest(-13.5, -0.06)
+    assert evaluate_gate(below, one_sided)[0] == []
+    misses, figures = evaluate_gate(below, gap)
+    assert len(misses) == 2 and all("below Retrain's" in m for m in misses), misses
+    assert "13.5" in misses[1] and figures["0"]["probe_accuracy_vs_retrain"] == -13.5
+    above = manifest(16.5, 0.01)
+    (miss,) = evaluate_gate(above, gap)[0]  # the probe only: the MIA difference is inside 0.05
+    assert "16.5 above Retrain's" in miss and len(evaluate_gate(above, one_sided)[0]) == 1
+    assert evaluate_gate(manifest(4.9, -0.049), gap)[0] == [] and evaluate_gate(manifest(-4.9, 0.0), gap)[0] == []
+    (missing,) = evaluate_gate(manifest(None, 0.0), gap)[0]  # one line per request, not per threshold
+    assert "no Retrain reference measured" in missing
+    with pytest.raises(GSLoRAError, match="must be a distance"):
+        GateConfig(max_probe_gap_to_retrain=-1)

@@ -412,7 +412,9 @@ def cmd_gate(args: argparse.Namespace) -> int:
     config = GateConfig(max_acc_f=args.max_acc_f, max_mia_auc=args.max_mia_auc,
                         max_probe_accuracy=args.max_probe_accuracy, min_acc_r_ratio=args.min_acc_r_ratio,
                         max_mia_auc_vs_retrain=args.max_mia_auc_vs_retrain,
-                        max_probe_vs_retrain=args.max_probe_vs_retrain)
+                        max_probe_vs_retrain=args.max_probe_vs_retrain,
+                        max_mia_auc_gap_to_retrain=args.max_mia_auc_gap_to_retrain,
+                        max_probe_gap_to_retrain=args.max_probe_gap_to_retrain)
     key = args.key or os.environ.get("GSLORA_SIGNING_KEY")
     certificate = gate(args.run, config, key=key)
     for miss in certificate["misses"]:
@@ -678,6 +680,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: not checked)")
     g.add_argument("--max-probe-vs-retrain", type=float, help="probe accuracy minus the Retrain reference's, points, "
                    "at most (default: not checked)")
+    g.add_argument("--max-mia-auc-gap-to-retrain", type=float, help="|MIA AUC - the Retrain reference's|, at most: "
+                   "forgetting more than Retrain misses too (default: not checked)")
+    g.add_argument("--max-probe-gap-to-retrain", type=float, help="|probe accuracy - the Retrain reference's|, points, "
+                   "at most: forgetting more than Retrain misses too (default: not checked)")
     g.add_argument("--key", help="sign the certificate: an Ed25519 private key (PEM) or any secret file for an HMAC "
                    "(default: $GSLORA_SIGNING_KEY, else unsigned)")
     g.set_defaults(func=cmd_gate)

@@ -36,6 +36,10 @@ class GateConfig:
         min_acc_r_ratio: the retained classes' accuracy on the latest model over the original model's, at least.
         max_mia_auc_vs_retrain: each request's MIA AUC minus the Retrain reference's, at most (needs a reference).
         max_probe_vs_retrain: probe accuracy minus the reference's, in points, at most (needs a reference).
+        max_mia_auc_gap_to_retrain: the distance |MIA AUC - Retrain's|, at most: issue 12's "within 0.05 of Retrain",
+            which a model that forgets more than Retrain would (one that looks less like its training data than a
+            model that never saw it, which itself tells that the class was there) misses too.
+        max_probe_gap_to_retrain: the distance |probe accuracy - Retrain's|, in points, at most ("within 5 points").
     """
 
     max_acc_f: float | None = None
@@ -44,11 +48,16 @@ class GateConfig:
     min_acc_r_ratio: float | None = None
     max_mia_auc_vs_retrain: float | None = None
     max_probe_vs_retrain: float | None = None
+    max_mia_auc_gap_to_retrain: float | None = None
+    max_probe_gap_to_retrain: float | None = None
 
     def __post_init__(self) -> None:
         for name, value in to_dict(self).items():
             require(value is None or (isinstance(value, (int, float)) and value == value), f"gate.{name}", value,
                     "must be a number")
+        for name in ("max_mia_auc_gap_to_retrain", "max_probe_gap_to_retrain"):
+            value = getattr(self, name)
+            require(value is None or value >= 0, f"gate.{name}", value, "must be a distance, >= 0")
         if all(v is None for v in to_dict(self).values()):
             raise GSLoRAError("the gate needs at least one threshold, for example --max-acc-f 1 --max-mia-auc 0.55")
 
@@ -66,7 +75,7 @@ def evaluate_gate(manifest: dict[str, Any], config: GateConfig) -> tuple[list[st
     latest = manifest["requests"][-1]
     per_class = (latest.get("metrics") or {}).get("per_class")
     needs_verification = any(getattr(config, k) is not None for k in ("max_mia_auc", "max_probe_accuracy",
-                                                                     "max_mia_auc_vs_retrain", "max_probe_vs_retrain"))
+                                                                     *(key for key, *_ in _VERSUS_RETRAIN)))
     verification = (manifest.get("verification") or [None])[-1]
     if needs_verification:
         if verification is None:
@@ -96,18 +105,22 @@ def evaluate_gate(manifest: dict[str, Any], config: GateConfig) -> tuple[list[st
             row[f"{section}_{field}"] = value
             if limit is not None and (value is None or value > limit):
                 misses.append(f"request {r['index']} ({name}): {label} {_show(value)} > {limit:g}")
-        for key, headline, label in (("max_mia_auc_vs_retrain", "mia_auc", "MIA AUC minus Retrain's"),
-                                     ("max_probe_vs_retrain", "probe_accuracy", "probe accuracy minus Retrain's")):
-            limit = getattr(config, key)
-            if limit is None:
-                continue
-            difference = (versus.get(headline) or {}).get("difference")
-            row[f"{headline}_vs_retrain"] = difference
-            if difference is None:
-                misses.append(f"request {r['index']} ({name}): no Retrain reference measured; run `gslora verify "
-                              "--run RUN --reference CKPT`")
-            elif difference > limit:
-                misses.append(f"request {r['index']} ({name}): {label} {difference:.3g} > {limit:g}")
+        checks = [(key, headline, two_sided) for key, headline, two_sided in _VERSUS_RETRAIN
+                  if getattr(config, key) is not None]
+        for headline in dict.fromkeys(headline for _, headline, _ in checks):
+            row[f"{headline}_vs_retrain"] = (versus.get(headline) or {}).get("difference")
+        if checks and any(row[f"{headline}_vs_retrain"] is None for _, headline, _ in checks):
+            misses.append(f"request {r['index']} ({name}): no Retrain reference measured; run `gslora verify "
+                          "--run RUN --reference CKPT`")
+        for key, headline, two_sided in checks:
+            difference, limit = row[f"{headline}_vs_retrain"], getattr(config, key)
+            label = "MIA AUC" if headline == "mia_auc" else "probe accuracy"
+            if difference is not None and two_sided and abs(difference) > limit:
+                side = "below Retrain's: it forgets more than Retrain" if difference < 0 else "above Retrain's"
+                misses.append(f"request {r['index']} ({name}): {label} {abs(difference):.3g} {side} (farther than "
+                              f"{limit:g})")
+            elif difference is not None and not two_sided and difference > limit:
+                misses.append(f"request {r['index']} ({name}): {label} minus Retrain's {difference:.3g} > {limit:g}")
         figures[str(r.get("id"))] = row
     if config.min_acc_r_ratio is not None:
         base = (manifest.get("base_metrics") or {}).get("per_class")
@@ -122,6 +135,12 @@ def evaluate_gate(manifest: dict[str, Any], config: GateConfig) -> tuple[list[st
             misses.append(f"retained classes: Acc_r {_show(now_r)} is {_show(ratio)} of the original model's "
                           f"{_show(then_r)} (< {config.min_acc_r_ratio:g})")
     return misses, figures
+
+
+#: the thresholds against the Retrain reference: (GateConfig field, headline figure, |difference| or difference)
+_VERSUS_RETRAIN = (("max_mia_auc_vs_retrain", "mia_auc", False), ("max_probe_vs_retrain", "probe_accuracy", False),
+                   ("max_mia_auc_gap_to_retrain", "mia_auc", True),
+                   ("max_probe_gap_to_retrain", "probe_accuracy", True))
 
 
 def _show(value: float | None) -> str:

@@ -98,13 +98,13 @@ def evaluate_gate(manifest: dict[str, Any], config: GateConfig) -> tuple[list[st
                 misses.append(f"request {r['index']} ({name}): Acc_f {row['acc_f']:.2f} > {config.max_acc_f:g}")
         group = (verification or {}).get("results", {}).get(str(r.get("id")), {}) if verification else {}
         versus = ((verification or {}).get("reference") or {}).get("versus", {}).get(str(r.get("id")), {})
-        for key, (section, field), label in (("max_mia_auc", ("mia", "auc"), "MIA AUC"),
-                                             ("max_probe_accuracy", ("probe", "accuracy"), "probe accuracy")):
+        for key, (section, field) in (("max_mia_auc", ("mia", "auc")), ("max_probe_accuracy", ("probe", "accuracy"))):
             limit = getattr(config, key)
             value = (group.get(section) or {}).get(field)
             row[f"{section}_{field}"] = value
             if limit is not None and (value is None or value > limit):
-                misses.append(f"request {r['index']} ({name}): {label} {_show(value)} > {limit:g}")
+                misses.append(f"request {r['index']} ({name}): {_LABEL[f'{section}_{field}']} {_show(value)} > "
+                              f"{limit:g}")
         checks = [(key, headline, two_sided) for key, headline, two_sided in _VERSUS_RETRAIN
                   if getattr(config, key) is not None]
         for headline in dict.fromkeys(headline for _, headline, _ in checks):
@@ -114,7 +114,7 @@ def evaluate_gate(manifest: dict[str, Any], config: GateConfig) -> tuple[list[st
                           "--run RUN --reference CKPT`")
         for key, headline, two_sided in checks:
             difference, limit = row[f"{headline}_vs_retrain"], getattr(config, key)
-            label = "MIA AUC" if headline == "mia_auc" else "probe accuracy"
+            label = _LABEL[headline]
             if difference is not None and two_sided and abs(difference) > limit:
                 side = "below Retrain's: it forgets more than Retrain" if difference < 0 else "above Retrain's"
                 misses.append(f"request {r['index']} ({name}): {label} {abs(difference):.3g} {side} (farther than "
@@ -141,6 +141,8 @@ def evaluate_gate(manifest: dict[str, Any], config: GateConfig) -> tuple[list[st
 _VERSUS_RETRAIN = (("max_mia_auc_vs_retrain", "mia_auc", False), ("max_probe_vs_retrain", "probe_accuracy", False),
                    ("max_mia_auc_gap_to_retrain", "mia_auc", True),
                    ("max_probe_gap_to_retrain", "probe_accuracy", True))
+#: how a miss line names each headline figure
+_LABEL = {"mia_auc": "MIA AUC", "probe_accuracy": "probe accuracy"}
 
 
 def _show(value: float | None) -> str:

@@ -407,14 +407,12 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
     from gslora.engine.gate import GateConfig, gate
 
-    config = GateConfig(max_acc_f=args.max_acc_f, max_mia_auc=args.max_mia_auc,
-                        max_probe_accuracy=args.max_probe_accuracy, min_acc_r_ratio=args.min_acc_r_ratio,
-                        max_mia_auc_vs_retrain=args.max_mia_auc_vs_retrain,
-                        max_probe_vs_retrain=args.max_probe_vs_retrain,
-                        max_mia_auc_gap_to_retrain=args.max_mia_auc_gap_to_retrain,
-                        max_probe_gap_to_retrain=args.max_probe_gap_to_retrain)
+    # every threshold is an option of the same name (--max-acc-f -> max_acc_f)
+    config = GateConfig(**{f.name: getattr(args, f.name) for f in fields(GateConfig)})
     key = args.key or os.environ.get("GSLORA_SIGNING_KEY")
     certificate = gate(args.run, config, key=key)
     for miss in certificate["misses"]:

@@ -55,7 +55,7 @@ class GateConfig:
         for name, value in to_dict(self).items():
             require(value is None or (isinstance(value, (int, float)) and value == value), f"gate.{name}", value,
                     "must be a number")
-        for name in ("max_mia_auc_gap_to_retrain", "max_probe_gap_to_retrain"):
+        for name in (key for key, _, two_sided in _VERSUS_RETRAIN if two_sided):
             value = getattr(self, name)
             require(value is None or value >= 0, f"gate.{name}", value, "must be a distance, >= 0")
         if all(v is None for v in to_dict(self).values()):

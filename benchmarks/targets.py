@@ -69,8 +69,9 @@ FEWSHOT = (("fashion_mnist_baselines_4shot", "Fashion-MNIST"),
                                     "`faces_4shot_new_base_validation` chose)"))
 MISSING = (("fashion_mnist_missing", "Fashion-MNIST"),
            ("fashion_mnist_missing_other_order", "Fashion-MNIST, class order seed 7 (nothing chosen on it)"),
-           ("faces_missing", "Faces, 4 requests of 20 identities, 5 missing (nothing chosen on faces: the levers as "
-                             "chosen on Fashion-MNIST)"),
+           ("faces_missing", "Faces, 4 requests of 20 identities, 5 missing, on the base of `faces_model.yaml` "
+                             "pre-trained with the runner's STRICT pins (nothing chosen on faces: the levers as chosen "
+                             "on Fashion-MNIST)"),
            ("faces_missing_new_base", "Faces, the same sequence on the face base that `faces_base` chose "
                                       "(`faces_model_distill100.yaml`; nothing chosen on faces; {rows} rows: the "
                                       "GS-LoRA++ recipe, the levers, the face setting, EWC*)"))

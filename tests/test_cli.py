@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -376,7 +378,14 @@ def test_verify_with_a_reference_measures_only_the_reference_when_the_model_was_
     assert forgot["reference"] is None and against["reference"]["checkpoint"] == str(base_checkpoint)
     assert against["results"] == forgot["results"] and against["model_sha256"] == forgot["model_sha256"]
     assert against["reference"]["results"] != forgot["results"]  # the base model still knows Bag and Sneaker
+    assert forgot["device"] and against["device"] == forgot["device"]
     measured.clear()
     assert main(["verify", "--run", str(run), "--reference", str(base_checkpoint), "--device", "cpu", "-q",
                  *FORGET[FORGET.index("--set"):], "--set", "verify.seed=1"]) == 0
     assert len(measured) == 2  # other settings: the model and the reference
+    with closing(sqlite3.connect(run / "ledger.sqlite")) as db:  # as if every verification so far ran on a GPU
+        db.execute("UPDATE verifications SET device = 'NVIDIA H100 80GB HBM3, torch 2.14.1+cu130'")
+        db.commit()
+    measured.clear()
+    assert main(["verify", "--run", str(run), "--reference", str(base_checkpoint), "--device", "cpu", "-q"]) == 0
+    assert len(measured) == 2  # another device: the model is measured again here

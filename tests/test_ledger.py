@@ -13,6 +13,7 @@ import pytest
 
 from gslora.cli import main
 from gslora.engine.gate import check_signature
+from gslora.engine.provenance import hardware
 from gslora.io import sha256_file
 
 FORGET = ["--bnd", "10", "--beta", "0.2", "--lr", "0.01", "--epochs", "3", "--ratio", "0.5", "--device", "cpu", "-q",
@@ -188,6 +189,30 @@ def test_a_ledger_from_a_newer_gslora_is_refused(two_requests, tmp_path, capsys)
         assert main(args) == 2
         assert "written by a newer gslora" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_a_ledger_of_schema_1_is_read_as_it_is_and_upgraded_by_its_next_writer(two_requests, tmp_path, capsys):
+    """Schema 1 recorded no device with a verification: a reader leaves the file alone, the next writer adds the
+    column in one transaction, and the report names the device only where it was recorded."""
+    run = tmp_path / "run"
+    shutil.copytree(two_requests[0], run)
+    with closing(sqlite3.connect(run / "ledger.sqlite")) as db:
+        db.execute("ALTER TABLE verifications DROP COLUMN device")
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+        db.commit()
+    before = (run / "ledger.sqlite").read_bytes()
+    capsys.readouterr()
+    assert main(["requests", "list", "--run", str(run), "--json"]) == 0
+    assert [r["status"] for r in json.loads(capsys.readouterr().out)] == ["done", "done"]
+    assert (run / "ledger.sqlite").read_bytes() == before
+    assert main(["verify", "--run", str(run), "--device", "cpu", "-q", *FORGET[FORGET.index("--set"):]]) == 0
+    manifest = _manifest(run)
+    *earlier, latest = [v["device"] for v in manifest["verification"]]
+    assert earlier and set(earlier) == {None} and latest == hardware()
+    assert any(e["kind"] == "migrated" and e["detail"] == {"ledger_schema": [1, 2]} for e in manifest["events"])
+    with closing(sqlite3.connect(run / "ledger.sqlite")) as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+    assert f"({latest}) on the model after" in (run / "report.md").read_text()
 
 
 def _as_gslora_0_1(run: Path) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 from gslora.errors import GSLoRAError
 
 LEDGER = "ledger.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  #: 2: verifications record the device that measured them
 STATUSES = ("queued", "running", "done", "failed", "rolled_back")
 KINDS = ("forget", "rollback")
 
@@ -55,7 +55,8 @@ CREATE TABLE verifications (
     model_sha256 TEXT,
     reference TEXT,
     config TEXT NOT NULL,
-    results TEXT NOT NULL
+    results TEXT NOT NULL,
+    device TEXT
 );
 CREATE TABLE events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -97,8 +98,9 @@ class Ledger:
         return ledger
 
     @classmethod
-    def open(cls, path: str | Path, *, read_only: bool = False) -> Ledger:
-        """The ledger at ``path``.
+    def open(cls, path: str | Path, *, read_only: bool = False, upgrade: bool = False) -> Ledger:
+        """The ledger at ``path``; ``upgrade`` (for a writer holding the run's lock) brings an older schema to this
+        gslora's in one transaction. Readers read every schema up to this gslora's.
 
         Raises:
             GSLoRAError: the file is missing, not a gslora ledger, or written by a newer gslora.
@@ -115,6 +117,11 @@ class Ledger:
             ledger.close()
             raise GSLoRAError(f"{path} was written by a newer gslora (ledger schema {version}, this gslora reads up to "
                               f"{SCHEMA_VERSION}); upgrade gslora to use this run")
+        if upgrade and version < SCHEMA_VERSION:
+            with ledger.transaction() as db:
+                db.execute("ALTER TABLE verifications ADD COLUMN device TEXT")  # schema 1 -> 2
+                ledger.set_meta(db, "schema_version", SCHEMA_VERSION)
+                ledger.event(db, "migrated", {"ledger_schema": [version, SCHEMA_VERSION]})
         return ledger
 
     def close(self) -> None:
@@ -206,20 +213,23 @@ class Ledger:
         return 0 if row[0] is None else row[0] + 1
 
     def add_verification(self, db: sqlite3.Connection, *, after_request: int | None, model_sha256: str | None,
-                         config: dict[str, Any], results: dict[str, Any], reference: dict[str, Any] | None = None
-                         ) -> int:
-        cursor = db.execute("INSERT INTO verifications (time, after_request, model_sha256, reference, config, results) "
-                            "VALUES (?, ?, ?, ?, ?, ?)", (now(), after_request, model_sha256,
-                                                          None if reference is None else json.dumps(reference),
-                                                          json.dumps(config), json.dumps(results)))
+                         config: dict[str, Any], results: dict[str, Any], device: str,
+                         reference: dict[str, Any] | None = None) -> int:
+        cursor = db.execute("INSERT INTO verifications (time, after_request, model_sha256, reference, config, results, "
+                            "device) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (now(), after_request, model_sha256, None if reference is None else json.dumps(reference),
+                             json.dumps(config), json.dumps(results), device))
         return int(cursor.lastrowid)
 
     def verifications(self) -> list[dict[str, Any]]:
-        cursor = self._db.execute("SELECT id, time, after_request, model_sha256, reference, config, results FROM "
-                                  "verifications ORDER BY id")
-        return [{"id": i, "time": t, "after_request": a, "model_sha256": h,
+        """Every verification in order; ``device`` is None in those a schema-1 ledger (gslora before it) recorded."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(verifications)")}
+        device = "device" if "device" in columns else "NULL"
+        cursor = self._db.execute(f"SELECT id, time, after_request, model_sha256, reference, config, results, {device} "
+                                  "FROM verifications ORDER BY id")
+        return [{"id": i, "time": t, "after_request": a, "model_sha256": h, "device": d,
                  "reference": None if r is None else json.loads(r), "config": json.loads(c), "results": json.loads(x)}
-                for i, t, a, h, r, c, x in cursor]
+                for i, t, a, h, r, c, x, d in cursor]
 
     def events(self) -> list[dict[str, Any]]:
         cursor = self._db.execute("SELECT id, time, kind, request_id, detail FROM events ORDER BY id")

@@ -32,6 +32,14 @@ def hardware() -> str:
             f"{torch.get_num_threads()} threads")
 
 
+def device_description(device: torch.device) -> str:
+    """What measured a figure on ``device``: the GPU's name and torch version, or on a CPU ``hardware()``. Two figures
+    of the same seeded computation agree bit for bit only where these descriptions do."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    return hardware() if device.type == "cpu" else f"{device.type} on {hardware()}"
+
+
 def stamp() -> dict[str, Any]:
     """``{"version", "commit", "time", "hardware"}`` for one results row."""
     return {"version": __version__, "commit": code_version(), "time": now(), "hardware": hardware()}

@@ -204,7 +204,7 @@ class RunDirectory:
             from gslora.engine.migrate import ledger_from_manifest
 
             ledger_from_manifest(self.path, self._read_manifest())
-        self.ledger = Ledger.open(self.path / LEDGER)
+        self.ledger = Ledger.open(self.path / LEDGER, upgrade=True)
         self._recover()
 
     def _read_manifest(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import torch
 
 from gslora.config import to_dict
 from gslora.engine.loop import resolve_device
+from gslora.engine.provenance import device_description
 from gslora.engine.rundir import RunDirectory, deferred_signals
 from gslora.errors import GSLoRAError
 from gslora.tasks import Task, get_task
@@ -68,9 +69,9 @@ def verify_latest(run: RunDirectory, task: Task, dataset: Any, model: torch.nn.M
     retained = [c for c in range(dataset.num_classes) if c not in forgotten]
     applied = [row for row in run.applied() if row["record"].get("checkpoint")]
     latest = applied[-1] if applied else None
-    measured = None
+    measured, on = None, device_description(device)
     if reference is not None and latest is not None:  # the reference is what is new: `forget` just measured the model
-        measured = recorded(run, latest["record"]["checkpoint_sha256"], config, groups)
+        measured = recorded(run, latest["record"]["checkpoint_sha256"], config, groups, on)
     out = measure(task, model, dataset, groups, retained, config, device=device, acc_before=before,
                   original=original, reference=reference, measured=measured)
     if out is None:
@@ -80,22 +81,23 @@ def verify_latest(run: RunDirectory, task: Task, dataset: Any, model: torch.nn.M
         with run.ledger.transaction() as db:
             run.ledger.add_verification(db, after_request=latest["id"] if latest else None,
                                         model_sha256=latest["record"]["checkpoint_sha256"] if latest else None,
-                                        config=to_dict(config), results=results, reference=ref)
+                                        config=to_dict(config), results=results, device=on, reference=ref)
         run.export(report=report)
     return {"results": results, "reference": ref}
 
 
-def recorded(run: RunDirectory, model_sha256: str, config: VerifyConfig, groups: dict[str, list[int]]
+def recorded(run: RunDirectory, model_sha256: str, config: VerifyConfig, groups: dict[str, list[int]], device: str
              ) -> dict[str, Any] | None:
-    """The suite's figures the ledger already holds for this model (by sha256), these settings and these requests'
-    classes (the latest such verification), or None. The suite is seeded: measuring the same bytes again repeats it."""
+    """The suite's figures the ledger already holds for this model (by sha256), these settings, these requests'
+    classes and this ``device`` (``device_description``; the latest such verification), or None. The suite is seeded:
+    measuring the same bytes again on the same device repeats it (another device may differ in the last bits)."""
     assert run.ledger is not None
     settings = json.loads(json.dumps(to_dict(config)))  # as the ledger stores them
     for row in reversed(run.ledger.verifications()):
-        if row["model_sha256"] == model_sha256 and row["config"] == settings and \
+        if row["model_sha256"] == model_sha256 and row["config"] == settings and row["device"] == device and \
                 {name: figures["classes"] for name, figures in row["results"].items()} == groups:
-            log.info("the suite on the latest model is verification %d's (%s: the same model, settings and requests); "
-                     "measuring the reference only", row["id"], row["time"])
+            log.info("the suite on the latest model is verification %d's (%s: the same model, settings, requests and "
+                     "device); measuring the reference only", row["id"], row["time"])
             return row["results"]
     return None
 

@@ -50,3 +50,8 @@ def accepted(record: dict[str, Any], *, detail: bool = False) -> str:
     if not misses:
         return "yes"
     return "partial: " + "; ".join(str(m) for m in misses) if detail else "partial"
+
+
+def measured_on(verification: dict[str, Any]) -> str:
+    """`` (DEVICE)`` naming what measured a verification, or nothing where its ledger did not record it (schema 1)."""
+    return f" ({verification['device']})" if verification.get("device") else ""

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gslora.io import atomic_write_text
-from gslora.report.format import accepted, change, ci, fmt, interval, num
+from gslora.report.format import accepted, change, ci, fmt, interval, measured_on, num
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -723,7 +723,8 @@ def _verification_section(manifest: dict[str, Any]) -> str:
     labels = _verification_labels(manifest, results)
     explanation = (f"Accuracy on the test set only shows that the forget classes are no longer predicted; the "
                    f"checks below ask whether the model still holds them. They were measured at "
-                   f"{latest.get('time', '?')} on the model after request id {latest.get('after_request', '?')} "
+                   f"{latest.get('time', '?')}{measured_on(latest)} on the model after request id "
+                   f"{latest.get('after_request', '?')} "
                    f"(the latest of {len(entries)} verification(s)), for every request so far, because forgetting "
                    f"must survive later edits. Intervals are 95% bootstrap intervals"
                    + (f"; grey bars and the reference tables are the Retrain reference "

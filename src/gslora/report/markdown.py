@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gslora.report.format import accepted, change, ci, fmt
+from gslora.report.format import accepted, change, ci, fmt, measured_on
 
 #: column -> definition, for the legend under a table
 DEFINITIONS = {
@@ -188,8 +188,8 @@ def verification_section(manifest: dict[str, Any]) -> list[str]:
     has_faces = any("faces" in g for g in latest["results"].values())
     face_header = " TAR@1e-2 f / r | prototype similarity f / r |" if has_faces else ""
     lines = ["## Verification", "",
-             f"Measured {latest['time']} on the model after request id {latest['after_request']}, for every request "
-             "so far (forgetting must survive later edits). 95% bootstrap intervals in brackets.", "",
+             f"Measured {latest['time']}{measured_on(latest)} on the model after request id {latest['after_request']}, "
+             "for every request so far (forgetting must survive later edits). 95% bootstrap intervals in brackets.", "",
              "| request | classes | MIA AUC | called members | probe (held-out train) | probe (test) | relearn steps |"
              + face_header, "|---" * (7 + 2 * has_faces) + "|"]
     for name, group in latest["results"].items():

@@ -65,6 +65,18 @@ def test_the_targets_table_is_what_the_committed_results_give():
     assert result.returncode == 0, result.stderr
 
 
+def test_a_results_file_is_all_strict_only_when_every_stamped_row_names_the_strict_pins():
+    """The provenance table must not call a file re-creatable when one row (its base included) ran without STRICT."""
+    targets = _module(ROOT / "benchmarks" / "targets.py", "targets")
+    strict = "Intel(R) Xeon(R) Processor x2 (AVX2, MKL_CBWR=AVX2,STRICT, ONEDNN_MAX_CPU_ISA=AVX2), torch 2.14"
+    loose = "AMD EPYC x2 (AVX2, MKL_CBWR=AVX2, ONEDNN_MAX_CPU_ISA=AVX2), torch 2.14.1, 2 threads"
+    assert [targets.pins(h) for h in (strict, loose, "AMD EPYC x2, torch 2.14")] == ["STRICT", "AVX2 only", "unpinned"]
+    assert [targets.machine(h) for h in (strict, loose)] == ["Intel Xeon", "AMD EPYC"]
+    results = {"pretrain": {"hardware": loose}, "methods": {"a": {"hardware": strict, "tasks": [{"hardware": strict}]}},
+               "written": {"hardware": "anything"}}
+    assert targets.stamps(results) == [("/pretrain", loose), ("/methods/a", strict), ("/methods/a/tasks", strict)]
+
+
 def test_a_target_without_its_reference_is_not_judged_rather_than_met_or_missed():
     targets = _module(ROOT / "benchmarks" / "targets.py", "targets")
     within = lambda v: v <= 5  # noqa: E731

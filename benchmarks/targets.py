@@ -19,6 +19,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from run import PORTABLE_CPU
+
 from gslora.metrics.paired import has_hits, interval, rows_h
 
 HERE = Path(__file__).resolve().parent
@@ -343,8 +345,9 @@ def detection_table(lines: list[str], results: dict) -> None:
                     "retained / before >= 0.9"], rows) + [""]
 
 
-#: the kernel pins a results row's hardware field names, loosest last (gslora.engine.provenance.hardware writes them)
-PINS = (("MKL_CBWR=AVX2,STRICT", "STRICT"), ("MKL_CBWR=AVX2", "AVX2 only"))
+#: the kernel pins a results row's hardware field names (gslora.engine.provenance.hardware writes them), loosest
+#: last: the runner's own MKL pin, then the one rows made before STRICT name
+PINS = ((f"MKL_CBWR={PORTABLE_CPU['MKL_CBWR']}", "STRICT"), ("MKL_CBWR=AVX2", "AVX2 only"))
 
 
 def stamps(results: object, where: str = "") -> list[tuple[str, str]]:
@@ -373,12 +376,13 @@ def machine(hardware: str) -> str:
 
 
 def provenance_section(lines: list[str]) -> None:
+    runner = ", ".join(f"`{key}={value}`" for key, value in PORTABLE_CPU.items())
     lines += ["## Which figures today's runner makes again", "",
-              "`benchmarks/run.py` pins torch's CPU kernels (`ATEN_CPU_CAPABILITY=avx2`, `MKL_CBWR=AVX2,STRICT`, "
-              "`ONEDNN_MAX_CPU_ISA=AVX2`); a pre-trained base or a row made without STRICT (or unpinned) has other "
-              "weights when made again, so a results file re-creates bit for bit from a clean checkout only where "
-              "every row, its base included, carries these pins, on the same thread count (shown: the pins each "
-              "stamped row of a results file names, and the machines; from its hardware field).", ""]
+              f"`benchmarks/run.py` pins torch's CPU kernels ({runner}); a pre-trained base or a row made without "
+              "STRICT (or unpinned) has other weights when made again, so a results file re-creates bit for bit from "
+              "a clean checkout only where every row, its base included, carries these pins, on the same thread "
+              "count (shown: the pins each stamped row of a results file names, and the machines; from its hardware "
+              "field).", ""]
     rows = []
     for folder in sorted(p for p in HERE.iterdir() if (p / "results.json").is_file()):
         found = stamps(load(folder.name))

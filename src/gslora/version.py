@@ -15,7 +15,7 @@ __version__ = "0.2.0"
 
 # What benchmark runners write into the checkout: a changed results file is an output of the code, not a change to it
 GENERATED = ("benchmarks/*/results.json", "benchmarks/*/report.md", "benchmarks/*/*.png", "benchmarks/*/choice.md",
-             "benchmarks/*/drift.json")
+             "benchmarks/*/drift.json", "benchmarks/*/paired.json", "benchmarks/*/lookalike.json")
 
 
 @functools.cache

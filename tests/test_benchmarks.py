@@ -257,6 +257,38 @@ def test_a_copy_without_git_names_the_commit_it_was_told_and_a_checkout_its_own(
     assert version(ROOT, in_git, PYTHONPATH=str(ROOT / "src"), GSLORA_COMMIT="0123456789abcdef0123") == own
 
 
+def test_a_checkout_changed_only_in_benchmark_outputs_is_not_dirty_and_a_changed_source_file_is(tmp_path):
+    """Benchmarks re-created one after the other in one checkout leave each other's outputs changed (results, reports,
+    plots, paired.json, ...): the rows made after them name a clean commit; any other tracked change marks it .dirty."""
+    repo = tmp_path / "repo"
+    (repo / "src" / "gslora").mkdir(parents=True)
+    (repo / "src" / "gslora" / "version.py").write_text((ROOT / "src" / "gslora" / "version.py").read_text())
+    outputs = ["results.json", "report.md", "comparison.png", "choice.md", "drift.json", "paired.json",
+               "lookalike.json"]
+    (repo / "benchmarks" / "one").mkdir(parents=True)
+    for name in [*outputs, "config.yaml"]:
+        (repo / "benchmarks" / "one" / name).write_text("{}\n")
+    env = {k: v for k, v in os.environ.items() if k != "GSLORA_COMMIT"}
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
+                       capture_output=True, env=env)
+
+    def version() -> str:
+        return subprocess.run([sys.executable, "-c", "import version; print(version.code_version())"],
+                              cwd=repo / "src" / "gslora", capture_output=True, text=True, check=True,
+                              env=env).stdout.strip()
+
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "base")
+    for name in outputs:
+        (repo / "benchmarks" / "one" / name).write_text('{"changed": true}\n')
+    assert re.fullmatch(r"\d+\.\d+\.\d+\+g[0-9a-f]{12}", version())
+    (repo / "benchmarks" / "one" / "config.yaml").write_text("methods: {}\n")
+    assert version().endswith(".dirty")
+
+
 def test_the_face_base_rule_takes_the_best_held_out_top1_and_gives_ties_to_the_earlier_listed():
     choose = _module(ROOT / "benchmarks" / "faces_base" / "run.py", "faces_base_run").choose
     assert choose({"a": {"top1": 40.0}, "b": {"top1": 46.6}, "c": {"top1": 44.8}}) == "b"

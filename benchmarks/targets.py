@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -387,9 +388,7 @@ def provenance_section(lines: list[str]) -> None:
     for folder in sorted(p for p in HERE.iterdir() if (p / "results.json").is_file()):
         found = stamps(load(folder.name))
         base = [hardware for where, hardware in found if where == "/pretrain"]
-        counts: dict[str, int] = {}
-        for _, hardware in found:
-            counts[pins(hardware)] = counts.get(pins(hardware), 0) + 1
+        counts = Counter(pins(hardware) for _, hardware in found)
         kinds = "; ".join(f"{name} {counts[name]}" for name in ("STRICT", "AVX2 only", "unpinned") if name in counts)
         every = bool(found) and set(counts) == {"STRICT"}
         rows.append([f"`{folder.name}`", pins(base[0]) if base else "-", kinds or "-",

@@ -234,19 +234,24 @@ def test_a_folder_naming_a_setup_runs_that_benchmarks_runner_on_itself(monkeypat
                     "--methods", "gs_lora_pp"]]
 
 
+_PROBE = "import version; print(version.code_version())"
+_WITHOUT_TOLD_COMMIT = {k: v for k, v in os.environ.items() if k != "GSLORA_COMMIT"}
+
+
+def _code_version(cwd: Path, code: str, **extra: str) -> str:
+    """What ``code`` prints, run in ``cwd`` without an exported GSLORA_COMMIT (plus ``extra`` variables)."""
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, check=True,
+                          env={**_WITHOUT_TOLD_COMMIT, **extra}).stdout.strip()
+
+
 def test_a_copy_without_git_names_the_commit_it_was_told_and_a_checkout_its_own(tmp_path):
     """A results row made from a copy of a commit on another machine (no .git) names the commit its sender gave;
     in a git checkout the variable changes nothing (a stale export cannot relabel a run)."""
     copy = tmp_path / "src" / "gslora"
     copy.mkdir(parents=True)
     (copy / "version.py").write_text((ROOT / "src" / "gslora" / "version.py").read_text())
-    probe = "import version; print(version.code_version())"
-    env = {k: v for k, v in os.environ.items() if k != "GSLORA_COMMIT"}
-
-    def version(cwd: Path, code: str, **extra: str) -> str:
-        return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, check=True,
-                              env={**env, **extra}).stdout.strip()
-
+    probe = _PROBE
+    version = _code_version
     plain = version(copy, probe)
     assert re.fullmatch(r"\d+\.\d+\.\d+", plain), plain
     assert version(copy, probe, GSLORA_COMMIT="0123456789abcdef0123") == plain + "+g0123456789ab"
@@ -268,16 +273,13 @@ def test_a_checkout_changed_only_in_benchmark_outputs_is_not_dirty_and_a_changed
     (repo / "benchmarks" / "one").mkdir(parents=True)
     for name in [*outputs, "config.yaml"]:
         (repo / "benchmarks" / "one" / name).write_text("{}\n")
-    env = {k: v for k, v in os.environ.items() if k != "GSLORA_COMMIT"}
 
     def git(*args: str) -> None:
         subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
-                       capture_output=True, env=env)
+                       capture_output=True, env=_WITHOUT_TOLD_COMMIT)
 
     def version() -> str:
-        return subprocess.run([sys.executable, "-c", "import version; print(version.code_version())"],
-                              cwd=repo / "src" / "gslora", capture_output=True, text=True, check=True,
-                              env=env).stdout.strip()
+        return _code_version(repo / "src" / "gslora", _PROBE)
 
     git("init", "-q")
     git("add", ".")

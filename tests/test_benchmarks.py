@@ -238,7 +238,7 @@ _PROBE = "import version; print(version.code_version())"
 _WITHOUT_TOLD_COMMIT = {k: v for k, v in os.environ.items() if k != "GSLORA_COMMIT"}
 
 
-def _code_version(cwd: Path, code: str, **extra: str) -> str:
+def _code_version(cwd: Path, code: str = _PROBE, **extra: str) -> str:
     """What ``code`` prints, run in ``cwd`` without an exported GSLORA_COMMIT (plus ``extra`` variables)."""
     return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, check=True,
                           env={**_WITHOUT_TOLD_COMMIT, **extra}).stdout.strip()
@@ -250,16 +250,14 @@ def test_a_copy_without_git_names_the_commit_it_was_told_and_a_checkout_its_own(
     copy = tmp_path / "src" / "gslora"
     copy.mkdir(parents=True)
     (copy / "version.py").write_text((ROOT / "src" / "gslora" / "version.py").read_text())
-    probe = _PROBE
-    version = _code_version
-    plain = version(copy, probe)
+    plain = _code_version(copy)
     assert re.fullmatch(r"\d+\.\d+\.\d+", plain), plain
-    assert version(copy, probe, GSLORA_COMMIT="0123456789abcdef0123") == plain + "+g0123456789ab"
-    assert version(copy, probe, GSLORA_COMMIT="not a commit") == plain
+    assert _code_version(copy, GSLORA_COMMIT="0123456789abcdef0123") == plain + "+g0123456789ab"
+    assert _code_version(copy, GSLORA_COMMIT="not a commit") == plain
     in_git = "from gslora.version import code_version; print(code_version())"
-    own = version(ROOT, in_git, PYTHONPATH=str(ROOT / "src"))
+    own = _code_version(ROOT, in_git, PYTHONPATH=str(ROOT / "src"))
     assert re.fullmatch(r"\d+\.\d+\.\d+\+g[0-9a-f]{12}(\.dirty)?", own), own
-    assert version(ROOT, in_git, PYTHONPATH=str(ROOT / "src"), GSLORA_COMMIT="0123456789abcdef0123") == own
+    assert _code_version(ROOT, in_git, PYTHONPATH=str(ROOT / "src"), GSLORA_COMMIT="0123456789abcdef0123") == own
 
 
 def test_a_checkout_changed_only_in_benchmark_outputs_is_not_dirty_and_a_changed_source_file_is(tmp_path):
@@ -278,17 +276,14 @@ def test_a_checkout_changed_only_in_benchmark_outputs_is_not_dirty_and_a_changed
         subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
                        capture_output=True, env=_WITHOUT_TOLD_COMMIT)
 
-    def version() -> str:
-        return _code_version(repo / "src" / "gslora", _PROBE)
-
     git("init", "-q")
     git("add", ".")
     git("commit", "-q", "-m", "base")
     for name in outputs:
         (repo / "benchmarks" / "one" / name).write_text('{"changed": true}\n')
-    assert re.fullmatch(r"\d+\.\d+\.\d+\+g[0-9a-f]{12}", version())
+    assert re.fullmatch(r"\d+\.\d+\.\d+\+g[0-9a-f]{12}", _code_version(repo / "src" / "gslora"))
     (repo / "benchmarks" / "one" / "config.yaml").write_text("methods: {}\n")
-    assert version().endswith(".dirty")
+    assert _code_version(repo / "src" / "gslora").endswith(".dirty")
 
 
 def test_the_face_base_rule_takes_the_best_held_out_top1_and_gives_ties_to_the_earlier_listed():

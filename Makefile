@@ -23,7 +23,7 @@ endif
 # Every folder under benchmarks/ (a test checks), validation rounds before the test runs they chose for.
 BENCHMARKS := fashion_mnist_continual fashion_mnist_4shot_validation fashion_mnist_4shot_levers_validation \
 	fashion_mnist_4shot_levers_validation_round3 fashion_mnist_4shot_levers_validation_round4 \
-	fashion_mnist_4shot_levers_validation_round5 \
+	fashion_mnist_4shot_levers_validation_round5 fashion_mnist_4shot_levers_validation_round6 \
 	fashion_mnist_4shot fashion_mnist_baselines fashion_mnist_baselines_4shot \
 	fashion_mnist_missing_validation fashion_mnist_missing_levers_validation \
 	fashion_mnist_missing fashion_mnist_4shot_other_order fashion_mnist_missing_other_order \

@@ -89,6 +89,8 @@ def check_targets(kind: str, methods: dict) -> dict:
         out = tar_choice(methods)
     elif kind == "paired_choice":
         out = paired_choice(methods)
+    elif kind == "guard_choice":
+        out = guard_choice(methods)
     return out
 
 
@@ -142,14 +144,17 @@ def tar_choice(methods: dict, *, guard: float = 2.0, keep: float = 0.9, h_margin
     return {"rows": rows, "reference": reference, "winner": best if clear else None}
 
 
-def paired_choice(methods: dict, *, guard: float = 2.0, keep: float = 0.9, resamples: int = 2000) -> dict:
+def paired_choice(methods: dict, *, guard: float = 2.0, keep: float = 0.9, resamples: int = 2000,
+                  behind: float = 0.0) -> dict:
     """The paired choice rule (``fewshot_choice``'s guards, the 1-point margin replaced by the sampling noise): a row
     other than the first (the reference, which need not pass the guards) wins only if it passes the guards and the
     interval of its mean-H difference from the reference, over paired resamples of the evaluation images
     (``gslora.metrics.paired``), lies above 0; among several such rows, the highest mean H. With k candidates (the
     config's rows other than the reference, failed ones included) the interval's level is 1 - 0.05 / k (Bonferroni),
     so that a candidate no better than the reference wins with a chance of at most 2.5%. A failed row (no requests)
-    does not pass; the measured rows must keep their per-image hits."""
+    does not pass; the measured rows must keep their per-image hits. ``behind``: where the reference itself fails the
+    guards, a passing row wins if the interval's lower end lies above -``behind`` instead of 0 (it is not clearly more
+    than ``behind`` mean H behind a setting that misses the requirement)."""
     measured = {n: r for n, r in methods.items() if r.get("tasks")}
     lacking = [n for n, r in measured.items() if not has_hits(r)]
     if lacking:
@@ -162,9 +167,17 @@ def paired_choice(methods: dict, *, guard: float = 2.0, keep: float = 0.9, resam
     for name, entry in pairs.items():
         rows[name].update(mean_h_difference=entry["mean_h_difference"], ci95=entry["ci95"],
                           ci=entry.get("ci", entry["ci95"]), share_ahead=entry["share_a_ahead"])
-    clear = [n for n in pairs if below(0.0, rows[n]["ci"][0])]
+    floor = -behind if reference in measured and not rows[reference]["passes"] else 0.0
+    clear = [n for n in pairs if below(floor, rows[n]["ci"][0])]
     best = max(clear, key=lambda n: rows[n]["mean_h"], default=None)
     return {"rows": rows, "reference": reference, "resamples": resamples, "level": level, "winner": best}
+
+
+def guard_choice(methods: dict) -> dict:
+    """The rule of ``fashion_mnist_4shot_levers_validation_round6`` (its config states it): ``paired_choice``, where a
+    reference that fails the guards gives way to a passing row no more than 1 mean H behind it beyond the noise (the
+    issue's 1-point tolerance of the 4-shot target)."""
+    return paired_choice(methods, behind=1.0)
 
 
 def baseline_standing(methods: dict) -> dict:

@@ -387,6 +387,25 @@ def test_the_paired_choice_adopts_a_row_only_when_its_interval_clears_the_refere
         choice({"ref": ref, "old": {"tasks": [{k: v for k, v in ref["tasks"][0].items() if k != "hits"}]}})
 
 
+def test_the_guard_choice_lets_a_passing_row_replace_a_failing_reference_unless_clearly_more_than_a_point_behind():
+    rules = _module(ROOT / "benchmarks" / "run_methods.py", "run_methods")
+    labels = torch.arange(3).repeat_interleave(500)  # enough images for a narrow interval
+    right = (torch.arange(1500) % 4 != 0) & (labels != 1)
+    one_less = right.clone()
+    one_less[torch.nonzero(right)[0]] = False  # one retained image fewer: lower H, inside the noise
+    far_less = right.clone()
+    far_less[torch.nonzero(right)[::16]] = False  # 1 in 16 fewer (0.94x): passes, clearly more than a point behind
+    failing = _paired_row(labels, right, acc_f=2.5)
+    out = rules.guard_choice({"ref": failing, "a": _paired_row(labels, one_less), "b": _paired_row(labels, far_less)})
+    assert out["rows"]["a"]["mean_h"] < out["rows"]["ref"]["mean_h"] and out["rows"]["a"]["ci"][0] > -1
+    assert out["rows"]["b"]["ci"][1] < -1 and out["winner"] == "a"
+    # a reference that passes the guards keeps round 4's rule: only a row clearly ahead replaces it
+    assert rules.guard_choice({"ref": _paired_row(labels, right), "a": _paired_row(labels, one_less)})["winner"] is None
+    # the same rows under paired_choice: behind is never enough
+    assert rules.paired_choice({"ref": failing, "a": _paired_row(labels, one_less)})["winner"] is None
+    assert rules.check_targets("guard_choice", {"ref": failing, "a": _paired_row(labels, one_less)})["winner"] == "a"
+
+
 def test_paired_writes_a_pair_from_the_rows_hits_and_refuses_what_it_cannot_compare_in_one_line(tmp_path, capsys,
                                                                                                   monkeypatch):
     labels = torch.arange(3).repeat_interleave(50)
@@ -662,9 +681,9 @@ def test_the_shipped_face_config_is_the_setting_the_face_rule_adopted():
 
 def _setting_in_force(rounds: tuple[str, ...]) -> tuple[str, dict, dict]:
     """The setting in force after validation rounds, each decided by the rule its config names (``targets``:
-    run_methods.fewshot_choice, tar_choice or paired_choice) on its benchmark's committed rows: the round's winner,
-    else its reference (its config's first row); every later round's reference must be that setting, on the same
-    sequence.
+    run_methods.fewshot_choice, tar_choice, paired_choice or guard_choice) on its benchmark's committed rows: the
+    round's winner, else its reference (its config's first row); every later round's reference must be that setting, on
+    the same sequence.
     Returns its label, its method entry and the benchmark's forget section."""
     import yaml
 
@@ -674,7 +693,7 @@ def _setting_in_force(rounds: tuple[str, ...]) -> tuple[str, dict, dict]:
         folder = ROOT / "benchmarks" / name
         config = yaml.safe_load((folder / "config.yaml").read_text())
         results = json.loads((folder / "results.json").read_text())
-        assert config["targets"] in ("fewshot_choice", "tar_choice", "paired_choice"), name
+        assert config["targets"] in ("fewshot_choice", "tar_choice", "paired_choice", "guard_choice"), name
         choice = getattr(rules, config["targets"])(results["methods"])
         assert choice == results["targets"], name
         reference = next(iter(config["methods"]))

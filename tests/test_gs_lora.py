@@ -262,3 +262,34 @@ def test_stop_when_forgotten_is_a_percentage_of_forgetting_requests_only():
             from_dict(config, {"train": {"stop_when_forgotten": 0}})
     # a detection request reads its forget classes' mAP@0.5 (tests/test_detection.py runs it)
     assert from_dict(DetectionForgetConfig, {"train": {"stop_when_forgotten": 2}}).train.stop_when_forgotten == 2
+
+
+def test_bnd_scale_multiplies_the_auto_bound_and_refuses_a_written_bound():
+    from gslora.errors import GSLoRAError
+
+    model, x, y, task = tiny_request()
+    plain, scaled = GSLoRA(GSLoRAConfig(bnd="auto")), GSLoRA(GSLoRAConfig(bnd="auto", bnd_scale=2.0))
+    plain.setup_task(model, task)
+    scaled.setup_task(model, task)
+    assert scaled.bnd == pytest.approx(2 * plain.bnd, rel=1e-6) and plain.bnd > 0
+    with pytest.raises(GSLoRAError, match="bnd_scale"):
+        GSLoRAConfig(bnd=10.0, bnd_scale=2.0)
+    with pytest.raises(GSLoRAError, match="bnd_scale"):
+        GSLoRAConfig(bnd="auto", bnd_scale=0)
+
+
+def test_bnd_per_image_keeps_pushing_an_image_the_batch_mean_lets_go():
+    """Two forget images, one far past the bound and one still recognised: the batch-mean bound (the reference) gives
+    no loss and no gradient, the per-image bound pushes the recognised one only."""
+    y = torch.tensor([0, 0])
+    logits = torch.tensor([[-30.0, 0.0], [2.0, 0.0]], requires_grad=True)  # CE 30.0 and about 0.13: mean above 5
+    batch, each = GSLoRA(GSLoRAConfig(bnd=5.0)), GSLoRA(GSLoRAConfig(bnd=5.0, bnd_per_image=True))
+    for method in (batch, each):
+        method.bnd = 5.0
+    ce, loss = batch.bounded(logits, y)
+    assert loss.item() == 0.0 and ce.item() > 5.0
+    ce_each, loss_each = each.bounded(logits, y)
+    assert ce_each.item() == pytest.approx(ce.item())
+    assert loss_each.item() == pytest.approx((5.0 - 0.1269) / 2, abs=1e-3)
+    (grad,) = torch.autograd.grad(loss_each, logits)
+    assert grad[0].abs().sum().item() == 0.0 and grad[1].abs().sum().item() > 0

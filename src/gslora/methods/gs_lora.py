@@ -48,6 +48,12 @@ class GSLoRAConfig:
             ``auto``: per request, the cross-entropy with which the starting model already rejects a wrong class
             (its mean over wrong classes and up to 512 retained training images): forgotten means the class looks
             to the model like any class an image does not belong to [not in the reference].
+        bnd_scale: a factor on the ``auto`` bound (``bnd: auto`` only), to push the forgotten classes past the
+            average wrong class [1: not in the reference].
+        bnd_per_image: bound each forget image's cross-entropy on its own, the mean of ReLU(BND - CE_i), instead of
+            the batch's mean cross-entropy, so that images the model still recognises keep being pushed once the
+            others are far past the bound (as the detection variant bounds each forget pair) [false: the reference
+            bounds the batch mean].
         mask_missing: leave retained classes without training data (``--missing-classes``) out of the
             retain cross-entropy's softmax, so they are not trained as pure negatives [not in the reference].
         distill: weight of a distillation term on the retained batch toward the request's starting model (the
@@ -72,6 +78,8 @@ class GSLoRAConfig:
     alpha_warmup_epochs: int = 0
     beta: float | list[float] = 0.2
     bnd: float | str = 105.0
+    bnd_scale: float = 1.0
+    bnd_per_image: bool = False
     mask_missing: bool = False
     distill: float = 0.0
     distill_temperature: float = 2.0
@@ -93,6 +101,10 @@ class GSLoRAConfig:
                 pass
         require(self.bnd == "auto" or (isinstance(self.bnd, (int, float)) and self.bnd > 0), "method.bnd", self.bnd,
                 "must be a number > 0 or auto")
+        require(isinstance(self.bnd_scale, (int, float)) and 0 < self.bnd_scale < math.inf, "method.bnd_scale",
+                self.bnd_scale, "must be a number > 0")
+        require(self.bnd == "auto" or self.bnd_scale == 1, "method.bnd_scale", self.bnd_scale,
+                "scales bnd: auto only; with a number, write the bound itself in method.bnd")
         require(self.distill >= 0, "method.distill", self.distill, "must be >= 0")
         require(self.distill_temperature > 0, "method.distill_temperature", self.distill_temperature, "must be > 0")
         require(self.distill_embedding >= 0, "method.distill_embedding", self.distill_embedding, "must be >= 0")
@@ -119,8 +131,8 @@ class GSLoRA(Method):
         self.beta = self.config.beta_for(task.request.index)
         self.base_parameters = sum(p.numel() for p in model.parameters())
         self.missing = list(task.request.missing) if self.config.mask_missing else []
-        self.bnd = wrong_class_ce(self.classifier, task.retain_data) if self.config.bnd == "auto" \
-            else float(self.config.bnd)
+        self.bnd = self.config.bnd_scale * wrong_class_ce(self.classifier, task.retain_data) \
+            if self.config.bnd == "auto" else float(self.config.bnd)
         held = task.old_data() if self.config.hold_old > 0 and task.old_data is not None else None
         self.held = held if held is not None and len(held) else None
         self.old_classes = torch.tensor(task.request.old, dtype=torch.long)
@@ -134,8 +146,14 @@ class GSLoRA(Method):
 
     def bounded(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(forget CE, ReLU(BND - CE)) of some images of a forget batch; none (a process's shard of a small batch)
-        count as at the bound: no loss, no gradient."""
-        ce = F.cross_entropy(logits, y) if len(y) else logits.sum() * 0.0 + self.bnd
+        count as at the bound: no loss, no gradient. With ``bnd_per_image`` the loss bounds each image's CE."""
+        if not len(y):
+            ce = logits.sum() * 0.0 + self.bnd
+            return ce, bounded_forgetting_loss(ce, self.bnd)
+        if self.config.bnd_per_image:
+            each = F.cross_entropy(logits, y, reduction="none")
+            return each.mean(), bounded_forgetting_loss(each, self.bnd).mean()
+        ce = F.cross_entropy(logits, y)
         return ce, bounded_forgetting_loss(ce, self.bnd)
 
     def training_step(self, forget_batch: Batch, retain_batch: Batch, *, epoch: int) -> dict[str, torch.Tensor]:

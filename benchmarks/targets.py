@@ -382,8 +382,9 @@ def provenance_section(lines: list[str]) -> None:
               f"`benchmarks/run.py` pins torch's CPU kernels ({runner}); a pre-trained base or a row made without "
               "STRICT (or unpinned) has other weights when made again, so a results file re-creates bit for bit from "
               "a clean checkout only where every row, its base included, carries these pins, on the same thread "
-              "count (shown: the pins each stamped row of a results file names, and the machines; from its hardware "
-              "field).", ""]
+              "count and the same CPU vendor (the pins do not make an Intel Xeon and an AMD EPYC agree: README, "
+              "\"Benchmarks\") (shown: the pins each stamped row of a results file names, and the machines; from its "
+              "hardware field).", ""]
     rows = []
     for folder in sorted(p for p in HERE.iterdir() if (p / "results.json").is_file()):
         found = stamps(load(folder.name))

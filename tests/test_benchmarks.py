@@ -711,7 +711,8 @@ def _setting_in_force(rounds: tuple[str, ...]) -> tuple[str, dict, dict]:
      "faces_fewshot_forget.yaml",
      ("faces_4shot_new_base",)),
     (("fashion_mnist_4shot_levers_validation_round3", "fashion_mnist_4shot_levers_validation_round4",
-      "fashion_mnist_4shot_levers_validation_round5", "fashion_mnist_4shot_levers_validation_round6"),
+      "fashion_mnist_4shot_levers_validation_round5", "fashion_mnist_4shot_levers_validation_round6",
+      "fashion_mnist_4shot_levers_validation_round7"),
      "fewshot_forget.yaml",
      ("fashion_mnist_baselines_4shot", "fashion_mnist_4shot_other_order"))])
 def test_a_shipped_fewshot_config_is_what_its_validation_rounds_chose(rounds, shipped_file, tests):

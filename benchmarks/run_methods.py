@@ -91,6 +91,8 @@ def check_targets(kind: str, methods: dict) -> dict:
         out = paired_choice(methods)
     elif kind == "guard_choice":
         out = guard_choice(methods)
+    elif kind == "seed_spread":
+        out = seed_spread(methods)
     return out
 
 
@@ -178,6 +180,27 @@ def guard_choice(methods: dict) -> dict:
     reference that fails the guards gives way to a passing row no more than 1 mean H behind it beyond the noise (the
     issue's 1-point tolerance of the 4-shot target)."""
     return paired_choice(methods, behind=1.0)
+
+
+def seed_spread(methods: dict, *, guard: float = 2.0, keep: float = 0.9) -> dict:
+    """Rows that differ only in training seed (labels ``<setting> seed <n>``), per setting: each seed's mean H over
+    the requests, worst Acc_f and whether it passes ``guarded_rows``' guards, then the mean, lowest and highest mean H
+    over the seeds and how many seeds pass. It decides nothing: it says whether a difference between settings exceeds
+    the spread between training seeds, which the paired intervals (images resampled, one seed) leave out."""
+    rows = guarded_rows({n: r for n, r in methods.items() if r.get("tasks")}, guard=guard, keep=keep)
+    settings: dict[str, dict] = {}
+    for name, row in rows.items():
+        setting, _, seed = name.rpartition(" seed ")
+        if not (setting and seed.isdigit()):
+            raise ValueError(f"row {name!r} is not named '<setting> seed <n>'")
+        settings.setdefault(setting, {})[seed] = {k: row[k] for k in ("mean_h", "worst_acc_f", "worst_acc_o",
+                                                                          "acc_r_last_over_first", "passes")}
+    out = {}
+    for setting, seeds in settings.items():
+        h = [r["mean_h"] for r in seeds.values()]
+        out[setting] = {"seeds": seeds, "mean_h": sum(h) / len(h), "lowest_mean_h": min(h), "highest_mean_h": max(h),
+                        "seeds_passing": sum(r["passes"] for r in seeds.values()), "seeds_measured": len(seeds)}
+    return {"settings": out}
 
 
 def baseline_standing(methods: dict) -> dict:

@@ -406,6 +406,21 @@ def test_the_guard_choice_lets_a_passing_row_replace_a_failing_reference_unless_
     assert rules.check_targets("guard_choice", {"ref": failing, "a": _paired_row(labels, one_less)})["winner"] == "a"
 
 
+def test_the_seed_spread_groups_rows_by_setting_and_counts_the_seeds_that_pass():
+    rules = _module(ROOT / "benchmarks" / "run_methods.py", "run_methods")
+
+    def row(h: float, acc_f: float) -> dict:
+        return {"tasks": [{"h_mean": h, "acc_f": acc_f, "acc_o": None, "acc_r": 80.0, "acc_r_before": 80.0}]}
+
+    out = rules.check_targets("seed_spread", {"a seed 1": row(80.0, 0.0), "a seed 2": row(84.0, 3.0),
+                                              "b seed 1": row(82.0, 0.0), "b seed 7": row(83.0, 1.0)})["settings"]
+    assert out["a"]["mean_h"] == 82.0 and (out["a"]["lowest_mean_h"], out["a"]["highest_mean_h"]) == (80.0, 84.0)
+    assert out["a"]["seeds_passing"] == 1 and out["b"]["seeds_passing"] == 2 == out["b"]["seeds_measured"]
+    assert set(out["b"]["seeds"]) == {"1", "7"} and out["a"]["seeds"]["2"]["worst_acc_f"] == 3.0
+    with pytest.raises(ValueError, match="seed <n>"):
+        rules.seed_spread({"a": row(80.0, 0.0)})
+
+
 def test_paired_writes_a_pair_from_the_rows_hits_and_refuses_what_it_cannot_compare_in_one_line(tmp_path, capsys,
                                                                                                   monkeypatch):
     labels = torch.arange(3).repeat_interleave(50)

@@ -421,6 +421,19 @@ def test_the_seed_spread_groups_rows_by_setting_and_counts_the_seeds_that_pass()
         rules.seed_spread({"a": row(80.0, 0.0)})
 
 
+def test_targets_reads_each_forgotten_class_accuracy_from_the_hits():
+    from gslora.metrics.paired import hits_record
+
+    targets = _module(ROOT / "benchmarks" / "targets.py", "targets")
+    labels = torch.tensor([2, 0, 1, 1, 2, 0, 1, 2, 2, 1])  # classes 1 and 2 forgotten, in no order
+    after = labels.clone()
+    after[(labels == 1).nonzero()[:1]] = 0  # one of class 1's four images no longer called 1: 75% still recognised
+    after[labels == 2] = 0  # none of class 2's
+    hits = hits_record(labels, after, labels=labels, num_classes=3, forget=[1, 2], retain=[0])
+    got = targets.forgotten_accuracy({"hits": hits, "forget_classes": ["one", "two"]})
+    assert got == [("one", 75.0), ("two", 0.0)]
+
+
 def test_paired_writes_a_pair_from_the_rows_hits_and_refuses_what_it_cannot_compare_in_one_line(tmp_path, capsys,
                                                                                                   monkeypatch):
     labels = torch.arange(3).repeat_interleave(50)

@@ -225,13 +225,30 @@ def test_a_folder_naming_a_setup_runs_that_benchmarks_runner_on_itself(monkeypat
     launcher = _module(ROOT / "benchmarks" / "run.py", "bench_launcher")
     ran = []
     monkeypatch.setattr(launcher.runpy, "run_path", lambda path, run_name: ran.append(list(launcher.sys.argv)))
-    monkeypatch.setattr(launcher, "pin_cpu_kernels", lambda: None)  # the environment of this process stays
+    monkeypatch.setattr(launcher, "pin_cpu_kernels", lambda pin=True: None)  # the environment of this process stays
     monkeypatch.setattr(launcher.sys, "argv", ["run.py", "fashion_mnist_det_base_seed1", "--methods", "gs_lora_pp"])
     monkeypatch.setattr(launcher.sys, "path", list(launcher.sys.path))
     assert launcher.main() == 0
     det = ROOT / "benchmarks" / "fashion_mnist_det"
     assert ran == [[str(det / "run.py"), "--folder", str(ROOT / "benchmarks" / "fashion_mnist_det_base_seed1"),
                     "--methods", "gs_lora_pp"]]
+
+
+def test_the_cost_benchmark_runs_on_the_kernels_torch_picks_and_the_others_pinned(monkeypatch):
+    """benchmarks/run.py pins the CPU kernels for every benchmark but those that measure cost (scale), whose timings
+    must be what a user's run pays: the Makefile's exported pins are removed for them."""
+    launcher = _module(ROOT / "benchmarks" / "run.py", "bench_launcher_pins")
+    seen = {}
+    monkeypatch.setattr(launcher.runpy, "run_path", lambda path, run_name: seen.update(
+        {Path(path).parent.name: {k: os.environ.get(k) for k in launcher.PORTABLE_CPU}}))
+    monkeypatch.setattr(launcher.sys, "path", list(launcher.sys.path))
+    for name in ("scale", "smoke"):
+        for key, value in launcher.PORTABLE_CPU.items():
+            monkeypatch.setenv(key, value)  # as the Makefile exports them
+        monkeypatch.setattr(launcher.sys, "argv", ["run.py", name])
+        assert launcher.main() == 0
+    assert seen["scale"] == dict.fromkeys(launcher.PORTABLE_CPU)
+    assert seen["benchmarks"] == launcher.PORTABLE_CPU  # smoke: run_methods.py on its folder, pinned
 
 
 _PROBE = "import version; print(version.code_version())"

@@ -17,17 +17,20 @@ HERE = Path(__file__).resolve().parent
 PORTABLE_CPU = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2,STRICT", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 #: benchmarks that measure what a request costs (seconds, memory) run on the kernels torch picks for the CPU, as a
 #: user's run does, the Makefile's pins removed: pinned to AVX2 on an AVX-512 CPU with bf16 instructions, a ViT-Ti bf16
-#: step took 14.2 s against the committed unpinned 0.41 s (README "Benchmarks"); timings never re-create bit for bit
+#: step took 14.18 s against 0.69 s unpinned on the same machine (README "Benchmarks"); timings never re-create bit for
+#: bit
 COST_BENCHMARKS = ("scale",)
 
 
-def pin_cpu_kernels(pin: bool = True) -> None:
+def unpin_cpu_kernels() -> None:
+    """Remove PORTABLE_CPU's variables (COST_BENCHMARKS), the Makefile's exported ones included."""
+    for key in PORTABLE_CPU:
+        os.environ.pop(key, None)
+
+
+def pin_cpu_kernels() -> None:
     """Set PORTABLE_CPU's variables that are unset or empty, on a CPU with AVX2 only (elsewhere torch would warn, or
-    run instructions the CPU lacks); with ``pin`` false, remove them (COST_BENCHMARKS)."""
-    if not pin:
-        for key in PORTABLE_CPU:
-            os.environ.pop(key, None)
-        return
+    run instructions the CPU lacks)."""
     try:
         flags = Path("/proc/cpuinfo").read_text().split()
     except OSError:
@@ -53,7 +56,10 @@ def main() -> int:
         print(f"usage: python benchmarks/run.py NAME [options]; NAME is one of: {', '.join(names)}", file=sys.stderr)
         return 2
     name, extra = sys.argv[1], sys.argv[2:]
-    pin_cpu_kernels(name not in COST_BENCHMARKS)
+    if name in COST_BENCHMARKS:
+        unpin_cpu_kernels()
+    else:
+        pin_cpu_kernels()
     folder = HERE / name
     sys.path.insert(0, str(HERE))
     setup = _setup(folder)

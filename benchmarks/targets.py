@@ -22,7 +22,7 @@ from pathlib import Path
 
 from run import PORTABLE_CPU
 
-from gslora.metrics.paired import has_hits, interval, read_hits, rows_h
+from gslora.metrics.paired import class_accuracy, has_hits, interval, rows_h
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "targets.md"
@@ -236,12 +236,9 @@ RESIDUAL = ("fashion_mnist_baselines_4shot", "fashion_mnist_4shot_other_order", 
 
 def forgotten_accuracy(task: dict) -> list[tuple[str, float]]:
     """Each forgotten class of a request with the share of its evaluation images still classified as it afterwards
-    (from the row's per-image hits, which are in class order)."""
-    counts = task["hits"]["class_counts"]
-    after = read_hits(task["hits"])[1]
-    starts = [sum(counts[:c]) for c in range(len(counts))]
-    return [(name, 100.0 * after[starts[c]:starts[c] + counts[c]].float().mean().item())
-            for name, c in zip(task["forget_classes"], task["hits"]["forget"])]
+    (from the row's per-image hits)."""
+    accuracy = class_accuracy(task["hits"])
+    return [(name, accuracy[c]) for name, c in zip(task["forget_classes"], task["hits"]["forget"])]
 
 
 def residual_table(lines: list[str]) -> None:

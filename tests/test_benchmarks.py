@@ -225,7 +225,7 @@ def test_a_folder_naming_a_setup_runs_that_benchmarks_runner_on_itself(monkeypat
     launcher = _module(ROOT / "benchmarks" / "run.py", "bench_launcher")
     ran = []
     monkeypatch.setattr(launcher.runpy, "run_path", lambda path, run_name: ran.append(list(launcher.sys.argv)))
-    monkeypatch.setattr(launcher, "pin_cpu_kernels", lambda pin=True: None)  # the environment of this process stays
+    monkeypatch.setattr(launcher, "pin_cpu_kernels", lambda: None)  # the environment of this process stays
     monkeypatch.setattr(launcher.sys, "argv", ["run.py", "fashion_mnist_det_base_seed1", "--methods", "gs_lora_pp"])
     monkeypatch.setattr(launcher.sys, "path", list(launcher.sys.path))
     assert launcher.main() == 0

@@ -58,6 +58,14 @@ def read_hits(record: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return unpack(record["before"], count), unpack(record["after"], count)
 
 
+def class_accuracy(record: dict) -> list[float]:
+    """Per class (by class id), the percentage of its evaluation images right after the request of a ``hits_record``;
+    nan for a class without images."""
+    after = read_hits(record)[1].double()
+    return [100.0 * block.mean().item() if len(block) else float("nan")
+            for block in torch.split(after, record["class_counts"])]
+
+
 def resampled_sums(correct: torch.Tensor, class_counts: Sequence[int], groups: torch.Tensor, *, resamples: int,
                    generator: torch.Generator) -> torch.Tensor:
     """(vectors, resamples + 1, sets): correct images in each class set of each hits vector (``correct``: (vectors,

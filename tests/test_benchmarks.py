@@ -438,6 +438,35 @@ def test_the_seed_spread_groups_rows_by_setting_and_counts_the_seeds_that_pass()
         rules.seed_spread({"a": row(80.0, 0.0)})
 
 
+def test_the_seed_choice_needs_every_seed_to_pass_and_holds_a_failing_reference_to_its_one_point_tolerance():
+    rules = _module(ROOT / "benchmarks" / "run_methods.py", "run_methods")
+
+    def row(h: float, acc_f: float = 0.0) -> dict:
+        return {"tasks": [{"h_mean": h, "acc_f": acc_f, "acc_o": None, "acc_r": 80.0, "acc_r_before": 80.0}]}
+
+    def setting(name: str, *cells: tuple[float, float]) -> dict:
+        return {f"{name} seed {n}": row(*cell) for n, cell in zip((1337, 1, 2), cells)}
+
+    failing = setting("ref", (86.0, 5.0), (85.0, 0.0), (86.0, 0.0))  # mean 85.67, fails on seed 1337
+    rows = {**failing, **setting("near", (85.0, 1.0), (84.5, 2.0), (85.0, 0.0)),  # 0.83 below: within the point
+            **setting("far", (84.5, 0.0), (84.5, 0.0), (84.5, 0.0)),  # 1.17 below
+            **setting("ahead but failing", (90.0, 0.0), (90.0, 2.5), (90.0, 0.0)),
+            **{k: v for k, v in setting("one seed short", (90.0, 0.0), (90.0, 0.0), (90.0, 0.0)).items()
+               if not k.endswith(" 2")},
+            "crashed seed 2": {"error": "non-finite", "tasks": []},
+            **setting("crashed", (90.0, 0.0), (90.0, 0.0))}
+    out = rules.check_targets("seed_choice", rows)
+    assert out["reference"] == "ref" and out["reference_passes"] is False and out["winner"] == "near"
+    assert out["settings"]["ahead but failing"]["seeds_passing"] == 2
+    assert rules.seed_choice({**failing, **setting("far", (84.5, 0.0), (84.5, 0.0), (84.5, 0.0))})["winner"] is None
+    # a reference that passes on every seed gives way only to a candidate more than a point ahead of it
+    holding = setting("ref", (86.0, 0.0), (85.0, 0.0), (86.0, 0.0))
+    assert rules.seed_choice({**holding, **setting("a", (86.5, 0.0), (86.5, 0.0), (86.5, 0.0))})["winner"] is None
+    assert rules.seed_choice({**holding, **setting("a", (87.0, 0.0), (86.5, 0.0), (87.0, 0.0))})["winner"] == "a"
+    with pytest.raises(ValueError, match="lacks a measured row"):
+        rules.seed_choice({**holding, "ref seed 2": {"error": "non-finite", "tasks": []}})
+
+
 def test_targets_reads_each_forgotten_class_accuracy_from_the_hits():
     from gslora.metrics.paired import hits_record
 
@@ -726,9 +755,10 @@ def test_the_shipped_face_config_is_the_setting_the_face_rule_adopted():
 
 def _setting_in_force(rounds: tuple[str, ...]) -> tuple[str, dict, dict]:
     """The setting in force after validation rounds, each decided by the rule its config names (``targets``:
-    run_methods.fewshot_choice, tar_choice, paired_choice or guard_choice) on its benchmark's committed rows: the
-    round's winner, else its reference (its config's first row); every later round's reference must be that setting, on
-    the same sequence.
+    run_methods.fewshot_choice, tar_choice, paired_choice, guard_choice or seed_choice) on its benchmark's committed
+    rows: the round's winner, else its reference (its config's first row; under seed_choice, rows are named '<setting>
+    seed <n>' and a setting's entry is its rows' without the training seed); every later round's reference must be that
+    setting, on the same sequence.
     Returns its label, its method entry and the benchmark's forget section."""
     import yaml
 
@@ -738,15 +768,25 @@ def _setting_in_force(rounds: tuple[str, ...]) -> tuple[str, dict, dict]:
         folder = ROOT / "benchmarks" / name
         config = yaml.safe_load((folder / "config.yaml").read_text())
         results = json.loads((folder / "results.json").read_text())
-        assert config["targets"] in ("fewshot_choice", "tar_choice", "paired_choice", "guard_choice"), name
+        assert config["targets"] in ("fewshot_choice", "tar_choice", "paired_choice", "guard_choice",
+                                     "seed_choice"), name
         choice = getattr(rules, config["targets"])(results["methods"])
         assert choice == results["targets"], name
-        reference = next(iter(config["methods"]))
-        assert choice["reference"] == reference and set(results["methods"]) == set(config["methods"]), name
+        assert set(results["methods"]) == set(config["methods"]), name
+        entries = config["methods"]
+        if config["targets"] == "seed_choice":
+            entries = {}
+            for row, entry in config["methods"].items():
+                setting, seed = row.rpartition(" seed ")[::2]
+                unseeded = {**entry, "train": {k: v for k, v in entry["train"].items() if k != "seed"}}
+                unseeded = {k: v for k, v in unseeded.items() if v != {}}
+                assert entries.setdefault(setting, unseeded) == unseeded and int(seed) == entry["train"]["seed"], row
+        reference = next(iter(entries))
+        assert choice["reference"] == reference, name
         if spec is not None:
-            assert (config["methods"][reference], config["forget"]) == (spec, forget), name
+            assert (entries[reference], config["forget"]) == (spec, forget), name
         label = choice["winner"] or reference
-        spec, forget = config["methods"][label], config["forget"]
+        spec, forget = entries[label], config["forget"]
     return label, spec, forget
 
 
@@ -757,7 +797,7 @@ def _setting_in_force(rounds: tuple[str, ...]) -> tuple[str, dict, dict]:
      ("faces_4shot_new_base",)),
     (("fashion_mnist_4shot_levers_validation_round3", "fashion_mnist_4shot_levers_validation_round4",
       "fashion_mnist_4shot_levers_validation_round5", "fashion_mnist_4shot_levers_validation_round6",
-      "fashion_mnist_4shot_levers_validation_round7"),
+      "fashion_mnist_4shot_levers_validation_round7", "fashion_mnist_4shot_levers_validation_round8"),
      "fewshot_forget.yaml",
      ("fashion_mnist_baselines_4shot", "fashion_mnist_4shot_other_order"))])
 def test_a_shipped_fewshot_config_is_what_its_validation_rounds_chose(rounds, shipped_file, tests):

@@ -916,8 +916,8 @@ def test_the_fashion_third_round_starts_from_a_setting_the_second_round_does_not
 def test_the_paired_rule_applied_to_the_fashion_second_round_keeps_the_shipped_fewshot_setting():
     """The rule in force since the fourth round (run_methods.paired_choice), applied to the second round's rows with the
     shipped setting as the reference: no row that passes the guards (Acc_f and Acc_o <= 2 on every request, Acc_r after
-    the fourth request >= 0.90x) is clearly ahead of it, so configs/fewshot_forget.yaml stays, though the shipped row
-    itself fails the guards on the re-created base (the strict xfail above)."""
+    the fourth request >= 0.90x) is clearly ahead of it, so the setting shipped until round 8 stayed, though it fails
+    the guards on the re-created base (the strict xfail above; round 8's rule over seeds replaced it)."""
     import yaml
 
     rules = _module(ROOT / "benchmarks" / "run_methods.py", "run_methods")

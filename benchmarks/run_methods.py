@@ -207,11 +207,11 @@ def seed_spread(methods: dict, *, guard: float = 2.0, keep: float = 0.9) -> dict
 
 def seed_choice(methods: dict, *, margin: float = 1.0) -> dict:
     """The rule over training seeds of ``fashion_mnist_4shot_levers_validation_round8`` (its config states it), on
-    ``seed_spread``'s summary: the reference is the first row's setting; a candidate setting must be measured on every
-    seed the reference is, and pass the guards on each. Where the reference passes on every seed, such a candidate
-    wins only if its mean H over the seeds beats the reference's by more than ``margin``; where the reference fails
-    on some seed, a passing candidate wins unless its mean H lies more than ``margin`` below the reference's (the
-    4-shot target's 1-point tolerance). Among several, the highest mean H."""
+    ``seed_spread``'s summary: the reference is the first row's setting; a candidate setting must be measured on the
+    reference's seeds (no fewer, no others) and pass the guards on each. Where the reference passes on every seed,
+    such a candidate wins only if its mean H over the seeds beats the reference's by more than ``margin``; where the
+    reference fails on some seed, a passing candidate wins unless its mean H lies more than ``margin`` below the
+    reference's (the 4-shot target's 1-point tolerance). Among several, the highest mean H."""
     settings = seed_spread(methods)["settings"]
     reference = next(iter(methods)).rpartition(" seed ")[0]
     seeds = {n.rpartition(" seed ")[2] for n in methods if n.rpartition(" seed ")[0] == reference}

@@ -184,6 +184,14 @@ def guard_choice(methods: dict) -> dict:
     return paired_choice(methods, behind=1.0)
 
 
+def setting_and_seed(name: str) -> tuple[str, str]:
+    """A row label ``<setting> seed <n>`` split into the setting and the seed (``seed_spread``, ``seed_choice``)."""
+    setting, _, seed = name.rpartition(" seed ")
+    if not (setting and seed.isdigit()):
+        raise ValueError(f"row {name!r} is not named '<setting> seed <n>'")
+    return setting, seed
+
+
 def seed_spread(methods: dict, *, guard: float = 2.0, keep: float = 0.9) -> dict:
     """Rows that differ only in training seed (labels ``<setting> seed <n>``), per setting: each seed's mean H over
     the requests, worst Acc_f and whether it passes ``guarded_rows``' guards, then the mean, lowest and highest mean H
@@ -192,9 +200,7 @@ def seed_spread(methods: dict, *, guard: float = 2.0, keep: float = 0.9) -> dict
     rows = guarded_rows({n: r for n, r in methods.items() if r.get("tasks")}, guard=guard, keep=keep)
     settings: dict[str, dict] = {}
     for name, row in rows.items():
-        setting, _, seed = name.rpartition(" seed ")
-        if not (setting and seed.isdigit()):
-            raise ValueError(f"row {name!r} is not named '<setting> seed <n>'")
+        setting, seed = setting_and_seed(name)
         settings.setdefault(setting, {})[seed] = {k: row[k] for k in ("mean_h", "worst_acc_f", "worst_acc_o",
                                                                           "acc_r_last_over_first", "passes")}
     out = {}
@@ -213,8 +219,9 @@ def seed_choice(methods: dict, *, margin: float = 1.0) -> dict:
     reference fails on some seed, a passing candidate wins unless its mean H lies more than ``margin`` below the
     reference's (the 4-shot target's 1-point tolerance). Among several, the highest mean H."""
     settings = seed_spread(methods)["settings"]
-    reference = next(iter(methods)).rpartition(" seed ")[0]
-    seeds = {n.rpartition(" seed ")[2] for n in methods if n.rpartition(" seed ")[0] == reference}
+    labels = [setting_and_seed(name) for name in methods]
+    reference = labels[0][0]
+    seeds = {seed for setting, seed in labels if setting == reference}
     ref = settings.get(reference)
     if ref is None or set(ref["seeds"]) != seeds:
         raise ValueError(f"the reference {reference!r} lacks a measured row on some of seeds {sorted(seeds)}")

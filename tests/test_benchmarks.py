@@ -777,7 +777,7 @@ def _setting_in_force(rounds: tuple[str, ...]) -> tuple[str, dict, dict]:
         if config["targets"] == "seed_choice":
             entries = {}
             for row, entry in config["methods"].items():
-                setting, seed = row.rpartition(" seed ")[::2]
+                setting, seed = rules.setting_and_seed(row)
                 unseeded = {**entry, "train": {k: v for k, v in entry["train"].items() if k != "seed"}}
                 unseeded = {k: v for k, v in unseeded.items() if v != {}}
                 assert entries.setdefault(setting, unseeded) == unseeded and int(seed) == entry["train"]["seed"], row

@@ -234,6 +234,48 @@ def seed_choice(methods: dict, *, margin: float = 1.0) -> dict:
     return {"settings": settings, "reference": reference, "reference_passes": holds, "winner": best}
 
 
+def condition_choice(methods: dict, *, margin: float = 1.0) -> dict:
+    """The rule over validation conditions of ``fashion_mnist_4shot_levers_validation_round9`` (its config states it):
+    rows named ``<setting> @ <condition> seed <n>``, a run being one condition at one training seed. Per setting:
+    the runs that pass ``guarded_rows``' guards and the mean H over all its runs. The reference is the first row's
+    setting; a candidate must be measured on the reference's runs (no fewer, no others) and wins if it passes on at
+    least as many runs with a mean H more than ``margin`` above the reference's, or on more runs with a mean H no
+    more than ``margin`` below it. Among several, the most passing runs, then the highest mean H."""
+    rows = guarded_rows({n: r for n, r in methods.items() if r.get("tasks")})
+    runs: dict[str, dict] = {}
+    for name, row in rows.items():
+        label, seed = setting_and_seed(name)
+        setting, _, condition = label.rpartition(" @ ")
+        if not setting:
+            raise ValueError(f"row {name!r} is not named '<setting> @ <condition> seed <n>'")
+        runs.setdefault(setting, {})[f"{condition} seed {seed}"] = row
+    settings = {}
+    for setting, measured in runs.items():
+        conditions: dict[str, list] = {}
+        for run, row in measured.items():
+            conditions.setdefault(run.rpartition(" seed ")[0], []).append(row)
+        settings[setting] = {
+            "runs_passing": sum(r["passes"] for r in measured.values()), "runs_measured": len(measured),
+            "mean_h": sum(r["mean_h"] for r in measured.values()) / len(measured),
+            "conditions": {c: {"mean_h": sum(r["mean_h"] for r in rs) / len(rs),
+                               "passing": sum(r["passes"] for r in rs), "measured": len(rs),
+                               "worst_acc_f": max(r["worst_acc_f"] for r in rs),
+                               "worst_acc_o": max(r["worst_acc_o"] for r in rs),
+                               "lowest_acc_r_last_over_first": min(r["acc_r_last_over_first"] for r in rs)}
+                           for c, rs in conditions.items()},
+            "runs": measured}
+    reference = setting_and_seed(next(iter(methods)))[0].rpartition(" @ ")[0]
+    ref = settings.get(reference)
+    every = {run for v in settings.values() for run in v["runs"]}
+    if ref is None or set(ref["runs"]) != every:
+        raise ValueError(f"the reference {reference!r} lacks a measured row on some of the runs {sorted(every)}")
+    eligible = [s for s, v in settings.items() if s != reference and set(v["runs"]) == every
+                and ((v["runs_passing"] >= ref["runs_passing"] and below(ref["mean_h"] + margin, v["mean_h"]))
+                     or (v["runs_passing"] > ref["runs_passing"] and not below(v["mean_h"], ref["mean_h"] - margin)))]
+    best = max(eligible, key=lambda s: (settings[s]["runs_passing"], settings[s]["mean_h"]), default=None)
+    return {"settings": settings, "reference": reference, "winner": best}
+
+
 def baseline_standing(methods: dict) -> dict:
     """Where GS-LoRA stands per request: its H rank, the methods with a higher H, and time ratios."""
     ours = methods["gs_lora"]

@@ -467,6 +467,34 @@ def test_the_seed_choice_needs_every_seed_to_pass_and_holds_a_failing_reference_
         rules.seed_choice({**holding, "ref seed 2": {"error": "non-finite", "tasks": []}})
 
 
+def test_the_condition_choice_counts_passing_runs_over_conditions_and_seeds_within_its_one_point_tolerance():
+    rules = _module(ROOT / "benchmarks" / "run_methods.py", "run_methods")
+
+    def row(h: float, acc_f: float = 0.0) -> dict:
+        return {"tasks": [{"h_mean": h, "acc_f": acc_f, "acc_o": None, "acc_r": 80.0, "acc_r_before": 80.0}]}
+
+    def setting(name: str, *cells: tuple[float, float]) -> dict:  # runs: (order 1, seed 1), (order 1, seed 2), ...
+        runs = [f"{name} @ {condition} seed {seed}" for condition in ("order 1", "order 2") for seed in (1, 2)]
+        return {label: row(*cell) for label, cell in zip(runs, cells)}
+
+    ref = setting("ref", (86.0, 5.0), (86.0, 0.0), (86.0, 3.0), (86.0, 0.0))  # passes 2 of 4 runs, mean 86
+    more = setting("more", (85.5, 0.0), (85.0, 0.0), (85.0, 1.0), (85.5, 0.0))  # 4 of 4, 0.75 below: within the point
+    far = setting("far", (84.9, 0.0), (84.9, 0.0), (84.9, 0.0), (84.9, 0.0))  # 4 of 4, 1.1 below
+    ahead = setting("ahead", (87.5, 0.0), (87.5, 4.0), (87.5, 0.0), (87.5, 3.0))  # 2 of 4, 1.5 above
+    level = setting("level", (86.5, 0.0), (86.5, 0.0), (86.5, 9.0), (86.5, 9.0))  # 2 of 4, 0.5 above
+    out = rules.condition_choice({**ref, **more, **far, **ahead, **level})
+    assert out["reference"] == "ref" and out["winner"] == "more"  # the most passing runs first
+    assert out["settings"]["ref"]["runs_passing"] == 2
+    assert out["settings"]["ref"]["conditions"]["order 2"]["passing"] == 1
+    assert rules.condition_choice({**ref, **far})["winner"] is None
+    assert rules.condition_choice({**ref, **level})["winner"] is None
+    assert rules.condition_choice({**ref, **ahead, **level})["winner"] == "ahead"
+    short = {k: v for k, v in more.items() if not k.endswith("order 2 seed 2")}  # a run missing: not eligible
+    assert rules.condition_choice({**ref, **short})["winner"] is None
+    with pytest.raises(ValueError, match="lacks a measured row"):
+        rules.condition_choice({**ref, "ref @ order 2 seed 2": {"error": "non-finite", "tasks": []}, **more})
+
+
 def test_targets_reads_each_forgotten_class_accuracy_from_the_hits():
     from gslora.metrics.paired import hits_record
 

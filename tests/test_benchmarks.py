@@ -783,10 +783,11 @@ def test_the_shipped_face_config_is_the_setting_the_face_rule_adopted():
 
 def _setting_in_force(rounds: tuple[str, ...]) -> tuple[str, dict, dict]:
     """The setting in force after validation rounds, each decided by the rule its config names (``targets``:
-    run_methods.fewshot_choice, tar_choice, paired_choice, guard_choice or seed_choice) on its benchmark's committed
-    rows: the round's winner, else its reference (its config's first row; under seed_choice, rows are named '<setting>
-    seed <n>' and a setting's entry is its rows' without the training seed); every later round's reference must be that
-    setting, on the same sequence.
+    run_methods.fewshot_choice, tar_choice, paired_choice, guard_choice, seed_choice or condition_choice) on its
+    benchmark's committed rows: the round's winner, else its reference (its config's first row; under seed_choice, rows
+    are named '<setting> seed <n>' and a setting's entry is its rows' without the training seed; under
+    condition_choice, the config's first setting); every later round's reference must be that setting, on the same
+    sequence.
     Returns its label, its method entry and the benchmark's forget section."""
     import yaml
 
@@ -797,11 +798,17 @@ def _setting_in_force(rounds: tuple[str, ...]) -> tuple[str, dict, dict]:
         config = yaml.safe_load((folder / "config.yaml").read_text())
         results = json.loads((folder / "results.json").read_text())
         assert config["targets"] in ("fewshot_choice", "tar_choice", "paired_choice", "guard_choice",
-                                     "seed_choice"), name
+                                     "seed_choice", "condition_choice"), name
         choice = getattr(rules, config["targets"])(results["methods"])
         assert choice == results["targets"], name
-        assert set(results["methods"]) == set(config["methods"]), name
-        entries = config["methods"]
+        if config["targets"] == "condition_choice":  # every setting at every seed on every condition (its run.py)
+            runner = _module(folder / "run.py", f"{name}_run")
+            rows = {label for condition in config["conditions"] for label in runner.condition_rows(config, condition)}
+            assert set(results["methods"]) == rows, name
+            entries = config["settings"]
+        else:
+            assert set(results["methods"]) == set(config["methods"]), name
+            entries = config["methods"]
         if config["targets"] == "seed_choice":
             entries = {}
             for row, entry in config["methods"].items():
@@ -812,10 +819,18 @@ def _setting_in_force(rounds: tuple[str, ...]) -> tuple[str, dict, dict]:
         reference = next(iter(entries))
         assert choice["reference"] == reference, name
         if spec is not None:
-            assert (entries[reference], config["forget"]) == (spec, forget), name
+            assert (entries[reference], _resolved(config["forget"])) == (spec, forget), name
         label = choice["winner"] or reference
-        spec, forget = entries[label], config["forget"]
+        spec, forget = entries[label], _resolved(config["forget"])
     return label, spec, forget
+
+
+def _resolved(forget: dict) -> dict:
+    """A benchmark's forget section with its sequence's defaults written out (a default left unsaid is the same
+    sequence)."""
+    from gslora.config import SequenceConfig, from_dict, to_dict
+
+    return {**forget, "sequence": to_dict(from_dict(SequenceConfig, forget["sequence"]))}
 
 
 @pytest.mark.parametrize(("rounds", "shipped_file", "tests"), [
@@ -825,7 +840,8 @@ def _setting_in_force(rounds: tuple[str, ...]) -> tuple[str, dict, dict]:
      ("faces_4shot_new_base",)),
     (("fashion_mnist_4shot_levers_validation_round3", "fashion_mnist_4shot_levers_validation_round4",
       "fashion_mnist_4shot_levers_validation_round5", "fashion_mnist_4shot_levers_validation_round6",
-      "fashion_mnist_4shot_levers_validation_round7", "fashion_mnist_4shot_levers_validation_round8"),
+      "fashion_mnist_4shot_levers_validation_round7", "fashion_mnist_4shot_levers_validation_round8",
+      "fashion_mnist_4shot_levers_validation_round9"),
      "fewshot_forget.yaml",
      ("fashion_mnist_baselines_4shot", "fashion_mnist_4shot_other_order"))])
 def test_a_shipped_fewshot_config_is_what_its_validation_rounds_chose(rounds, shipped_file, tests):
@@ -839,7 +855,9 @@ def test_a_shipped_fewshot_config_is_what_its_validation_rounds_chose(rounds, sh
     shipped = yaml.safe_load((ROOT / "configs" / shipped_file).read_text())
     assert shipped["train"] == {**forget["train"], **train}
     assert shipped["method"] == spec
-    assert {k: v for k, v in forget["sequence"].items() if k != "order_seed"} == shipped["sequence"]
+    shipped_sequence = _resolved({"sequence": shipped["sequence"]})["sequence"]
+    assert {k: v for k, v in forget["sequence"].items() if k != "order_seed"} == {
+        k: v for k, v in shipped_sequence.items() if k != "order_seed"}
     for name in tests:
         test = yaml.safe_load((ROOT / "benchmarks" / name / "config.yaml").read_text())
         assert test["methods"][label] == entry, name

@@ -290,7 +290,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from gslora.data import for_model, load_dataset, resolve_classes
     from gslora.engine import predict
     from gslora.engine.loop import resolve_device
-    from gslora.metrics import accuracy, per_class_accuracy
+    from gslora.metrics import accuracy, per_class_accuracy, taken_for
     from gslora.models import load_checkpoint, read_checkpoint_meta
 
     tree = _load_config(args.config, ("data",))
@@ -310,7 +310,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     per_class = per_class_accuracy(predictions, labels, dataset.num_classes)
     result: dict[str, Any] = {"checkpoint": str(checkpoint), "dataset": dataset.name,
                               "accuracy": accuracy(predictions, labels, range(dataset.num_classes)),
-                              "per_class": dict(zip(dataset.classes, per_class))}
+                              "per_class": dict(zip(dataset.classes, per_class)),
+                              "taken_for": taken_for(predictions, labels, dataset.classes)}
     if everything.margin_top1 is not None:
         result["margin_accuracy"] = accuracy(everything.margin_top1, labels, range(dataset.num_classes))
     ids, rest = [], list(range(dataset.num_classes))
@@ -329,9 +330,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     margin = f" (margin-penalised {result['margin_accuracy']:.2f}%)" if "margin_accuracy" in result else ""
     print(f"{dataset.name}: top-1 accuracy {result['accuracy']:.2f}%{margin} on {len(labels)} test images")
-    print("| class | accuracy |\n|---|---|")
+    print("| class | accuracy | most often taken for |\n|---|---|---|")
     for name, acc in result["per_class"].items():
-        print(f"| {name} | {'-' if acc is None else f'{acc:.2f}'} |")
+        other = next(iter(result["taken_for"][name].items()), None)
+        print(f"| {name} | {'-' if acc is None else f'{acc:.2f}'} | "
+              f"{'-' if other is None else f'{other[0]} {other[1]:.2f}%'} |")
     if "selected" in result:
         sel = result["selected"]
         other = sel["accuracy_other"]
@@ -693,7 +696,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "HMAC secret")
     k.set_defaults(func=cmd_check_certificate)
 
-    e = sub.add_parser("evaluate", parents=[common], help="test accuracy of a checkpoint, per class")
+    e = sub.add_parser("evaluate", parents=[common], help="test accuracy of a checkpoint, per class, and what "
+                       "each class is most often taken for")
     e.add_argument("--config", help="YAML file with checkpoint: and data: (default: none)")
     e.add_argument("--checkpoint",
                    help="a gslora checkpoint or a run's requests/NNN/model (required here or in --config)")

@@ -20,6 +20,21 @@ def per_class_accuracy(predictions: torch.Tensor, labels: torch.Tensor, num_clas
     return [accuracy(predictions, labels, [c]) for c in range(num_classes)]
 
 
+def taken_for(predictions: torch.Tensor, labels: torch.Tensor, classes: list[str], top: int = 3) -> dict[str, dict]:
+    """Per class, the other classes its images are called most often (up to ``top``, share of its images in percent,
+    largest first; classes never called are left out): where a class's lost accuracy went. From torchmetrics'
+    multiclass confusion matrix (rows: the true class)."""
+    from torchmetrics.functional.classification import multiclass_confusion_matrix
+
+    matrix = multiclass_confusion_matrix(predictions, labels, num_classes=len(classes))
+    out = {}
+    for c, name in enumerate(classes):
+        total = int(matrix[c].sum())
+        counts = [(int(matrix[c, k]), k) for k in range(len(classes)) if k != c and int(matrix[c, k]) > 0]
+        out[name] = {classes[k]: 100.0 * n / total for n, k in sorted(counts, key=lambda x: (-x[0], x[1]))[:top]}
+    return out
+
+
 def h_mean(acc_f_drop: float, acc_r: float) -> float:
     """H = 2 * dAcc_f * Acc_r / (dAcc_f + Acc_r), with a negative drop counted as 0 (nothing forgotten)."""
     drop = max(acc_f_drop, 0.0)

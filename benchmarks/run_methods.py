@@ -243,17 +243,17 @@ def condition_choice(methods: dict, *, margin: float = 1.0) -> dict:
     more than ``margin`` below it. Among several, the most passing runs, then the highest mean H."""
     rows = guarded_rows({n: r for n, r in methods.items() if r.get("tasks")})
     runs: dict[str, dict] = {}
+    by_condition: dict[str, dict[str, list]] = {}
     for name, row in rows.items():
         label, seed = setting_and_seed(name)
         setting, _, condition = label.rpartition(" @ ")
         if not setting:
             raise ValueError(f"row {name!r} is not named '<setting> @ <condition> seed <n>'")
         runs.setdefault(setting, {})[f"{condition} seed {seed}"] = row
+        by_condition.setdefault(setting, {}).setdefault(condition, []).append(row)
     settings = {}
     for setting, measured in runs.items():
-        conditions: dict[str, list] = {}
-        for run, row in measured.items():
-            conditions.setdefault(run.rpartition(" seed ")[0], []).append(row)
+        conditions = by_condition[setting]
         settings[setting] = {
             "runs_passing": sum(r["passes"] for r in measured.values()), "runs_measured": len(measured),
             "mean_h": sum(r["mean_h"] for r in measured.values()) / len(measured),

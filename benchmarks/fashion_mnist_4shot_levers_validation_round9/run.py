@@ -6,7 +6,8 @@ Usage: python benchmarks/run.py fashion_mnist_4shot_levers_validation_round9 [--
 Each condition runs its rows through ``gslora.engine.compare`` (what ``gslora compare`` and ``run_methods`` run) on
 its base (pre-trained once, cached) with its ``forget`` overrides; rows are named ``<setting> @ <condition> seed <n>``
 and carry their own config, commit, time and hardware. ``--resume`` keeps a condition whose runs an earlier
-invocation finished (same rows) and measures only the rest. Writes results.json and report.md here.
+invocation finished (the same rows, each with the same config) and measures only the rest. Writes results.json and
+report.md here.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ sys.path.insert(0, str(HERE.parent))
 from common import CACHE, cached_base, load_config, merged, resolve_paths, setup_logging, write_results  # noqa: E402
 from run_methods import condition_choice, fmt  # noqa: E402
 
-from gslora.config import from_dict, load_yaml  # noqa: E402
+from gslora.config import from_dict, load_yaml, to_dict  # noqa: E402
 from gslora.engine import CompareConfig, compare  # noqa: E402
 from gslora.report import comparison_markdown  # noqa: E402
 
@@ -40,17 +41,19 @@ def run_condition(folder: Path, config: dict, condition: str, *, device: str, re
     checkpoint, pretrain = cached_base(load_yaml(HERE.parent / spec.get("base", config["base"])), device=device)
     forget = resolve_paths(merged(config["forget"], spec.get("forget", {})))
     methods = condition_rows(config, condition)
-    out = CACHE / folder.name / condition.replace(" ", "_")
-    done = out / "comparison.json"
-    if resume and done.is_file():
-        rows = json.loads(done.read_text())["methods"]
-        if set(rows) == set(methods) and all(r.get("tasks") for r in rows.values()):
-            return rows, pretrain
-    shutil.rmtree(out, ignore_errors=True)
     compare_config = from_dict(CompareConfig, {
         "checkpoint": str(checkpoint), "data": forget["data"], "sequence": forget["sequence"],
         "train": {**forget.get("train", {}), "device": device}, "methods": methods,
         **{k: forget[k] for k in ("verify", "eval_batch_size") if k in forget}})
+    out = CACHE / folder.name / condition.replace(" ", "_")
+    done = out / "comparison.json"
+    if resume and done.is_file():
+        rows = json.loads(done.read_text())["methods"]
+        if set(rows) == set(methods) and all(
+                r.get("tasks") and r["config"] == to_dict(compare_config.forget_config(label))
+                for label, r in rows.items()):
+            return rows, pretrain
+    shutil.rmtree(out, ignore_errors=True)
     return compare(compare_config, out)["methods"], pretrain
 
 

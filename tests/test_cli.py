@@ -88,12 +88,13 @@ def test_evaluate_reports_per_class(finished_run, fashion_subset, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["selected"]["accuracy"] < 10
     assert result["per_class"]["Bag"] < 10 and result["per_class"]["Trouser"] > 50
-    # where a class's lost accuracy went: its shares of other classes add up to at most what it lost
+    # where a class's lost accuracy went: its shares of other classes add up to at most what it lost (per_class is a
+    # float32 percentage: equal to 1e-4)
     for name, shares in result["taken_for"].items():
         assert name not in shares and list(shares.values()) == sorted(shares.values(), reverse=True)
-        assert sum(shares.values()) <= 100 - result["per_class"][name] + 1e-6
+        assert sum(shares.values()) <= 100 - result["per_class"][name] + 1e-4
     lost = 100 - result["per_class"]["Bag"]  # a forgotten class: the 3 largest of 9 other shares hold >= 3/9 of it
-    assert sum(result["taken_for"]["Bag"].values()) >= lost * 3 / 9 - 1e-6
+    assert sum(result["taken_for"]["Bag"].values()) >= lost * 3 / 9 - 1e-4
 
 
 def test_taken_for_counts_each_class_images_called_another_class():

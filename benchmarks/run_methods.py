@@ -240,30 +240,24 @@ def condition_choice(methods: dict, *, margin: float = 1.0) -> dict:
     the runs that pass ``guarded_rows``' guards and the mean H over all its runs. The reference is the first row's
     setting; a candidate must be measured on the reference's runs (no fewer, no others) and wins if it passes on at
     least as many runs with a mean H more than ``margin`` above the reference's, or on more runs with a mean H no
-    more than ``margin`` below it. Among several, the most passing runs, then the highest mean H."""
-    rows = guarded_rows({n: r for n, r in methods.items() if r.get("tasks")})
-    runs: dict[str, dict] = {}
-    by_condition: dict[str, dict[str, list]] = {}
-    for name, row in rows.items():
-        label, seed = setting_and_seed(name)
+    more than ``margin`` below it. Among several, the most passing runs, then the highest mean H. Built on
+    ``seed_spread``, whose groups are here one setting on one condition."""
+    settings: dict[str, dict] = {}
+    for label, group in seed_spread(methods)["settings"].items():  # one group per setting and condition
         setting, _, condition = label.rpartition(" @ ")
         if not setting:
-            raise ValueError(f"row {name!r} is not named '<setting> @ <condition> seed <n>'")
-        runs.setdefault(setting, {})[f"{condition} seed {seed}"] = row
-        by_condition.setdefault(setting, {}).setdefault(condition, []).append(row)
-    settings = {}
-    for setting, measured in runs.items():
-        conditions = by_condition[setting]
-        settings[setting] = {
-            "runs_passing": sum(r["passes"] for r in measured.values()), "runs_measured": len(measured),
-            "mean_h": sum(r["mean_h"] for r in measured.values()) / len(measured),
-            "conditions": {c: {"mean_h": sum(r["mean_h"] for r in rs) / len(rs),
-                               "passing": sum(r["passes"] for r in rs), "measured": len(rs),
-                               "worst_acc_f": max(r["worst_acc_f"] for r in rs),
-                               "worst_acc_o": max(r["worst_acc_o"] for r in rs),
-                               "lowest_acc_r_last_over_first": min(r["acc_r_last_over_first"] for r in rs)}
-                           for c, rs in conditions.items()},
-            "runs": measured}
+            raise ValueError(f"rows {label!r} are not named '<setting> @ <condition> seed <n>'")
+        seeds = group["seeds"].values()
+        entry = settings.setdefault(setting, {"conditions": {}, "runs": {}})
+        entry["conditions"][condition] = {
+            "mean_h": group["mean_h"], "passing": group["seeds_passing"], "measured": group["seeds_measured"],
+            "worst_acc_f": max(r["worst_acc_f"] for r in seeds), "worst_acc_o": max(r["worst_acc_o"] for r in seeds),
+            "lowest_acc_r_last_over_first": min(r["acc_r_last_over_first"] for r in seeds)}
+        entry["runs"].update({f"{condition} seed {seed}": row for seed, row in group["seeds"].items()})
+    for entry in settings.values():
+        runs = entry["runs"].values()
+        entry.update(runs_passing=sum(r["passes"] for r in runs), runs_measured=len(runs),
+                     mean_h=sum(r["mean_h"] for r in runs) / len(runs))
     reference = setting_and_seed(next(iter(methods)))[0].rpartition(" @ ")[0]
     ref = settings.get(reference)
     every = {run for v in settings.values() for run in v["runs"]}
@@ -292,6 +286,15 @@ def baseline_standing(methods: dict) -> dict:
             "failed": [k for k, r in methods.items() if r.get("error")]}
 
 
+def compare_config_for(checkpoint: Path, forget: dict, methods: dict, *, device: str) -> CompareConfig:
+    """The ``gslora compare`` config of a benchmark: its base checkpoint, its resolved ``forget`` section (data,
+    sequence, shared training values, verification) and its method rows."""
+    return from_dict(CompareConfig, {
+        "checkpoint": str(checkpoint), "data": forget["data"], "sequence": forget["sequence"],
+        "train": {**forget.get("train", {}), "device": device}, "methods": methods,
+        **{k: forget[k] for k in ("verify", "eval_batch_size", "verification") if k in forget}})
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder")
@@ -308,10 +311,7 @@ def main() -> int:
     base_config = load_yaml(HERE / config["base"])
     checkpoint, pre_info = cached_base(base_config, device=args.device)
     forget = resolve_paths(config["forget"])
-    compare_config = from_dict(CompareConfig, {
-        "checkpoint": str(checkpoint), "data": forget["data"], "sequence": forget["sequence"],
-        "train": {**forget.get("train", {}), "device": args.device}, "methods": config["methods"],
-        **{k: forget[k] for k in ("verify", "eval_batch_size", "verification") if k in forget}})
+    compare_config = compare_config_for(checkpoint, forget, config["methods"], device=args.device)
     out = CACHE / source.name
     only = None if args.methods is None else [label for label in args.methods.split(",") if label]
     if only is None:

@@ -22,10 +22,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from common import CACHE, cached_base, load_config, merged, resolve_paths, setup_logging, write_results  # noqa: E402
-from run_methods import condition_choice, fmt  # noqa: E402
+from run_methods import compare_config_for, condition_choice, fmt  # noqa: E402
 
-from gslora.config import from_dict, load_yaml, to_dict  # noqa: E402
-from gslora.engine import CompareConfig, compare  # noqa: E402
+from gslora.config import load_yaml, to_dict  # noqa: E402
+from gslora.engine import compare  # noqa: E402
 from gslora.report import comparison_markdown  # noqa: E402
 
 
@@ -41,10 +41,7 @@ def run_condition(folder: Path, config: dict, condition: str, *, device: str, re
     checkpoint, pretrain = cached_base(load_yaml(HERE.parent / spec.get("base", config["base"])), device=device)
     forget = resolve_paths(merged(config["forget"], spec.get("forget", {})))
     methods = condition_rows(config, condition)
-    compare_config = from_dict(CompareConfig, {
-        "checkpoint": str(checkpoint), "data": forget["data"], "sequence": forget["sequence"],
-        "train": {**forget.get("train", {}), "device": device}, "methods": methods,
-        **{k: forget[k] for k in ("verify", "eval_batch_size") if k in forget}})
+    compare_config = compare_config_for(checkpoint, forget, methods, device=device)
     out = CACHE / folder.name / condition.replace(" ", "_")
     done = out / "comparison.json"
     if resume and done.is_file():

@@ -781,6 +781,21 @@ def test_the_shipped_face_config_is_the_setting_the_face_rule_adopted():
     assert "Adopted: GS-LoRA++ bnd auto + scatter 1." in choice
 
 
+def test_the_verification_4shot_row_runs_the_shipped_fewshot_config():
+    """The verification benchmark measures configs/fewshot_forget.yaml against Retrain: its row for that setting is the
+    shipped method with the shipped training, on the shipped sequence, so the two cannot drift apart."""
+    import yaml
+
+    runner = _module(ROOT / "benchmarks" / "verification" / "run.py", "verification_run")
+    config = yaml.safe_load((ROOT / "benchmarks" / "verification" / "config.yaml").read_text())
+    setting = config["settings"]["fashion_4shot"]
+    shipped = yaml.safe_load((ROOT / "configs" / "fewshot_forget.yaml").read_text())
+    spec = runner.method_specs(config, setting)["GS-LoRA++ 4-shot setting (round 8)"]
+    assert {**setting["forget"]["train"], **spec.pop("train")} == shipped["train"]
+    assert spec == shipped["method"]
+    assert {k: v for k, v in setting["forget"]["sequence"].items() if k != "order_seed"} == shipped["sequence"]
+
+
 def _setting_in_force(rounds: tuple[str, ...]) -> tuple[str, dict, dict]:
     """The setting in force after validation rounds, each decided by the rule its config names (``targets``:
     run_methods.fewshot_choice, tar_choice, paired_choice, guard_choice, seed_choice or condition_choice) on its

@@ -84,6 +84,14 @@ def cached_base(config: dict[str, Any], *, device: str = "auto") -> tuple[Path, 
     return checkpoint, {**{k: v for k, v in pretrain.items() if k != "config"}, "config": resolved, "key": key}
 
 
+def same_base(earlier: dict[str, Any], now: dict[str, Any]) -> bool:
+    """Whether two pre-training records (``cached_base``'s or a detector's) are the same base model: the same config
+    key and the same test figure. The key alone is not enough: the same config trained again on another machine, or
+    with other CPU pins, gives other weights under the same key."""
+    figures = ("key", "test_acc", "map50")
+    return bool(earlier) and all(earlier.get(f) == now.get(f) for f in figures)
+
+
 def run_method(checkpoint: Path, forget: dict[str, Any], run_name: str, *, device: str = "auto") -> dict[str, Any]:
     """Run one forgetting sequence and return its results row (with its own config and provenance)."""
     forget = resolve_paths({**forget, "train": {**forget.get("train", {}), "device": device}})

@@ -900,6 +900,22 @@ def test_the_face_choice_file_waits_for_every_candidate_and_says_which_round_dec
     assert "Adopted:" not in text  # nothing is adopted from an incomplete round
 
 
+def test_verification_reuses_reference_rows_only_on_the_very_base_they_were_measured_on():
+    """The Retrain and original rows of a setting are reused by a later run only if its base is the same model: the
+    same config pre-trained again under other CPU pins (same key, other weights) is another base, and its original
+    rows must be measured again."""
+    runner = _module(ROOT / "benchmarks" / "verification" / "run.py", "verification_run")
+    results = json.loads((ROOT / "benchmarks" / "verification" / "results.json").read_text())
+    earlier = results["settings"]["fashion_4shot"]
+    pre = dict(earlier["pretrain"])
+    assert runner.reusable(earlier, pre, earlier["config"])
+    assert runner.reusable(earlier, {**pre, "seconds": pre["seconds"] + 60, "time": "later"}, earlier["config"])
+    assert not runner.reusable(earlier, {**pre, "test_acc": pre["test_acc"] + 0.12}, earlier["config"])
+    assert not runner.reusable(earlier, {**pre, "key": "another"}, earlier["config"])
+    assert not runner.reusable(earlier, pre, {**earlier["config"], "verify": {}})
+    assert not runner.reusable({}, pre, earlier["config"])
+
+
 def test_a_verification_report_without_retrain_shows_no_retrain_rows():
     runner = _module(ROOT / "benchmarks" / "verification" / "run.py", "verification_run")
     results = json.loads((ROOT / "benchmarks" / "verification" / "results.json").read_text())

@@ -33,6 +33,7 @@ from common import (  # noqa: E402
     config_key,
     load_config,
     portable,
+    same_base,
     selected_methods,
     setup_logging,
     write_results,
@@ -185,7 +186,7 @@ def kept_rows(pre_info: dict, labels: list[str], folder: Path) -> dict:
     path = folder / "results.json"
     earlier = json.loads(path.read_text()) if path.is_file() else {}
     old = earlier.get("pretrain", {})
-    if (old.get("key"), old.get("map50")) != (pre_info["key"], pre_info["map50"]):
+    if not same_base(old, pre_info):
         print(f"--methods: the cached base detector (key {pre_info['key']}, test mAP@0.5 {pre_info['map50']:.2f}) "
                  f"is not the one results.json's rows ran on (key {old.get('key')}, test mAP@0.5 {old.get('map50')}); "
                  "run without --methods to measure every row on this base", file=sys.stderr)

@@ -5,9 +5,10 @@ Usage: python benchmarks/verification/run.py [--device auto|cpu|cuda] [--setting
 
 Runs of disjoint ``--settings``, or of disjoint ``--methods`` of one setting (e.g. two processes, or a CPU and a GPU
 machine), compose: each keeps the rows that results.json holds for the other settings and methods when it finishes,
-and reuses a setting's Retrain and original rows measured by an earlier run on the same base and suite. ``--resume``
-keeps the methods' runs that an earlier invocation finished in its runs folder (same setting, methods and config;
-their rows keep the commit and time they ran at) and only measures what is missing.
+and reuses a setting's Retrain and original rows measured by an earlier run on the same base (same config key and
+test accuracy: the same config pre-trained again elsewhere is another base) and suite. ``--resume`` keeps the methods'
+runs that an earlier invocation finished in its runs folder (same setting, methods and config; their rows keep the
+commit and time they ran at) and only measures what is missing.
 
 For each setting of config.yaml: the methods run through ``gslora.engine.compare`` with the verification suite on
 (membership inference, linear probe, relearn time, face figures; after every request, for every request so far);
@@ -38,6 +39,7 @@ from common import (  # noqa: E402
     config_key,
     load_config,
     resolve_paths,
+    same_base,
     selected_methods,
     setup_logging,
     write_results,
@@ -123,6 +125,13 @@ def reference_rows(setting: dict, checkpoint: Path, verify_config: VerifyConfig,
                         "acc_r": accuracy(original_top1, labels, request.retain),
                         "acc_o": accuracy(original_top1, labels, request.old) if request.old else None}
     return references, originals
+
+
+def reusable(earlier: dict, pre: dict, row_config: dict) -> bool:
+    """Whether the Retrain and original rows that an earlier run measured for a setting (``earlier``, its entry in
+    results.json) hold for this run: the same base model (``pre``, this run's pre-training record) and the same
+    setting and suite (``row_config``)."""
+    return same_base(earlier.get("pretrain", {}), pre) and earlier.get("config") == row_config
 
 
 def per_request(runs_dir: Path, label: str, references: dict) -> list[dict[str, Any]]:
@@ -284,8 +293,8 @@ def main() -> int:
         # what the reference rows depend on: not which methods run on the setting
         row_config = {**{k: v for k, v in setting.items() if k != "methods"}, "verify": to_dict(verify_config)}
         earlier = settings_so_far(out).get(name) or {}
-        # another --methods subset of this setting measured the references already: same base, same suite
-        reused = earlier.get("pretrain", {}).get("key") == pre["key"] and earlier.get("config") == row_config
+        # another --methods subset of this setting measured the references already
+        reused = reusable(earlier, pre, row_config)
         if reused:
             references, originals = earlier["references"], earlier["original"]
         else:
@@ -301,8 +310,8 @@ def main() -> int:
         fcntl.flock(lock, fcntl.LOCK_EX)
         previous = settings_so_far(out)
         for name, fresh in settings.items():
-            same_base = (previous.get(name) or {}).get("pretrain", {}).get("key") == fresh["pretrain"]["key"]
-            kept = {**(previous[name]["methods"] if same_base else {}), **fresh["methods"]}
+            kept = {**(previous[name]["methods"] if same_base((previous.get(name) or {}).get("pretrain", {}),
+                                                              fresh["pretrain"]) else {}), **fresh["methods"]}
             fresh["methods"] = {label: kept[label] for label in config["methods"] if label in kept}
         settings = {name: settings.get(name, previous.get(name)) for name in config["settings"]
                     if name in settings or name in previous}

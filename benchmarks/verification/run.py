@@ -310,8 +310,9 @@ def main() -> int:
         fcntl.flock(lock, fcntl.LOCK_EX)
         previous = settings_so_far(out)
         for name, fresh in settings.items():
-            kept = {**(previous[name]["methods"] if same_base((previous.get(name) or {}).get("pretrain", {}),
-                                                              fresh["pretrain"]) else {}), **fresh["methods"]}
+            before = previous.get(name) or {}
+            kept = {**(before["methods"] if same_base(before.get("pretrain", {}), fresh["pretrain"]) else {}),
+                    **fresh["methods"]}
             fresh["methods"] = {label: kept[label] for label in config["methods"] if label in kept}
         settings = {name: settings.get(name, previous.get(name)) for name in config["settings"]
                     if name in settings or name in previous}

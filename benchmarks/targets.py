@@ -136,6 +136,12 @@ def versus_retrain(row: dict, key: str, field: str = "difference") -> list[float
     return out
 
 
+def retrain_cells(row: dict, **judged) -> list[str]:
+    """A row's probe and MIA differences from Retrain, per request, each judged by the issue's tolerance (``judged``:
+    ``verdict``'s ``unjudged`` and ``why``)."""
+    return [verdict(versus_retrain(row, key), within(key), **judged) for key in ("probe_accuracy", "mia_auc")]
+
+
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
 
@@ -166,19 +172,13 @@ def full_data_section(lines: list[str]) -> None:
             if name not in methods:
                 continue
             row = methods[name]
-            rows.append([label, shown, *full_data_cells(row["tasks"]),
-                         verdict(versus_retrain(row, "probe_accuracy"), within("probe_accuracy")),
-                         verdict(versus_retrain(row, "mia_auc"), within("mia_auc"))])
+            rows.append([label, shown, *full_data_cells(row["tasks"]), *retrain_cells(row)])
     new_base = settings.get(NEW_BASE, {}).get("methods", {})
     references = settings.get(NEW_BASE, {}).get("references", {})
     for name, row in new_base.items():  # Retrain on the first request(s) only there
         unjudged = tuple(k for k in range(len(row["tasks"])) if str(k) not in references)
         rows.append([f"faces, new base (`verification` {NEW_BASE})", recipe_label(name),
-                     *full_data_cells(row["tasks"]),
-                     verdict(versus_retrain(row, "probe_accuracy"), within("probe_accuracy"), unjudged=unjudged,
-                             why="no Retrain"),
-                     verdict(versus_retrain(row, "mia_auc"), within("mia_auc"), unjudged=unjudged,
-                             why="no Retrain")])
+                     *full_data_cells(row["tasks"]), *retrain_cells(row, unjudged=unjudged, why="no Retrain")])
     lines += table(header, rows) + [""]
     faces = settings.get("faces_full", {}).get("methods", {})
     if faces:
@@ -239,19 +239,16 @@ RESIDUAL = ("fashion_mnist_baselines_4shot", "fashion_mnist_4shot_other_order", 
             "fashion_mnist_4shot_seeds_validation", "fashion_mnist_4shot_levers_validation_round8")
 
 
-#: the verification benchmark's labels of the recipe and of the two 4-shot settings (SHIPPED_4SHOT's order)
-VERIFIED_4SHOT = {"GS-LoRA": "GS-LoRA (recipe)", "GS-LoRA++": "GS-LoRA++ (recipe)",
-                  "GS-LoRA++ 4-shot setting (round 8)": label(SHIPPED_4SHOT[0]),
-                  "GS-LoRA++ few-shot setting": label(SHIPPED_4SHOT[1])}
+#: the verification benchmark's labels of the two 4-shot settings, with their rows' labels elsewhere (SHIPPED_4SHOT)
+VERIFIED_4SHOT = dict(zip(("GS-LoRA++ 4-shot setting (round 8)", "GS-LoRA++ few-shot setting"), SHIPPED_4SHOT))
 
 
 def fewshot_retrain_table(lines: list[str]) -> None:
     """The 4-shot settings below top-1, against Retrain (the verification benchmark's ``fashion_4shot``): the
     full-data tolerances of the probe and the membership inference, per request, right after it."""
     methods = ((load("verification") or {}).get("settings", {}).get("fashion_4shot", {}).get("methods", {}))
-    rows = [[shown, verdict(versus_retrain(methods[name], "probe_accuracy"), within("probe_accuracy")),
-             verdict(versus_retrain(methods[name], "mia_auc"), within("mia_auc"))]
-            for name, shown in VERIFIED_4SHOT.items() if name in methods]
+    rows = [[recipe_label(VERIFIED_4SHOT.get(name, name)), *retrain_cells(methods[name])]
+            for name in ("GS-LoRA", "GS-LoRA++", *VERIFIED_4SHOT) if name in methods]
     if rows:
         lines += ["Fashion-MNIST 4-shot against Retrain (`verification`, setting `fashion_4shot`), right after each "
                   "request, with the probe and MIA tolerances of the full-data table:", ""]

@@ -234,14 +234,11 @@ def seed_choice(methods: dict, *, margin: float = 1.0) -> dict:
     return {"settings": settings, "reference": reference, "reference_passes": holds, "winner": best}
 
 
-def condition_choice(methods: dict, *, margin: float = 1.0) -> dict:
-    """The rule over validation conditions of ``fashion_mnist_4shot_levers_validation_round9`` (its config states it):
-    rows named ``<setting> @ <condition> seed <n>``, a run being one condition at one training seed. Per setting:
-    the runs that pass ``guarded_rows``' guards and the mean H over all its runs. The reference is the first row's
-    setting; a candidate must be measured on the reference's runs (no fewer, no others) and wins if it passes on at
-    least as many runs with a mean H more than ``margin`` above the reference's, or on more runs with a mean H no
-    more than ``margin`` below it. Among several, the most passing runs, then the highest mean H. Built on
-    ``seed_spread``, whose groups are here one setting on one condition."""
+def condition_spread(methods: dict) -> dict:
+    """Rows named ``<setting> @ <condition> seed <n>`` (a run being one condition at one training seed), per setting:
+    per condition the mean H over its seeds, the seeds that pass ``guarded_rows``' guards, the worst Acc_f and Acc_o
+    and the lowest Acc_r after the last request over before the first; over all its runs, the runs passing and the
+    mean H. Built on ``seed_spread``, whose groups are here one setting on one condition; decides nothing."""
     settings: dict[str, dict] = {}
     for label, group in seed_spread(methods)["settings"].items():  # one group per setting and condition
         setting, _, condition = label.rpartition(" @ ")
@@ -258,6 +255,16 @@ def condition_choice(methods: dict, *, margin: float = 1.0) -> dict:
         runs = entry["runs"].values()
         entry.update(runs_passing=sum(r["passes"] for r in runs), runs_measured=len(runs),
                      mean_h=sum(r["mean_h"] for r in runs) / len(runs))
+    return settings
+
+
+def condition_choice(methods: dict, *, margin: float = 1.0) -> dict:
+    """The rule over validation conditions of ``fashion_mnist_4shot_levers_validation_round9`` (its config states it)
+    on ``condition_spread``'s summary. The reference is the first row's setting; a candidate must be measured on the
+    reference's runs (no fewer, no others) and wins if it passes on at least as many runs with a mean H more than
+    ``margin`` above the reference's, or on more runs with a mean H no more than ``margin`` below it. Among several,
+    the most passing runs, then the highest mean H."""
+    settings = condition_spread(methods)
     reference = setting_and_seed(next(iter(methods)))[0].rpartition(" @ ")[0]
     ref = settings.get(reference)
     every = {run for v in settings.values() for run in v["runs"]}

@@ -1,5 +1,7 @@
 """A choice over validation conditions: every setting of config.yaml at every training seed on every condition (a
-validation base, class order and shot draw), one results file, decided by ``run_methods.condition_choice``.
+validation base, class order and shot draw), one results file, decided by ``run_methods.condition_choice``. A folder
+whose config names ``setup: fashion_mnist_4shot_levers_validation_round9`` and ``targets: condition_spread`` runs the
+same way and only summarises (``run_methods.condition_spread``): a diagnostic, on the test split too.
 
 Usage: python benchmarks/run.py fashion_mnist_4shot_levers_validation_round9 [--device auto|cpu|cuda] [--resume]
 
@@ -22,11 +24,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from common import CACHE, cached_base, load_config, merged, resolve_paths, setup_logging, write_results  # noqa: E402
-from run_methods import compare_config_for, condition_choice, fmt  # noqa: E402
+from run_methods import compare_config_for, condition_choice, condition_spread, fmt  # noqa: E402
 
 from gslora.config import load_yaml, to_dict  # noqa: E402
 from gslora.engine import compare  # noqa: E402
 from gslora.report import comparison_markdown  # noqa: E402
+
+#: what a config's ``targets`` makes of the rows: round 9's choice, or only its summary (a diagnostic)
+RULES = {"condition_choice": condition_choice, "condition_spread": lambda rows: {"settings": condition_spread(rows)}}
 
 
 def condition_rows(config: dict, condition: str) -> dict:
@@ -57,8 +62,13 @@ def run_condition(folder: Path, config: dict, condition: str, *, device: str, re
 def report(folder: Path, results: dict) -> str:
     """The choice's summary per setting and condition, then each condition's table with its paired intervals."""
     choice = results["targets"]
-    lines = [f"# {folder.name}", "", f"Rule: `run_methods.condition_choice`; reference: {choice['reference']}; "
-             f"winner: {choice['winner'] or 'none (the reference stays)'}.", "",
+    if "reference" in choice:
+        summary = (f"Rule: `run_methods.condition_choice`; reference: {choice['reference']}; "
+                   f"winner: {choice['winner'] or 'none (the reference stays)'}.")
+    else:
+        summary = "A diagnostic (`run_methods.condition_spread`): nothing is chosen on this file."
+    split = "validation" if results["config"]["forget"]["data"].get("validation") else "test"
+    lines = [f"# {folder.name}", "", summary, "",
              "| setting | runs passing | mean H | " + " | ".join(results["config"]["conditions"]) + " |",
              "|---" * (3 + len(results["config"]["conditions"])) + "|"]
     for setting, s in choice["settings"].items():
@@ -74,7 +84,7 @@ def report(folder: Path, results: dict) -> str:
         pre = results["pretrains"][condition]
         lines += [comparison_markdown({"methods": rows, "written": results["written"]}, title=condition)
                   .replace("# ", "## ", 1).rstrip("\n"), "",
-                  f"Base model: validation top-1 {fmt(pre.get('test_acc'))}%, pre-trained in {pre['seconds']:.0f}s.",
+                  f"Base model: {split} top-1 {fmt(pre.get('test_acc'))}%, pre-trained in {pre['seconds']:.0f}s.",
                   ""]
     return "\n".join(lines)
 
@@ -88,6 +98,9 @@ def main() -> int:
     setup_logging()
     folder = Path(args.folder).resolve()
     config = load_config(folder)
+    if config.get("targets") not in RULES:
+        parser.error(f"{folder / 'config.yaml'}: targets must be one of {', '.join(RULES)}, "
+                     f"not {config.get('targets')!r}")
     methods: dict = {}
     pretrains: dict = {}
     for condition in config["conditions"]:
@@ -95,7 +108,7 @@ def main() -> int:
         methods.update(rows)
     first = next(iter(config["conditions"]))
     results = {"pretrain": pretrains[first], "pretrains": pretrains, "methods": methods,
-               "targets": condition_choice(methods)}
+               "targets": RULES[config["targets"]](methods)}
     write_results(folder, results, config)
     saved = json.loads((folder / "results.json").read_text())
     (folder / "report.md").write_text(report(folder, saved))

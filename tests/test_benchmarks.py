@@ -494,6 +494,11 @@ def test_the_condition_choice_counts_passing_runs_over_conditions_and_seeds_with
     with pytest.raises(ValueError, match="lacks a measured row"):
         rules.condition_choice({**ref, "ref @ order 2 seed 2": {"error": "non-finite", "tasks": []}, **more})
 
+    spread = rules.condition_spread({**ref, **more})  # the diagnostic's summary: the same figures, no winner
+    assert spread == {name: out["settings"][name] for name in ("ref", "more")}  # a setting's figures are its own rows'
+    runner = _module(ROOT / "benchmarks" / "fashion_mnist_4shot_levers_validation_round9" / "run.py", "round9_run")
+    assert runner.RULES["condition_spread"]({**ref, **more}) == {"settings": spread}  # a test-split file names none
+    assert runner.RULES["condition_choice"]({**ref, **more})["winner"] == "more"
 
 def test_targets_reads_each_forgotten_class_accuracy_from_the_hits():
     from gslora.metrics.paired import hits_record
@@ -858,7 +863,7 @@ def _resolved(forget: dict) -> dict:
       "fashion_mnist_4shot_levers_validation_round7", "fashion_mnist_4shot_levers_validation_round8",
       "fashion_mnist_4shot_levers_validation_round9"),
      "fewshot_forget.yaml",
-     ("fashion_mnist_baselines_4shot", "fashion_mnist_4shot_other_order"))])
+     ("fashion_mnist_baselines_4shot", "fashion_mnist_4shot_other_order", "fashion_mnist_4shot_draws"))])
 def test_a_shipped_fewshot_config_is_what_its_validation_rounds_chose(rounds, shipped_file, tests):
     """configs/<shipped_file> carries the setting the validation rounds' rule left in force, with those benchmarks'
     shared training values, and each test benchmark measured exactly that row."""
@@ -875,7 +880,7 @@ def test_a_shipped_fewshot_config_is_what_its_validation_rounds_chose(rounds, sh
         k: v for k, v in shipped_sequence.items() if k != "order_seed"}
     for name in tests:
         test = yaml.safe_load((ROOT / "benchmarks" / name / "config.yaml").read_text())
-        assert test["methods"][label] == entry, name
+        assert test.get("methods", test.get("settings"))[label] == entry, name  # settings: a conditions runner
 
 
 def test_the_first_4shot_face_round_chose_over_bnd_auto():
